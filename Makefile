@@ -1,0 +1,39 @@
+# aeexp: `make demo` (set up and run one experiment) and `make test` (set up and run the test suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# Torch first and pinned: an unpinned torch would pull several GB of CUDA wheels on a CPU machine.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install "torch==$(TORCH_VERSION)" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
+	$(PIP) install -e ".[dev]" 2>&1 | grep -v -e "^WARNING: Location" -e "BuildBackendWarning" || true
+	$(BIN)/python -c "import aeexp.cli, hydra, mlflow, sklearn, matplotlib, pytest, hypothesis"
+	$(BIN)/ruff --version >/dev/null
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m aeexp
+	@echo
+	@echo "The run is in MLflow's store ./mlflow.db (experiment 'digits'); its figures are also under outputs/."
+	@echo "Open the MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   -> http://127.0.0.1:5000"
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests scripts
+
+bench: setup
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

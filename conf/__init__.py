@@ -1,0 +1,1 @@
+"""aeexp's Hydra configs, shipped inside the package as ``aeexp.conf``."""

@@ -1,0 +1,156 @@
+"""Structured-config schema (dataclasses registered in Hydra's ConfigStore) and value checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from aeexp.errors import ConfigError
+
+
+class Optimizer(str, Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Loss(str, Enum):
+    bce = "bce"
+    mse = "mse"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class EmbedMethod(str, Enum):
+    tsne = "tsne"
+
+
+@dataclass
+class DatasetConfig:
+    """Which images to load, from where, and how much of the training split to hold out."""
+
+    name: str = MISSING
+    root: str = "./data"
+    download: bool = True
+    val_fraction: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    """A dense autoencoder: hidden widths of the encoder (decoder mirrored) and the code size."""
+
+    name: str = MISSING
+    widths: list[int] = field(default_factory=lambda: [128, 64])
+    bottleneck: int = 32
+
+
+@dataclass
+class TrainerConfig:
+    """The optimisation loop."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Optimizer = Optimizer.adam
+    momentum: float = 0.0
+    loss: Loss = Loss.bce
+    device: Device = Device.auto
+    progress: bool = True
+
+
+@dataclass
+class EmbedConfig:
+    """The 2-D view of the test-split codes."""
+
+    method: EmbedMethod = EmbedMethod.tsne
+    n_samples: int = 3000
+    perplexity: float = 30.0
+
+
+@dataclass
+class TrackingConfig:
+    """Where MLflow writes: ``uri`` null means MLflow's default (``sqlite:///mlflow.db`` in the cwd)."""
+
+    uri: str | None = None
+    experiment: str = "${dataset.name}"
+    run_name: str | None = None
+
+
+@dataclass
+class Config:
+    """The whole experiment."""
+
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    """Register the schema so that every YAML in conf/ is validated against it at compose time."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="embed", name="embed_schema", node=EmbedConfig)
+    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {expected}.")
+
+
+def validate(cfg: DictConfig, image_sizes: Mapping[str, int]) -> None:
+    """Check values a type cannot express; raise ConfigError naming the first offending key.
+
+    ``image_sizes`` maps each dataset aeexp knows to its pixel count (the model's input size).
+    """
+    _require(cfg.dataset.name in image_sizes, "dataset.name", cfg.dataset.name,
+             f"choose one of {', '.join(image_sizes)} (e.g. dataset=mnist)")
+    input_dim = image_sizes[cfg.dataset.name]
+    _require(0.0 < cfg.dataset.val_fraction < 1.0, "dataset.val_fraction", cfg.dataset.val_fraction,
+             "it must lie strictly between 0 and 1")
+    widths = list(cfg.model.widths)
+    _require(len(widths) > 0, "model.widths", widths, "give at least one hidden width, e.g. [128,64]")
+    for i, width in enumerate(widths):
+        _require(width > 0, f"model.widths[{i}]", width, "widths must be positive integers")
+    _require(cfg.model.bottleneck > 0, "model.bottleneck", cfg.model.bottleneck, "it must be positive")
+    _require(cfg.model.bottleneck < input_dim, "model.bottleneck", cfg.model.bottleneck,
+             f"it must be smaller than the input size {input_dim} of dataset {cfg.dataset.name}")
+    _require(cfg.trainer.epochs > 0, "trainer.epochs", cfg.trainer.epochs, "it must be positive")
+    _require(cfg.trainer.batch_size > 0, "trainer.batch_size", cfg.trainer.batch_size, "it must be positive")
+    _require(cfg.trainer.lr > 0, "trainer.lr", cfg.trainer.lr, "it must be positive")
+    _require(cfg.trainer.momentum >= 0, "trainer.momentum", cfg.trainer.momentum, "it must be >= 0")
+    _require(cfg.embed.n_samples > 0, "embed.n_samples", cfg.embed.n_samples, "it must be positive")
+    _require(cfg.embed.perplexity > 0, "embed.perplexity", cfg.embed.perplexity, "it must be positive")
+    _require(cfg.tracking.experiment != "", "tracking.experiment", cfg.tracking.experiment,
+             "give a non-empty experiment name")
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as ``{"model.bottleneck": "32", ...}`` for MLflow params."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            flat[prefix] = str(node)
+
+    walk("", container)
+    return flat

@@ -1,0 +1,248 @@
+"""Datasets by name -> train/val/test uint8 image tensors, labels and class names (IDX files, sklearn digits)."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aeexp.errors import DataError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+# torchvision class name (its folder under root), class names, where to get the files by hand.
+IDX_DATASETS: dict[str, tuple[str, list[str], str]] = {
+    "mnist": ("MNIST", [str(d) for d in range(10)], "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+    "fashion_mnist": (
+        "FashionMNIST",
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+         "Ankle boot"],
+        "https://github.com/zalandoresearch/fashion-mnist (or: apt-get install dataset-fashion-mnist)",
+    ),
+    "kmnist": (
+        "KMNIST",
+        ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
+        "https://github.com/rois-codh/kmnist",
+    ),
+}
+
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "kmnist": (1, 28, 28),
+}
+
+DIGITS_TEST_FRACTION = 0.2
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class IdxFormatError(DataError):
+    """An IDX file is truncated, corrupt or not an IDX file at all."""
+
+
+@dataclass
+class Split:
+    """Images as uint8 ``(N, C, H, W)`` and integer labels ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    """The three splits of one dataset, its class names and image shape."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def input_dim(self) -> int:
+        return int(np.prod(self.image_shape))
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
+                       self.class_names)
+
+
+def input_dim(name: str) -> int:
+    """Pixels per image of a dataset, known without reading it (for early config checks)."""
+    return int(np.prod(IMAGE_SHAPES[name]))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file, gzipped or not (told apart by content, not by name); raise IdxFormatError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise IdxFormatError(f"{path} is a corrupt or truncated gzip file ({err}); fetch it again") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise IdxFormatError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    header_end = 4 + 4 * ndim
+    if len(raw) < header_end:
+        raise IdxFormatError(f"{path} is truncated: its header needs {header_end} bytes, has {len(raw)}")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    actual = len(raw) - header_end
+    if actual != expected:
+        problem = "truncated" if actual < expected else "longer than its header says"
+        raise IdxFormatError(
+            f"{path} is {problem}: header {shape} needs {expected} data bytes, file has {actual}; "
+            "fetch it again"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _idx_candidates(name: str, root: Path) -> list[Path]:
+    folder, _, _ = IDX_DATASETS[name]
+    dirs = [root / folder / "raw", root / folder, root / name / "raw", root / name, root]
+    if name == "fashion_mnist":
+        dirs.append(DEBIAN_FASHION_MNIST)
+    return dirs
+
+
+def _find_in(directory: Path) -> dict[str, Path] | None:
+    found: dict[str, Path] = {}
+    for key, stem in IDX_FILES.items():
+        for candidate in (directory / stem, directory / f"{stem}.gz"):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def find_idx_files(name: str, root: Path) -> dict[str, Path] | None:
+    """The four IDX files of a dataset from the first folder that holds all of them, else None."""
+    for directory in _idx_candidates(name, root):
+        found = _find_in(directory)
+        if found:
+            return found
+    return None
+
+
+def _download(name: str, root: Path) -> str | None:
+    """Fetch the files with torchvision; return why it failed, or None."""
+    from aeexp.tv import torchvision
+
+    folder, _, _ = IDX_DATASETS[name]
+    dataset_class = getattr(torchvision().datasets, folder)
+    try:
+        dataset_class(str(root), train=True, download=True)
+        dataset_class(str(root), train=False, download=True)
+    except Exception as err:  # network errors come in many types; all mean "not downloaded"
+        return f"{type(err).__name__}: {err}".splitlines()[0][:300]
+    return None
+
+
+def _missing_message(name: str, root: Path, download: bool, why: str | None) -> str:
+    _, _, source = IDX_DATASETS[name]
+    files = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
+    places = ", ".join(str(d) for d in _idx_candidates(name, root))
+    tried = f"download failed ({why}). " if download else "download is off (dataset.download=false). "
+    return (
+        f"dataset {name}: files not found. Expected {files} in one of: {places}. {tried}"
+        f"Put the files in {root} (from {source}), or point dataset.root at a folder that holds them."
+    )
+
+
+def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    if root.exists() and not root.is_dir():
+        raise DataError(f"dataset.root={str(root)!r} is a file, not a folder; point it at a folder")
+    files = find_idx_files(name, root)
+    if files is None and download:
+        why = _download(name, root)
+        files = find_idx_files(name, root)
+        if files is None:
+            raise DataError(_missing_message(name, root, True, why))
+    if files is None:
+        raise DataError(_missing_message(name, root, False, None))
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1:
+            raise IdxFormatError(
+                f"{files[f'{split}_images']} / {files[f'{split}_labels']}: expected images (N, H, W) and "
+                f"labels (N,), got {images.shape} and {labels.shape}"
+            )
+        if images.shape[0] != labels.shape[0]:
+            raise IdxFormatError(
+                f"{files[f'{split}_images']} holds {images.shape[0]} images but "
+                f"{files[f'{split}_labels']} holds {labels.shape[0]} labels; the files do not belong together"
+            )
+        if images.shape[1:] != IMAGE_SHAPES[name][1:]:
+            raise IdxFormatError(f"{files[f'{split}_images']} holds {images.shape[1:]} images, "
+                                 f"expected {IMAGE_SHAPES[name][1:]} for {name}")
+    return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
+
+
+def _load_digits() -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    # A fixed test split (independent of the run's seed) so that runs compare on the same images.
+    return tuple(train_test_split(images, digits.target, test_size=DIGITS_TEST_FRACTION,
+                                  stratify=digits.target, random_state=0))
+
+
+def _as_split(images: np.ndarray, labels: np.ndarray) -> Split:
+    return Split(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).unsqueeze(1),
+                 torch.from_numpy(labels.astype(np.int64)))
+
+
+def load(name: str, root: str | Path = "./data", download: bool = True, val_fraction: float = 0.1,
+         seed: int = 0) -> Dataset:
+    """Load a dataset by name; hold out a seeded ``val_fraction`` of the training split for validation."""
+    if name == "digits":
+        train_x, test_x, train_y, test_y = _load_digits()
+        class_names = [str(d) for d in range(10)]
+    elif name in IDX_DATASETS:
+        train_x, train_y, test_x, test_y = _load_idx_dataset(name, Path(root).expanduser(), download)
+        class_names = IDX_DATASETS[name][1]
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose one of: digits, {', '.join(IDX_DATASETS)}")
+    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed)).numpy()
+    n_val = max(1, round(len(train_y) * val_fraction))
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return Dataset(
+        name=name,
+        train=_as_split(train_x[train_idx], train_y[train_idx]),
+        val=_as_split(train_x[val_idx], train_y[val_idx]),
+        test=_as_split(test_x, test_y),
+        class_names=class_names,
+    )

@@ -1,0 +1,73 @@
+"""Figures as pure functions: arrays in, matplotlib Figure out (no MLflow, no files)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def pick_one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of ``n`` examples: the first of each class in turn, then the next ones."""
+    picked: list[int] = []
+    remaining = {c: list(np.flatnonzero(labels == c)) for c in np.unique(labels)}
+    while len(picked) < min(n, len(labels)):
+        for members in remaining.values():
+            if members and len(picked) < n:
+                picked.append(int(members.pop(0)))
+    return np.array(picked, dtype=int)
+
+
+def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, titles: Sequence[str] = ()
+                        ) -> Figure:
+    """Originals (top row) above their reconstructions (bottom row); images ``(n, C, H, W)`` in [0, 1]."""
+    n = len(originals)
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n + 0.6, 2.6), squeeze=False)
+    for col in range(n):
+        for row, images in enumerate((originals, reconstructions)):
+            ax = axes[row, col]
+            ax.imshow(images[col, 0], cmap="gray", vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if col < len(titles):
+            axes[0, col].set_title(titles[col], fontsize=8)
+    axes[0, 0].set_ylabel("input", fontsize=9)
+    axes[1, 0].set_ylabel("output", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(train_loss: Sequence[float], val_loss: Sequence[float], loss_name: str) -> Figure:
+    """Training and validation loss per epoch."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    epochs = np.arange(1, len(train_loss) + 1)
+    ax.plot(epochs, train_loss, marker="o", ms=3, label="train")
+    ax.plot(epochs, val_loss, marker="o", ms=3, label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{loss_name} loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def embedding_scatter(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str
+                      ) -> Figure:
+    """2-D points coloured by class, with a legend of class names."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for c, name in enumerate(class_names):
+        mask = labels == c
+        if mask.any():
+            ax.scatter(points[mask, 0], points[mask, 1], s=4, alpha=0.7, color=cmap(c % cmap.N), label=name)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig

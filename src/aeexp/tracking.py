@@ -1,0 +1,159 @@
+"""Everything that talks to MLflow: where runs go, runs, params, metrics, figures, the model."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from aeexp.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LENGTH = 6000
+SERVER_CHECK_TIMEOUT_S = 5.0
+
+
+def _check_server(uri: str) -> None:
+    import requests
+
+    health = uri.rstrip("/") + "/health"
+    try:
+        response = requests.get(health, timeout=SERVER_CHECK_TIMEOUT_S)
+    except requests.RequestException as err:
+        raise TrackingError(
+            f"tracking server {uri} is unreachable ({type(err).__name__}); start it with "
+            f"`mlflow server --host 127.0.0.1 --port {urlparse(uri).port or 5000}` or set tracking.uri"
+        ) from None
+    if response.status_code != 200:
+        raise TrackingError(
+            f"{uri} does not answer like an MLflow tracking server (GET /health -> HTTP "
+            f"{response.status_code}); check tracking.uri"
+        )
+
+
+def _check_sqlite(uri: str) -> None:
+    if not uri.startswith("sqlite:///"):
+        return  # in-memory or unusual forms: let MLflow judge
+    path = Path(uri[len("sqlite:///"):])  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise TrackingError(f"tracking.uri={uri}: folder {directory} does not exist; create it first")
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise TrackingError(f"tracking.uri={uri}: {path} is not writable; choose another place")
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            connection.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.Error as err:
+        raise TrackingError(f"tracking.uri={uri}: cannot open {path} as SQLite ({err})") from None
+
+
+def configure(uri: str | None, experiment: str) -> str:
+    """Point MLflow at ``uri`` (None: MLflow's default) and ``experiment``; fail fast if unusable.
+
+    Returns the tracking URI in force.
+    """
+    if uri:
+        scheme = urlparse(uri).scheme
+        if scheme in ("http", "https"):
+            _check_server(uri)
+        elif scheme == "sqlite":
+            _check_sqlite(uri)
+        mlflow.set_tracking_uri(uri)
+    else:
+        mlflow.set_tracking_uri(None)
+    resolved = mlflow.get_tracking_uri()
+    if not uri and resolved.startswith("sqlite"):
+        _check_sqlite(resolved)
+    try:
+        mlflow.set_experiment(experiment)
+    except Exception as err:
+        raise TrackingError(f"cannot use experiment {experiment!r} at {resolved}: {err}") from None
+    return resolved
+
+
+@contextlib.contextmanager
+def start_run(run_name: str | None, tags: Mapping[str, str]) -> Iterator[str]:
+    """An MLflow run around the block: FINISHED if it ends normally, else FAILED with the error as a tag."""
+    run = mlflow.start_run(run_name=run_name, tags=dict(tags))
+    try:
+        yield run.info.run_id
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        with contextlib.suppress(Exception):
+            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.end_run(status=status)
+        raise
+    mlflow.end_run(status=RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params in batches within MLflow's limits (100 per call, 6000 chars per value)."""
+    items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+    for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+        mlflow.log_params(dict(items[start:start + MAX_PARAMS_PER_BATCH]))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    mlflow.set_tags(dict(tags))
+
+
+def log_figure(figure: Any, filename: str) -> None:
+    """Log a matplotlib figure as a PNG artifact ``filename``."""
+    mlflow.log_figure(figure, filename)
+
+
+def log_text(text: str, filename: str) -> None:
+    mlflow.log_text(text, filename)
+
+
+def log_model(model: Any, example_input: Any) -> None:
+    """Log a torch autoencoder as the run's ``model`` (loadable with ``mlflow.pytorch.load_model``)."""
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    model.eval()
+    import torch
+
+    with torch.no_grad():
+        example_output = model(torch.as_tensor(example_input)).numpy()
+    signature = infer_signature(example_input, example_output)
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+    # Pickle keeps the whole module (encode/decode included); pt2 would keep only forward().
+    pytorch_logger = logging.getLogger("mlflow.pytorch")
+    level = pytorch_logger.level
+    pytorch_logger.setLevel(logging.ERROR)  # its pickle-safety warning is noise for our own models
+    try:
+        mlflow.pytorch.log_model(model, name="model", signature=signature, pip_requirements=requirements,
+                                 serialization_format="pickle")
+    finally:
+        pytorch_logger.setLevel(level)
+
+
+def load_model(model_uri: str) -> Any:
+    """A logged autoencoder back as a torch module."""
+    import mlflow.pytorch
+
+    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
