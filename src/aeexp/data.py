@@ -46,6 +46,7 @@ IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
 
 DIGITS_TEST_FRACTION = 0.2
 
+MAX_IDX_DIMS = 32  # numpy 1.x's limit; real IDX files have 1 to 4
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -106,7 +107,7 @@ def read_idx(path: Path) -> np.ndarray:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
             raise IdxFormatError(f"{path} is a corrupt or truncated gzip file ({err}); fetch it again") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 0 < raw[3] <= MAX_IDX_DIMS:
         raise IdxFormatError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
     header_end = 4 + 4 * ndim
@@ -122,7 +123,11 @@ def read_idx(path: Path) -> np.ndarray:
             f"{path} is {problem}: header {shape} needs {expected} data bytes, file has {actual}; "
             "fetch it again"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape).astype(dtype.newbyteorder("="))
+    try:
+        array = np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape)
+    except ValueError as err:  # e.g. a zero dimension beside dimensions too large for numpy
+        raise IdxFormatError(f"{path} has an impossible shape {shape} ({err})") from None
+    return array.astype(dtype.newbyteorder("="))
 
 
 def _idx_candidates(name: str, root: Path) -> list[Path]:
@@ -203,6 +208,12 @@ def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[np.ndarray
                 f"{files[f'{split}_images']} holds {images.shape[0]} images but "
                 f"{files[f'{split}_labels']} holds {labels.shape[0]} labels; the files do not belong together"
             )
+        for key in (f"{split}_images", f"{split}_labels"):
+            if arrays[key].dtype != np.uint8:
+                raise IdxFormatError(f"{files[key]} holds {arrays[key].dtype} values; expected unsigned bytes")
+        if labels.size and labels.max() >= len(IDX_DATASETS[name][1]):
+            raise IdxFormatError(f"{files[f'{split}_labels']} holds label {labels.max()}; {name} has "
+                                 f"{len(IDX_DATASETS[name][1])} classes")
         if images.shape[1:] != IMAGE_SHAPES[name][1:]:
             raise IdxFormatError(f"{files[f'{split}_images']} holds {images.shape[1:]} images, "
                                  f"expected {IMAGE_SHAPES[name][1:]} for {name}")

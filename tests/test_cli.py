@@ -1,0 +1,226 @@
+"""End to end through the CLI as a user runs it: a subprocess in a temp dir writing a temp sqlite store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from conftest import FAST
+from mlflow.tracking import MlflowClient
+from mlflow_store import artifact_paths, assert_no_running, metric_history, runs_in
+
+from aeexp.data import DEBIAN_FASHION_MNIST
+
+FIGURES = {"reconstructions.png", "loss_curves.png", "tsne.png"}
+
+
+def _single_run(tracking_uri: str, experiment: str):
+    runs = runs_in(tracking_uri, experiment)
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def _assert_png(tracking_uri: str, run_id: str, name: str, tmp_path: Path) -> None:
+    local = Path(MlflowClient(tracking_uri).download_artifacts(run_id, name, str(tmp_path)))
+    data = local.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, name
+
+
+def test_digits_run_logs_everything(run_cli, tracking_uri, tmp_path):
+    done = run_cli(f"tracking.uri={tracking_uri}", "trainer.epochs=4", "trainer.progress=false",
+                   "embed.n_samples=300", "model.bottleneck=16", "seed=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = _single_run(tracking_uri, "digits")
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id in done.stdout + done.stderr
+    assert run.info.run_name == "ae32-b16-digits"
+
+    params = run.data.params
+    assert params["model.bottleneck"] == "16"
+    assert params["model.widths"] == "[128, 64]"
+    assert params["dataset.name"] == "digits"
+    assert params["trainer.optimizer"] == "adam"
+    assert params["trainer.epochs"] == "4"
+    assert params["seed"] == "3"
+    assert params["tracking.experiment"] == "digits"
+
+    train_loss = metric_history(tracking_uri, run.info.run_id, "train_loss")
+    assert [step for step, _ in train_loss] == [1, 2, 3, 4]
+    assert train_loss[-1][1] < train_loss[0][1] * 0.9
+    val_loss = metric_history(tracking_uri, run.info.run_id, "val_loss")
+    assert [step for step, _ in val_loss] == [1, 2, 3, 4] and val_loss[-1][1] < val_loss[0][1]
+    assert all(value > 0 for _, value in metric_history(tracking_uri, run.info.run_id, "epoch_time"))
+
+    m = run.data.metrics
+    assert 0 < m["test_loss"] < train_loss[0][1]
+    assert 0 < m["test_mse"] < 0.1
+    assert m["test_knn_acc"] > 0.6  # chance is 0.1
+    assert m["embed_knn_acc"] > 0.4
+    assert 0.7 < m["embed_trust"] <= 1.0
+    assert m["embed_time"] > 0
+
+    artifacts = artifact_paths(tracking_uri, run.info.run_id)
+    assert FIGURES | {"config.yaml"} <= artifacts
+    for figure in FIGURES:
+        _assert_png(tracking_uri, run.info.run_id, figure, tmp_path)
+    config_text = Path(MlflowClient(tracking_uri).download_artifacts(run.info.run_id, "config.yaml",
+                                                                        str(tmp_path))).read_text()
+    assert "bottleneck: 16" in config_text
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model", map_location="cpu")
+    images = torch.rand(5, 1, 8, 8)
+    assert model.encode(images).shape == (5, 16)
+    assert model(images).shape == (5, 1, 8, 8)
+    # The figures also land in Hydra's output dir of the run.
+    assert len(list((tmp_path / "outputs").rglob("tsne.png"))) == 1
+
+
+def test_mnist_from_idx_files(run_cli, tracking_uri, mnist_root):
+    done = run_cli("dataset=mnist", f"dataset.root={mnist_root}", "dataset.download=false", "model=ae25",
+                   "model.bottleneck=8", f"tracking.uri={tracking_uri}", *FAST)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = _single_run(tracking_uri, "mnist")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.widths"] == "[400, 200, 100, 50]"
+    assert run.data.params["dataset.root"] == str(mnist_root)
+    assert run.data.metrics["test_knn_acc"] > 0.3  # synthetic classes are easy; chance is 0.1
+
+
+def test_fashion_mnist_from_debian_files(run_cli, tracking_uri):
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{DEBIAN_FASHION_MNIST} missing: .ci/run installs dataset-fashion-mnist")
+        pytest.skip("apt-get install dataset-fashion-mnist to run this test")
+    done = run_cli("dataset=fashion_mnist", "dataset.root=./nothing-here", "dataset.download=false",
+                   "trainer.epochs=1", "trainer.progress=false", "embed.n_samples=300",
+                   f"tracking.uri={tracking_uri}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = _single_run(tracking_uri, "fashion_mnist")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_knn_acc"] > 0.6
+
+
+def test_console_script_and_packaged_configs_from_any_dir(tmp_path):
+    script = Path(sys.executable).with_name("aeexp")
+    assert script.exists(), "the `aeexp` console script is not installed"
+    done = subprocess.run([str(script), "model=ae25", "--cfg", "job"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "bottleneck: 25" in done.stdout and "- 400" in done.stdout
+
+
+def test_user_config_dir_adds_configs(tmp_path):
+    user = tmp_path / "myconf" / "model"
+    user.mkdir(parents=True)
+    (user / "tiny.yaml").write_text("name: tiny\nwidths: [16]\nbottleneck: 3\n")
+    done = subprocess.run([sys.executable, "-m", "aeexp", "--config-dir", str(tmp_path / "myconf"),
+                           "model=tiny", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "name: tiny" in done.stdout and "bottleneck: 3" in done.stdout
+
+
+def test_wheel_ships_configs_and_runs_without_the_repo(tmp_path):
+    """A plain (non-editable) install finds its configs inside the package."""
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    repo = Path(__file__).resolve().parents[1]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(wheel_dir), str(repo)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = next(wheel_dir.glob("aeexp-*.whl"))
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                                str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    shipped = {p.relative_to(target / "aeexp" / "conf").as_posix() for p in (target / "aeexp" / "conf").rglob("*.yaml")}
+    repo_configs = {p.relative_to(repo / "conf").as_posix() for p in (repo / "conf").rglob("*.yaml")}
+    assert shipped == repo_configs
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    done = subprocess.run([sys.executable, "-c", "import aeexp.cli, sys; print(aeexp.cli.__file__); "
+                           "sys.argv=['aeexp', 'dataset=kmnist', '--cfg', 'job']; aeexp.cli.main()"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str(target)), done.stdout.splitlines()[0]
+    assert "name: kmnist" in done.stdout
+
+
+def test_nan_loss_marks_run_failed(run_cli, tracking_uri):
+    done = run_cli("trainer.optimizer=sgd", "trainer.lr=1e20",
+                   f"tracking.uri={tracking_uri}", *FAST)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert "training loss became" in output and "trainer.lr" in output
+    assert "Traceback" not in output
+    run = _single_run(tracking_uri, "digits")
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError" in run.data.tags["error"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+BAD_INPUTS = [
+    (["dataset=foo"], "Could not find 'dataset/foo'"),
+    (["model=nope"], "Could not find 'model/nope'"),
+    (["trainer.optimizer=adamw"], "trainer.optimizer"),
+    (["trainer.loss=l1"], "trainer.loss"),
+    (["trainer.epochs=abc"], "trainer.epochs"),
+    (["trainer.epoch=3"], "trainer.epoch"),
+    (["trainer.epochs=0"], "trainer.epochs=0 is invalid"),
+    (["trainer.batch_size=-8"], "trainer.batch_size=-8 is invalid"),
+    (["trainer.lr=-0.1"], "trainer.lr=-0.1 is invalid"),
+    (["model.bottleneck=-1"], "model.bottleneck=-1 is invalid"),
+    (["model.bottleneck=64"], "smaller than the input size 64"),
+    (["model.widths=[]"], "model.widths=[] is invalid"),
+    (["model.widths=[64,0]"], "model.widths[1]=0 is invalid"),
+    (["dataset.val_fraction=1.5"], "dataset.val_fraction=1.5 is invalid"),
+    (["embed.n_samples=0"], "embed.n_samples=0 is invalid"),
+    (["dataset=mnist", "dataset.root=./empty", "dataset.download=false"], "files not found"),
+    (["tracking.uri=http://127.0.0.1:{port}"], "unreachable"),
+    (["tracking.uri=sqlite:////nonexistent-dir/x/mlflow.db"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_fails_with_one_clear_message(run_cli, tracking_uri, overrides, message, tmp_path):
+    overrides = [o.format(port=_free_port()) for o in overrides]
+    has_uri = any(o.startswith("tracking.uri") for o in overrides)
+    done = run_cli(*FAST, *([] if has_uri else [f"tracking.uri={tracking_uri}"]), *overrides, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert message in output, output[-2000:]
+    assert "Traceback" not in output
+    assert_no_running(tracking_uri)
+    assert runs_in(tracking_uri) == [] if Path(tracking_uri.removeprefix("sqlite:///")).exists() else True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_cuda_without_gpu_is_refused(run_cli, tracking_uri):
+    done = run_cli("trainer.device=cuda", f"tracking.uri={tracking_uri}", *FAST)
+    assert done.returncode == 1
+    assert "no CUDA device is available" in done.stdout + done.stderr
+
+
+def test_same_seed_same_metrics(make_config, tracking_uri):
+    from aeexp import experiment
+
+    cfg = make_config(f"tracking.uri={tracking_uri}", *FAST, "seed=7")
+    first, second = experiment.run(cfg), experiment.run(cfg)
+    other = experiment.run(make_config(f"tracking.uri={tracking_uri}", *FAST, "seed=8"))
+    for key in ("test_loss", "test_mse", "test_knn_acc"):
+        assert first.metrics[key] == second.metrics[key], key
+    assert first.metrics["test_loss"] != other.metrics["test_loss"]
+    assert np.isfinite(first.metrics["embed_trust"])

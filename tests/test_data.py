@@ -1,0 +1,600 @@
+"""aeexp.data on real IDX files written to tmp dirs (plain and gzipped), sklearn digits and the Debian Fashion-MNIST."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import shutil
+import struct
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from idx import idx_bytes, synthetic_images, write_dataset, write_idx
+
+from aeexp.data import (
+    _IDX_DTYPES,
+    DEBIAN_FASHION_MNIST,
+    IDX_FILES,
+    Dataset,
+    IdxFormatError,
+    input_dim,
+    load,
+    read_idx,
+)
+from aeexp.errors import AeexpError, DataError
+
+N_TRAIN, N_TEST = 60, 20
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"]
+KMNIST_NAMES = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+CLASS_NAMES = {"mnist": [str(d) for d in range(10)], "fashion_mnist": FASHION_NAMES, "kmnist": KMNIST_NAMES}
+TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
+
+
+def _idx_header(code: int, dims: tuple[int, ...] | list[int]) -> bytes:
+    return struct.pack(">BBBB", 0, 0, code, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def _rows(split) -> Counter:
+    """A split as a multiset of (image bytes, label), to compare splits regardless of order."""
+    images = split.images.numpy().reshape(len(split), -1)
+    return Counter((img.tobytes(), int(lab)) for img, lab in zip(images, split.labels.numpy(), strict=True))
+
+
+def _original_rows(n: int, seed: int) -> Counter:
+    images, labels = synthetic_images(n, seed)
+    return Counter((img.tobytes(), int(lab)) for img, lab in zip(images.reshape(n, -1), labels, strict=True))
+
+
+# --------------------------------------------------------------------------------------------- read_idx
+
+
+def test_read_idx_plain_returns_the_exact_array(tmp_path):
+    array = np.random.default_rng(1).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    path = write_idx(tmp_path / "a-idx3-ubyte", array)
+    assert path.name == "a-idx3-ubyte"
+    got = read_idx(path)
+    assert got.shape == (5, 7, 3)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, array)
+    labels = np.array([0, 9, 255, 3], dtype=np.uint8)
+    got_labels = read_idx(write_idx(tmp_path / "l-idx1-ubyte", labels))
+    assert got_labels.shape == (4,) and got_labels.dtype == np.uint8
+    np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_read_idx_gzip_is_detected_by_content_not_by_name(tmp_path):
+    array = np.random.default_rng(2).integers(0, 256, size=(4, 6, 6), dtype=np.uint8)
+    gz_path = write_idx(tmp_path / "g-idx3-ubyte", array, gz=True)
+    assert gz_path.name.endswith(".gz") and gz_path.read_bytes()[:2] == b"\x1f\x8b"
+    np.testing.assert_array_equal(read_idx(gz_path), array)
+
+    no_suffix = tmp_path / "gzipped-without-suffix"  # gzip content, plain name
+    shutil.copy(gz_path, no_suffix)
+    got = read_idx(no_suffix)
+    assert got.dtype == np.uint8 and got.shape == (4, 6, 6)
+    np.testing.assert_array_equal(got, array)
+
+    plain_named_gz = tmp_path / "plain-idx3-ubyte.gz"  # plain content, .gz name
+    plain_named_gz.write_bytes(idx_bytes(array))
+    np.testing.assert_array_equal(read_idx(plain_named_gz), array)
+
+
+@pytest.mark.parametrize("code", sorted(_IDX_DTYPES))
+def test_read_idx_reads_every_idx_dtype_big_endian_into_native_values(tmp_path, code):
+    big = np.dtype(_IDX_DTYPES[code])
+    values = np.array([[0, 1, -1 if big.kind in "if" else 2], [7, 100, 3]]).astype(big)
+    path = tmp_path / "typed"
+    path.write_bytes(_idx_header(code, values.shape) + values.tobytes())
+    got = read_idx(path)
+    assert got.shape == (2, 3)
+    assert got.dtype == big.newbyteorder("=")
+    assert got.dtype.isnative
+    np.testing.assert_array_equal(got, values)
+
+
+def test_read_idx_missing_path_is_data_error_not_format_error(tmp_path):
+    with pytest.raises(DataError, match="cannot read") as info:
+        read_idx(tmp_path / "nope")
+    assert not isinstance(info.value, IdxFormatError)
+    assert str(tmp_path / "nope") in str(info.value)
+
+
+def test_read_idx_huge_header_on_tiny_file_fails_fast_without_allocating(tmp_path):
+    path = tmp_path / "huge"
+    path.write_bytes(_idx_header(0x08, [2**32 - 1] * 3) + b"\x00" * 16)
+    start = time.perf_counter()
+    with pytest.raises(IdxFormatError, match="truncated") as info:
+        read_idx(path)
+    assert time.perf_counter() - start < 1.0
+    assert "file has 16" in str(info.value)
+
+
+def test_idx_format_error_is_a_data_error():
+    assert issubclass(IdxFormatError, DataError) and issubclass(DataError, AeexpError)
+
+
+def test_read_idx_zero_dim_beside_huge_dims_is_idx_format_error(tmp_path):
+    path = tmp_path / "zero-by-huge"
+    path.write_bytes(_idx_header(0x08, [0, 2**32 - 1, 2**32 - 1]))
+    with pytest.raises(IdxFormatError):
+        read_idx(path)
+
+
+def test_read_idx_more_dims_than_numpy_supports_is_idx_format_error(tmp_path):
+    path = tmp_path / "many-dims"
+    path.write_bytes(_idx_header(0x08, [1] * 70) + b"\x2a")
+    with pytest.raises(IdxFormatError):
+        read_idx(path)
+
+
+# --------------------------------------------------------------------------------------------- load: layouts
+
+LAYOUTS = {
+    "torchvision raw": lambda root, name: root / TORCHVISION_FOLDER[name] / "raw",
+    "torchvision folder": lambda root, name: root / TORCHVISION_FOLDER[name],
+    "name raw": lambda root, name: root / name / "raw",
+    "name folder": lambda root, name: root / name,
+    "flat": lambda root, name: root,
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "kmnist"])
+def test_load_idx_dataset_from_each_layout(tmp_path, name, layout):
+    root = tmp_path / "data"
+    write_dataset(LAYOUTS[layout](root, name), n_train=N_TRAIN, n_test=N_TEST, seed=5)
+    ds = load(name, root, download=False, val_fraction=0.1, seed=0)
+    assert isinstance(ds, Dataset) and ds.name == name
+    assert len(ds.train) + len(ds.val) == N_TRAIN  # the tiny files, not the Debian Fashion-MNIST
+    assert len(ds.val) == 6 and len(ds.train) == 54
+    assert len(ds.test) == N_TEST
+    for split in (ds.train, ds.val, ds.test):
+        assert split.images.dtype == torch.uint8
+        assert split.labels.dtype == torch.int64
+        assert tuple(split.images.shape[1:]) == (1, 28, 28)
+        assert split.images.shape[0] == split.labels.shape[0]
+    assert ds.image_shape == (1, 28, 28)
+    assert ds.input_dim == 784 == input_dim(name)
+    assert ds.class_names == CLASS_NAMES[name]
+    test_x, test_y = synthetic_images(N_TEST, 6)  # write_dataset's test set uses seed + 1
+    np.testing.assert_array_equal(ds.test.images[:, 0].numpy(), test_x)
+    np.testing.assert_array_equal(ds.test.labels.numpy(), test_y)
+
+
+def test_class_names_of_fashion_mnist_and_kmnist(tmp_path):
+    write_dataset(tmp_path / "FashionMNIST" / "raw", n_train=20, n_test=10)
+    write_dataset(tmp_path / "KMNIST" / "raw", n_train=20, n_test=10)
+    fashion = load("fashion_mnist", tmp_path, download=False)
+    kmnist = load("kmnist", tmp_path, download=False)
+    assert fashion.class_names[0] == "T-shirt/top" and fashion.class_names[9] == "Ankle boot"
+    assert fashion.class_names == FASHION_NAMES
+    assert kmnist.class_names[:4] == ["o", "ki", "su", "tsu"] and kmnist.class_names[-1] == "wo"
+    assert len(fashion.class_names) == len(kmnist.class_names) == 10
+
+
+@pytest.mark.parametrize("gz", [
+    {"train_images": True, "test_labels": True},
+    {"train_labels": True, "test_images": True},
+    dict.fromkeys(IDX_FILES, True),
+])
+def test_load_mixed_gzip_and_plain_files(tmp_path, gz):
+    paths = write_dataset(tmp_path / "MNIST" / "raw", n_train=N_TRAIN, n_test=N_TEST, gz=gz, seed=3)
+    assert {k for k, p in paths.items() if p.suffix == ".gz"} == {k for k, v in gz.items() if v}
+    ds = load("mnist", tmp_path, download=False, seed=0)
+    assert len(ds.train) + len(ds.val) == N_TRAIN and len(ds.test) == N_TEST
+    assert _rows(ds.train) + _rows(ds.val) == _original_rows(N_TRAIN, 3)
+    assert _rows(ds.test) == _original_rows(N_TEST, 4)
+
+
+def test_load_prefers_torchvision_raw_folder_over_flat_root(tmp_path):
+    write_dataset(tmp_path, n_train=40, n_test=10)
+    write_dataset(tmp_path / "MNIST" / "raw", n_train=N_TRAIN, n_test=N_TEST)
+    ds = load("mnist", tmp_path, download=False)
+    assert len(ds.train) + len(ds.val) == N_TRAIN and len(ds.test) == N_TEST
+
+
+def test_load_skips_a_folder_with_only_some_of_the_files(tmp_path):
+    partial = write_dataset(tmp_path / "MNIST" / "raw", n_train=40, n_test=10)
+    partial["test_labels"].unlink()
+    write_dataset(tmp_path / "mnist", n_train=N_TRAIN, n_test=N_TEST)
+    ds = load("mnist", tmp_path, download=False)
+    assert len(ds.train) + len(ds.val) == N_TRAIN and len(ds.test) == N_TEST
+
+
+def test_load_accepts_str_root_with_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_dataset(tmp_path / "datasets" / "KMNIST" / "raw", n_train=N_TRAIN, n_test=N_TEST)
+    ds = load("kmnist", "~/datasets", download=False)
+    assert len(ds.test) == N_TEST and ds.class_names == KMNIST_NAMES
+
+
+def test_dataset_to_cpu_keeps_everything(mnist_root):
+    ds = load("mnist", mnist_root, download=False)
+    moved = ds.to("cpu")
+    assert moved.name == ds.name and moved.class_names == ds.class_names
+    for a, b in ((ds.train, moved.train), (ds.val, moved.val), (ds.test, moved.test)):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+# --------------------------------------------------------------------------------------------- load: val split
+
+
+@pytest.fixture
+def split_root(tmp_path: Path) -> Path:
+    write_dataset(tmp_path / "MNIST" / "raw", n_train=200, n_test=N_TEST, seed=11)
+    return tmp_path
+
+
+def test_val_split_same_seed_is_identical(split_root):
+    a = load("mnist", split_root, download=False, seed=7)
+    b = load("mnist", split_root, download=False, seed=7)
+    for x, y in ((a.train, b.train), (a.val, b.val), (a.test, b.test)):
+        assert torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels)
+
+
+def test_val_split_different_seed_is_different(split_root):
+    a = load("mnist", split_root, download=False, seed=0)
+    b = load("mnist", split_root, download=False, seed=1)
+    assert len(a.val) == len(b.val)
+    assert _rows(a.val) != _rows(b.val)
+    assert torch.equal(a.test.images, b.test.images)  # the test split never depends on the seed
+
+
+@pytest.mark.parametrize(("val_fraction", "n_val"), [(0.1, 20), (0.25, 50), (0.5, 100), (0.001, 1)])
+def test_val_split_is_disjoint_and_together_the_training_set(split_root, val_fraction, n_val):
+    ds = load("mnist", split_root, download=False, val_fraction=val_fraction, seed=3)
+    assert len(ds.val) == n_val and len(ds.train) == 200 - n_val
+    train, val = _rows(ds.train), _rows(ds.val)
+    assert not set(train) & set(val)
+    assert train + val == _original_rows(200, 11)
+    originals_y = synthetic_images(200, 11)[1]
+    counts = np.bincount(ds.train.labels.numpy(), minlength=10) + np.bincount(ds.val.labels.numpy(), minlength=10)
+    np.testing.assert_array_equal(counts, np.bincount(originals_y, minlength=10))
+
+
+def test_val_and_train_keep_the_file_order(split_root):
+    images, _ = synthetic_images(200, 11)
+    index = {img.tobytes(): i for i, img in enumerate(images.reshape(200, -1))}
+    ds = load("mnist", split_root, download=False, seed=4)
+    for split in (ds.train, ds.val):
+        positions = [index[img.tobytes()] for img in split.images.numpy().reshape(len(split), -1)]
+        assert positions == sorted(positions)
+
+
+# --------------------------------------------------------------------------------------------- digits
+
+
+def test_digits_sizes_shape_and_range(tmp_path):
+    ds = load("digits", tmp_path / "never-created", download=False, val_fraction=0.1, seed=0)
+    assert not (tmp_path / "never-created").exists()
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 1797
+    assert len(ds.test) == 360
+    assert len(ds.val) == round(1437 * 0.1) and len(ds.train) == 1437 - len(ds.val)
+    assert ds.image_shape == (1, 8, 8) and ds.input_dim == 64 == input_dim("digits")
+    for split in (ds.train, ds.val, ds.test):
+        assert split.images.dtype == torch.uint8 and tuple(split.images.shape[1:]) == (1, 8, 8)
+    all_images = torch.cat([ds.train.images, ds.val.images, ds.test.images])
+    assert int(all_images.min()) == 0 and int(all_images.max()) == 255
+    assert ds.class_names == [str(d) for d in range(10)]
+    assert set(ds.test.labels.tolist()) == set(range(10))
+
+
+def test_digits_test_split_is_fixed_regardless_of_seed():
+    a = load("digits", seed=0, download=False)
+    b = load("digits", seed=123, download=False)
+    assert torch.equal(a.test.images, b.test.images) and torch.equal(a.test.labels, b.test.labels)
+    assert _rows(a.train) + _rows(a.val) == _rows(b.train) + _rows(b.val)
+    assert _rows(a.val) != _rows(b.val)
+
+
+def test_unknown_dataset_name_is_data_error(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'cifar'") as info:
+        load("cifar", tmp_path, download=False)
+    for name in ("digits", "mnist", "fashion_mnist", "kmnist"):
+        assert name in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("name", ["mnist", "kmnist"])
+def test_missing_files_without_download_names_files_and_folders(tmp_path, name):
+    root = tmp_path / "empty"
+    root.mkdir()
+    with pytest.raises(DataError) as info:
+        load(name, root, download=False)
+    message = str(info.value)
+    assert not isinstance(info.value, IdxFormatError)
+    assert f"dataset {name}: files not found" in message
+    for stem in IDX_FILES.values():
+        assert f"{stem}[.gz]" in message
+    folder = TORCHVISION_FOLDER[name]
+    for searched in (root / folder / "raw", root / folder, root / name / "raw", root / name, root):
+        assert str(searched) in message
+    assert "download is off" in message
+    assert not any(root.iterdir())  # nothing was downloaded
+
+
+def test_missing_files_when_root_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match="download is off"):
+        load("mnist", tmp_path / "no" / "such" / "dir", download=False)
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_folder_missing_one_file_counts_as_missing(tmp_path):
+    write_dataset(tmp_path / "MNIST" / "raw", n_train=20, n_test=10)["train_labels"].unlink()
+    with pytest.raises(DataError, match="files not found") as info:
+        load("mnist", tmp_path, download=False)
+    assert "train-labels-idx1-ubyte[.gz]" in str(info.value)
+
+
+def test_root_that_is_a_file_is_data_error(tmp_path):
+    not_a_dir = tmp_path / "data.txt"
+    not_a_dir.write_text("hello")
+    with pytest.raises(DataError, match="is a file, not a folder") as info:
+        load("mnist", not_a_dir, download=True)  # refused before any download attempt
+    assert str(not_a_dir) in str(info.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_truncated_image_file(tmp_path, gz):
+    paths = write_dataset(tmp_path / "MNIST" / "raw", n_train=20, n_test=10, gz={"train_images": gz})
+    path = paths["train_images"]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IdxFormatError) as info:
+        load("mnist", tmp_path, download=False)
+    message = str(info.value)
+    assert str(path) in message
+    assert "truncated" in message
+    if gz:
+        assert "gzip" in message
+    else:
+        assert "(20, 28, 28)" in message and "fetch it again" in message
+
+
+def test_gzip_with_bad_checksum(tmp_path):
+    path = write_idx(tmp_path / "x-idx1-ubyte", np.arange(50, dtype=np.uint8), gz=True)
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 0xFF  # CRC32 in the gzip trailer
+    path.write_bytes(bytes(data))
+    with pytest.raises(IdxFormatError, match="corrupt or truncated gzip"):
+        read_idx(path)
+
+
+def test_file_longer_than_its_header(tmp_path):
+    path = write_dataset(tmp_path, n_train=20, n_test=10)["test_labels"]
+    path.write_bytes(path.read_bytes() + b"\x00\x01")
+    with pytest.raises(IdxFormatError, match="longer than its header says") as info:
+        load("mnist", tmp_path, download=False)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_wrong_magic_number(tmp_path, gz):
+    paths = write_dataset(tmp_path, n_train=20, n_test=10)
+    path = paths["test_images"]
+    payload = b"\x01\x02\x03\x04" + path.read_bytes()[4:]
+    path.write_bytes(gzip.compress(payload) if gz else payload)  # gzip content under the plain name
+    with pytest.raises(IdxFormatError, match="not an IDX file") as info:
+        load("mnist", tmp_path, download=False)
+    assert "bad magic number 01020304" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_png_is_not_an_idx_file(tmp_path):
+    path = tmp_path / "image.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    with pytest.raises(IdxFormatError, match="bad magic number 89504e47"):
+        read_idx(path)
+
+
+def test_image_and_label_count_mismatch_names_both_files(tmp_path):
+    directory = tmp_path / "MNIST" / "raw"
+    write_dataset(directory, n_train=20, n_test=10)
+    images = write_idx(directory / IDX_FILES["train_images"], synthetic_images(21, 0)[0])
+    with pytest.raises(IdxFormatError) as info:
+        load("mnist", tmp_path, download=False)
+    message = str(info.value)
+    assert str(images) in message and str(directory / IDX_FILES["train_labels"]) in message
+    assert "21 images" in message and "20 labels" in message
+    assert "do not belong together" in message
+
+
+def test_wrong_image_size_for_the_dataset(tmp_path):
+    directory = tmp_path / "MNIST" / "raw"
+    write_dataset(directory, n_train=20, n_test=10)
+    small = write_idx(directory / IDX_FILES["test_images"], synthetic_images(10, 1, size=20)[0])
+    with pytest.raises(IdxFormatError) as info:
+        load("mnist", tmp_path, download=False)
+    message = str(info.value)
+    assert str(small) in message
+    assert "(20, 20)" in message and "(28, 28)" in message and "mnist" in message
+
+
+def test_labels_with_wrong_rank(tmp_path):
+    directory = tmp_path / "KMNIST" / "raw"
+    write_dataset(directory, n_train=20, n_test=10)
+    labels = write_idx(directory / IDX_FILES["train_labels"], np.zeros((20, 2), dtype=np.uint8))
+    with pytest.raises(IdxFormatError, match=r"expected images \(N, H, W\) and labels \(N,\)") as info:
+        load("kmnist", tmp_path, download=False)
+    assert str(labels) in str(info.value) and "(20, 2)" in str(info.value)
+
+
+def test_empty_file(tmp_path):
+    paths = write_dataset(tmp_path, n_train=20, n_test=10)
+    paths["train_labels"].write_bytes(b"")
+    with pytest.raises(IdxFormatError, match="not an IDX file") as info:
+        load("mnist", tmp_path, download=False)
+    assert "empty" in str(info.value) and str(paths["train_labels"]) in str(info.value)
+
+
+def test_empty_gzip_file(tmp_path):
+    path = tmp_path / "empty.gz"
+    path.write_bytes(gzip.compress(b""))
+    with pytest.raises(IdxFormatError, match="empty"):
+        read_idx(path)
+
+
+def test_header_shorter_than_its_dims(tmp_path):
+    path = tmp_path / "short-header"
+    path.write_bytes(_idx_header(0x08, [3, 4, 5])[:10])
+    with pytest.raises(IdxFormatError, match="header needs 16 bytes, has 10"):
+        read_idx(path)
+
+
+# --------------------------------------------------------------------------------------------- Debian Fashion-MNIST
+
+
+def test_fashion_mnist_from_debian_folder_when_root_is_empty(tmp_path):
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        reason = f"{DEBIAN_FASHION_MNIST} is missing (apt-get install dataset-fashion-mnist)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must install the Debian Fashion-MNIST: {reason}")
+        pytest.skip(reason)
+    root = tmp_path / "empty"
+    root.mkdir()
+    ds = load("fashion_mnist", root, download=False, val_fraction=0.1, seed=0)
+    assert not any(root.iterdir())
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (54000, 6000, 10000)
+    assert ds.image_shape == (1, 28, 28) and ds.train.images.dtype == torch.uint8
+    assert ds.class_names == FASHION_NAMES
+    assert np.bincount(ds.test.labels.numpy(), minlength=10).tolist() == [1000] * 10
+    train_counts = np.bincount(ds.train.labels.numpy(), minlength=10) + np.bincount(ds.val.labels.numpy(),
+                                                                                    minlength=10)
+    assert train_counts.tolist() == [6000] * 10
+    # the Debian folder is for Fashion-MNIST only
+    with pytest.raises(DataError, match="files not found"):
+        load("mnist", root, download=False)
+
+
+# --------------------------------------------------------------------------------------------- fuzzing read_idx
+
+
+def _inner(data: bytes) -> bytes:
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def _header_size(data: bytes) -> int:
+    raw = _inner(data)
+    ndim = raw[3]
+    return math.prod(struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim]))
+
+
+def _write(directory: Path, name: str, data: bytes) -> Path:
+    path = directory / name
+    path.write_bytes(data)
+    return path
+
+
+@st.composite
+def random_files(draw) -> bytes:
+    prefix = draw(st.sampled_from([b"", b"\x00\x00", b"\x00\x00\x08", b"\x00\x00\x0d\x01", b"\x00\x00\x08\x02",
+                                   b"\x1f\x8b", b"\x1f\x8b\x08\x00"]))
+    data = prefix + draw(st.binary(max_size=64))
+    if draw(st.booleans()):
+        data = gzip.compress(data, mtime=0)
+    return data
+
+
+@st.composite
+def mutated_idx_files(draw) -> tuple[bytes, str, tuple[int, ...], bytes]:
+    """(file bytes, what was done, header shape, payload); the file is valid exactly when what == 'exact'."""
+    code = draw(st.sampled_from(sorted(_IDX_DTYPES)))
+    dims = tuple(draw(st.lists(st.integers(0, 8), min_size=1, max_size=4)))
+    n_bytes = math.prod(dims) * np.dtype(_IDX_DTYPES[code]).itemsize
+    payload = draw(st.binary(min_size=n_bytes, max_size=n_bytes))
+    body = _idx_header(code, dims) + payload
+    what = draw(st.sampled_from(["exact", "truncate", "extend"]))
+    if what == "truncate":
+        body = body[:draw(st.integers(0, len(body) - 1))]
+    elif what == "extend":
+        body += draw(st.binary(min_size=1, max_size=16))
+    if draw(st.booleans()):
+        body = gzip.compress(body, mtime=0)
+        damage = draw(st.sampled_from(["none", "cut", "flip"]))
+        if damage == "cut":
+            body, what = body[:draw(st.integers(0, len(body) - 1))], "gzip cut"
+        elif damage == "flip":
+            at = draw(st.integers(0, len(body) - 1))
+            body = body[:at] + bytes([body[at] ^ draw(st.integers(1, 255))]) + body[at + 1:]
+            what = "gzip flip"
+    return body, what, dims, payload
+
+
+FUZZ = settings(max_examples=200, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(data=random_files(), name=st.sampled_from(["f", "f.gz", "f-idx3-ubyte"]))
+def test_fuzz_read_idx_random_bytes(tmp_path_factory, data, name):
+    path = _write(tmp_path_factory.mktemp("fuzz"), name, data)
+    try:
+        array = read_idx(path)
+    except IdxFormatError:
+        return
+    assert isinstance(array, np.ndarray)
+    assert array.size == _header_size(data)
+
+
+@FUZZ
+@given(case=mutated_idx_files(), name=st.sampled_from(["f", "f.gz", "t10k-images-idx3-ubyte"]))
+def test_fuzz_read_idx_valid_headers_mutated(tmp_path_factory, case, name):
+    data, what, dims, payload = case
+    path = _write(tmp_path_factory.mktemp("fuzz"), name, data)
+    if what == "exact":
+        array = read_idx(path)
+        assert array.shape == dims
+        assert array.dtype.isnative
+        assert array.astype(array.dtype.newbyteorder(">")).tobytes() == payload
+    elif what == "gzip flip":  # a flipped bit in gzip's header (mtime, OS) may go unnoticed
+        try:
+            array = read_idx(path)
+        except IdxFormatError:
+            return
+        assert array.size == _header_size(data)
+    else:
+        with pytest.raises(IdxFormatError):
+            read_idx(path)
+
+
+@FUZZ
+@given(dims=st.lists(st.integers(1, 2**32 - 1), min_size=1, max_size=6), tail=st.binary(max_size=16),
+       gz=st.booleans())
+def test_fuzz_read_idx_huge_headers_on_tiny_files(tmp_path_factory, dims, tail, gz):
+    data = _idx_header(0x08, dims) + tail
+    data = gzip.compress(data, mtime=0) if gz else data
+    path = _write(tmp_path_factory.mktemp("fuzz"), "f", data)
+    start = time.perf_counter()
+    try:
+        array = read_idx(path)
+    except IdxFormatError as err:
+        assert "truncated" in str(err) or "longer than its header says" in str(err)
+    else:
+        assert array.size == math.prod(dims) == len(tail)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_images_of_another_idx_dtype_are_refused(tmp_path):
+    files = write_dataset(tmp_path / "MNIST" / "raw", n_train=20, n_test=10)
+    wide = np.zeros((20, 28, 28), dtype=">i4")
+    header = _idx_header(0x0C, list(wide.shape))
+    files["train_images"].write_bytes(header + wide.tobytes())
+    with pytest.raises(IdxFormatError, match="expected unsigned bytes"):
+        load("mnist", root=tmp_path, download=False)
+
+
+def test_labels_beyond_the_classes_are_refused(tmp_path):
+    files = write_dataset(tmp_path / "MNIST" / "raw", n_train=20, n_test=10)
+    write_idx(files["test_labels"], np.full(10, 200, dtype=np.uint8))
+    with pytest.raises(IdxFormatError, match="label 200"):
+        load("mnist", root=tmp_path, download=False)

@@ -1,0 +1,83 @@
+"""Code-quality metrics, the 2-D embedding and the figures, on small real arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from aeexp import embed, metrics, plots
+
+
+@pytest.fixture
+def blobs():
+    x, y = make_blobs(n_samples=300, centers=5, n_features=16, cluster_std=1.0, random_state=0)
+    return x.astype(np.float32), y
+
+
+def test_knn_accuracy_on_separable_and_random_labels(blobs):
+    x, y = blobs
+    assert metrics.knn_accuracy(x[:200], y[:200], x[200:], y[200:]) > 0.95
+    shuffled = np.random.default_rng(0).permutation(y)
+    assert metrics.knn_accuracy(x[:200], shuffled[:200], x[200:], shuffled[200:]) < 0.5
+
+
+def test_cv_knn_accuracy(blobs):
+    x, y = blobs
+    assert metrics.cv_knn_accuracy(x, y) > 0.95
+
+
+def test_trustworthiness_of_identity_and_noise(blobs):
+    x, _ = blobs
+    assert metrics.trustworthiness(x, x) == pytest.approx(1.0)
+    noise = np.random.default_rng(0).normal(size=(len(x), 2))
+    assert metrics.trustworthiness(x, noise) < 0.7
+
+
+def test_stratified_sample_keeps_class_proportions():
+    labels = np.repeat(np.arange(4), [100, 50, 30, 20])
+    chosen = metrics.stratified_sample(labels, 100, seed=0)
+    assert len(chosen) == 100 and len(set(chosen)) == 100
+    assert list(np.bincount(labels[chosen])) == [50, 25, 15, 10]
+    assert list(metrics.stratified_sample(labels, 1000)) == list(range(200))
+
+
+def test_tsne_keeps_clusters_apart(blobs):
+    x, y = blobs
+    points = embed.embed_2d(x, "tsne", perplexity=30, seed=0)
+    assert points.shape == (300, 2) and points.dtype == np.float32
+    assert metrics.cv_knn_accuracy(points, y) > 0.95
+    assert metrics.trustworthiness(x, points) > 0.9
+
+
+def test_tsne_clamps_perplexity_for_few_points(blobs):
+    x, _ = blobs
+    assert embed.embed_2d(x[:12], "tsne", perplexity=30).shape == (12, 2)
+
+
+def test_reconstruction_grid_layout():
+    originals = np.random.default_rng(0).random((6, 1, 8, 8))
+    fig = plots.reconstruction_grid(originals, originals * 0.5, [str(i) for i in range(6)])
+    assert len(fig.axes) == 12
+    assert fig.axes[0].get_title() == "0"
+    assert fig.axes[0].get_ylabel() == "input"
+
+
+def test_embedding_scatter_has_a_legend_of_class_names():
+    points = np.random.default_rng(0).random((40, 2))
+    labels = np.arange(40) % 4
+    fig = plots.embedding_scatter(points, labels, ["T-shirt", "Trouser", "Pullover", "Dress"], "t-SNE")
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["T-shirt", "Trouser", "Pullover", "Dress"]
+
+
+def test_loss_curves_plot_both_series():
+    fig = plots.loss_curves([0.5, 0.4, 0.3], [0.55, 0.45, 0.4], "bce")
+    lines = fig.axes[0].get_lines()
+    assert [list(line.get_ydata()) for line in lines] == [[0.5, 0.4, 0.3], [0.55, 0.45, 0.4]]
+    assert fig.axes[0].get_ylabel() == "bce loss"
+
+
+def test_pick_one_per_class_goes_round_the_classes():
+    labels = np.array([0, 0, 1, 2, 1, 0])
+    assert list(plots.pick_one_per_class(labels, 5)) == [0, 2, 3, 1, 4]

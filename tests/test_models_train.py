@@ -1,0 +1,97 @@
+"""The dense autoencoder and the training loop on tiny real data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aeexp import data, models, train
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
+def test_shapes_follow_the_dataset(shape):
+    model = models.build(shape, [32, 16], 4)
+    x = torch.rand(3, *shape)
+    assert model.encode(x).shape == (3, 4)
+    out = model(x)
+    assert out.shape == (3, *shape)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    first = model.encoder[0]
+    assert first.in_features == shape[1] * shape[2]
+    assert [m.out_features for m in model.decoder if isinstance(m, torch.nn.Linear)] == [16, 32, shape[1] * shape[2]]
+
+
+def test_glorot_init_with_zero_biases():
+    model = models.build((1, 28, 28), [400, 200], 25)
+    for layer in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
+        assert torch.count_nonzero(layer.bias) == 0
+        limit = (6 / (layer.in_features + layer.out_features)) ** 0.5
+        assert float(layer.weight.abs().max()) <= limit
+
+
+def test_bce_loss_matches_the_definition():
+    model = models.build((1, 8, 8), [16], 4)
+    x = torch.rand(5, 1, 8, 8)
+    out = model(x).clamp(1e-7, 1 - 1e-7)
+    expected = -(x * out.log() + (1 - x) * (1 - out).log()).mean()
+    assert float(model.reconstruction_loss(x, "bce")) == pytest.approx(float(expected), rel=1e-4)
+    assert float(model.reconstruction_loss(x, "mse")) == pytest.approx(float(((model(x) - x) ** 2).mean()), rel=1e-5)
+
+
+def _fit(dataset: data.Dataset, seed: int, epochs: int = 3, lr: float = 1e-3, loss: str = "bce"):
+    torch.manual_seed(seed)
+    model = models.build(dataset.image_shape, [64, 32], 8)
+    optimizer = train.make_optimizer(model, "adam", lr, 0.0)
+    seen = []
+    history = train.fit(model, dataset.train, dataset.val, epochs=epochs, batch_size=64, optimizer=optimizer,
+                        loss=loss, seed=seed, progress=False, on_epoch_end=lambda e, m: seen.append((e, m)))
+    return model, history, seen
+
+
+def test_fit_lowers_the_loss_and_calls_the_hook_each_epoch():
+    digits = data.load("digits")
+    _, history, seen = _fit(digits, seed=0, epochs=4)
+    assert [epoch for epoch, _ in seen] == [1, 2, 3, 4]
+    assert set(seen[0][1]) == {"train_loss", "val_loss", "epoch_time"}
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert history.val_loss[-1] < history.val_loss[0]
+
+
+def test_fit_is_deterministic_for_a_seed():
+    digits = data.load("digits")
+    first, h1, _ = _fit(digits, seed=5)
+    second, h2, _ = _fit(digits, seed=5)
+    _, h3, _ = _fit(digits, seed=6)
+    assert h1.train_loss == h2.train_loss
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert h1.train_loss != h3.train_loss
+
+
+def test_non_finite_loss_stops_with_the_setting_to_look_at():
+    digits = data.load("digits")
+    model = models.build(digits.image_shape, [16], 4)
+    optimizer = train.make_optimizer(model, "sgd", 1e20, 0.0)
+    with pytest.raises(train.NonFiniteLossError, match=r"epoch 1.*trainer\.lr"):
+        train.fit(model, digits.train, digits.val, epochs=3, batch_size=64, optimizer=optimizer, loss="bce",
+                  seed=0, progress=False)
+
+
+def test_batches_cover_every_image_once_per_epoch():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    batches = list(train.iterate_batches(images, 4, torch.Generator().manual_seed(0)))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    values = sorted(round(float(v) * 255) for b in batches for v in b.flatten())
+    assert values == list(range(10))
+    assert batches[0].dtype == torch.float32
+
+
+def test_evaluate_loss_weights_batches_by_size():
+    model = models.build((1, 8, 8), [16], 4)
+    images = (torch.rand(9, 1, 8, 8) * 255).to(torch.uint8)
+    whole = float(model.reconstruction_loss(train.to_float(images), "mse"))
+    old, train.EVAL_BATCH_SIZE = train.EVAL_BATCH_SIZE, 4
+    try:
+        assert train.evaluate_loss(model, images, "mse") == pytest.approx(whole, rel=1e-5)
+    finally:
+        train.EVAL_BATCH_SIZE = old
