@@ -7,10 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from aeexp.config import flatten, validate
-from aeexp.data import IMAGE_SHAPES, input_dim
 from aeexp.errors import ConfigError
-
-SIZES = {name: input_dim(name) for name in IMAGE_SHAPES}
 
 
 def test_defaults_run_offline_on_digits(make_config):
@@ -19,7 +16,7 @@ def test_defaults_run_offline_on_digits(make_config):
     assert cfg.model.name == "ae32" and list(cfg.model.widths) == [128, 64] and cfg.model.bottleneck == 32
     assert cfg.tracking.uri is None
     assert cfg.tracking.experiment == "digits"
-    validate(cfg, SIZES)
+    validate(cfg)
 
 
 def test_seed_models_and_overrides(make_config):
@@ -67,13 +64,13 @@ def test_unknown_key_fails_at_compose(make_config):
 )
 def test_invalid_values_name_the_key(make_config, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        validate(make_config(override), SIZES)
+        validate(make_config(override))
 
 
 def test_bottleneck_bound_uses_the_dataset_input_size(make_config):
-    validate(make_config("dataset=mnist", "model.bottleneck=64"), SIZES)  # 64 < 784
+    validate(make_config("dataset=mnist", "model.bottleneck=64"))  # 64 < 784
     with pytest.raises(ConfigError, match="784"):
-        validate(make_config("dataset=mnist", "model.bottleneck=784"), SIZES)
+        validate(make_config("dataset=mnist", "model.bottleneck=784"))
 
 
 def test_flatten_gives_dotted_resolved_keys(make_config):

@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from idx import idx_bytes, synthetic_images, write_dataset, write_idx
 
+from aeexp.config import input_size
 from aeexp.data import (
     _IDX_DTYPES,
     DEBIAN_FASHION_MNIST,
     IDX_FILES,
     Dataset,
     IdxFormatError,
-    input_dim,
     load,
     read_idx,
 )
@@ -162,7 +162,7 @@ def test_load_idx_dataset_from_each_layout(tmp_path, name, layout):
         assert tuple(split.images.shape[1:]) == (1, 28, 28)
         assert split.images.shape[0] == split.labels.shape[0]
     assert ds.image_shape == (1, 28, 28)
-    assert ds.input_dim == 784 == input_dim(name)
+    assert ds.input_dim == 784 == input_size(name)
     assert ds.class_names == CLASS_NAMES[name]
     test_x, test_y = synthetic_images(N_TEST, 6)  # write_dataset's test set uses seed + 1
     np.testing.assert_array_equal(ds.test.images[:, 0].numpy(), test_x)
@@ -278,7 +278,7 @@ def test_digits_sizes_shape_and_range(tmp_path):
     assert len(ds.train) + len(ds.val) + len(ds.test) == 1797
     assert len(ds.test) == 360
     assert len(ds.val) == round(1437 * 0.1) and len(ds.train) == 1437 - len(ds.val)
-    assert ds.image_shape == (1, 8, 8) and ds.input_dim == 64 == input_dim("digits")
+    assert ds.image_shape == (1, 8, 8) and ds.input_dim == 64 == input_size("digits")
     for split in (ds.train, ds.val, ds.test):
         assert split.images.dtype == torch.uint8 and tuple(split.images.shape[1:]) == (1, 8, 8)
     all_images = torch.cat([ds.train.images, ds.val.images, ds.test.images])

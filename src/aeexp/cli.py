@@ -10,9 +10,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from aeexp.config import register_configs
+from aeexp.config import register_configs, validate
 from aeexp.errors import AeexpError
-from aeexp.train import NonFiniteLossError
 
 log = logging.getLogger("aeexp")
 
@@ -27,11 +26,12 @@ def _ui_hint(tracking_uri: str) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://aeexp.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
-    from aeexp import experiment
-
     try:
+        validate(cfg)  # before the heavy imports below: a bad value is refused in a second
+        from aeexp import experiment
+
         result = experiment.run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (AeexpError, NonFiniteLossError) as err:
+    except AeexpError as err:
         log.error("error: %s", err)
         sys.exit(1)
     log.info("run %s in experiment %r at %s", result.run_id, result.experiment, result.tracking_uri)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -31,6 +30,22 @@ class Device(str, Enum):
 
 class EmbedMethod(str, Enum):
     tsne = "tsne"
+
+
+# The datasets aeexp knows and their image shapes (C, H, W): known without reading any file, so that a
+# config can be checked (bottleneck < input size) before data is loaded.
+DATASET_IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "kmnist": (1, 28, 28),
+}
+
+
+def input_size(dataset: str) -> int:
+    """Pixels per image of a dataset (the autoencoder's input size)."""
+    channels, height, width = DATASET_IMAGE_SHAPES[dataset]
+    return channels * height * width
 
 
 @dataclass
@@ -113,14 +128,11 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {expected}.")
 
 
-def validate(cfg: DictConfig, image_sizes: Mapping[str, int]) -> None:
-    """Check values a type cannot express; raise ConfigError naming the first offending key.
-
-    ``image_sizes`` maps each dataset aeexp knows to its pixel count (the model's input size).
-    """
-    _require(cfg.dataset.name in image_sizes, "dataset.name", cfg.dataset.name,
-             f"choose one of {', '.join(image_sizes)} (e.g. dataset=mnist)")
-    input_dim = image_sizes[cfg.dataset.name]
+def validate(cfg: DictConfig) -> None:
+    """Check values a type cannot express; raise ConfigError naming the first offending key."""
+    _require(cfg.dataset.name in DATASET_IMAGE_SHAPES, "dataset.name", cfg.dataset.name,
+             f"choose one of {', '.join(DATASET_IMAGE_SHAPES)} (e.g. dataset=mnist)")
+    input_dim = input_size(cfg.dataset.name)
     _require(0.0 < cfg.dataset.val_fraction < 1.0, "dataset.val_fraction", cfg.dataset.val_fraction,
              "it must lie strictly between 0 and 1")
     widths = list(cfg.model.widths)

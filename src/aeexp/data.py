@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aeexp.config import DATASET_IMAGE_SHAPES
 from aeexp.errors import DataError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -37,12 +38,6 @@ IDX_DATASETS: dict[str, tuple[str, list[str], str]] = {
     ),
 }
 
-IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
-    "digits": (1, 8, 8),
-    "mnist": (1, 28, 28),
-    "fashion_mnist": (1, 28, 28),
-    "kmnist": (1, 28, 28),
-}
 
 DIGITS_TEST_FRACTION = 0.2
 
@@ -89,11 +84,6 @@ class Dataset:
     def to(self, device: torch.device | str) -> Dataset:
         return Dataset(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
                        self.class_names)
-
-
-def input_dim(name: str) -> int:
-    """Pixels per image of a dataset, known without reading it (for early config checks)."""
-    return int(np.prod(IMAGE_SHAPES[name]))
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -214,9 +204,9 @@ def _load_idx_dataset(name: str, root: Path, download: bool) -> tuple[np.ndarray
         if labels.size and labels.max() >= len(IDX_DATASETS[name][1]):
             raise IdxFormatError(f"{files[f'{split}_labels']} holds label {labels.max()}; {name} has "
                                  f"{len(IDX_DATASETS[name][1])} classes")
-        if images.shape[1:] != IMAGE_SHAPES[name][1:]:
+        if images.shape[1:] != DATASET_IMAGE_SHAPES[name][1:]:
             raise IdxFormatError(f"{files[f'{split}_images']} holds {images.shape[1:]} images, "
-                                 f"expected {IMAGE_SHAPES[name][1:]} for {name}")
+                                 f"expected {DATASET_IMAGE_SHAPES[name][1:]} for {name}")
     return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
 
 

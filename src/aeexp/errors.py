@@ -15,3 +15,7 @@ class DataError(AeexpError):
 
 class TrackingError(AeexpError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class TrainingError(AeexpError):
+    """Training cannot go on (e.g. the loss became NaN); the message says which setting to look at."""

@@ -102,7 +102,7 @@ def _run_tags(cfg: DictConfig, device: torch.device) -> dict[str, str]:
 def run(cfg: DictConfig, output_dir: Path | None = None) -> RunResult:
     """Run the experiment ``cfg`` describes; figures also go to ``output_dir`` when given."""
     dataset_name = cfg.dataset.name
-    config_schema.validate(cfg, {name: data.input_dim(name) for name in data.IMAGE_SHAPES})
+    config_schema.validate(cfg)
     device = _device(cfg)
     tracking_uri = tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
     _seed_everything(cfg.seed)

@@ -11,12 +11,13 @@ import torch
 from tqdm.auto import tqdm
 
 from aeexp.data import Split
+from aeexp.errors import TrainingError
 from aeexp.models import DenseAutoencoder
 
 EVAL_BATCH_SIZE = 4096
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     """The training loss became NaN or infinite."""
 
 
