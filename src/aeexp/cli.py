@@ -1,8 +1,9 @@
-"""The Hydra entry point: compose the config, run one experiment, report where it went in one line."""
+"""The Hydra entry point: compose the config, run one experiment (or a sweep's job), report where it went."""
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from aeexp import sweep as sweeps
 from aeexp.config import register_configs, validate
 from aeexp.errors import AeexpError
 
@@ -24,24 +26,57 @@ def _ui_hint(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)"
 
 
+def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
+    validate(cfg)  # before the heavy imports below: a bad value is refused in a second
+    from aeexp import experiment
+
+    if sweep is not None:
+        sweeps.limit_threads_for_parallel_jobs()
+    result = experiment.run(cfg, Path(HydraConfig.get().runtime.output_dir), sweep)
+    log.info("run %s in experiment %r at %s", result.run_id, result.experiment, result.tracking_uri)
+    if sweep is None:
+        log.info("to compare runs: %s", _ui_hint(result.tracking_uri))
+    return result.val_loss
+
+
 @hydra.main(version_base="1.3", config_path="pkg://aeexp.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
+    """One run; returns the final validation loss (what an Optuna sweep minimises)."""
+    sweep = sweeps.current_sweep()
     try:
-        validate(cfg)  # before the heavy imports below: a bad value is refused in a second
-        from aeexp import experiment
+        return _run_job(cfg, sweep)
+    except Exception as err:
+        if sweep is None:
+            if isinstance(err, AeexpError):
+                log.error("error: %s", err)
+                sys.exit(1)
+            raise
+        # In a sweep a failed job is recorded and the sweep goes on with the next one.
+        if isinstance(err, AeexpError):
+            log.error("job %s failed: %s", HydraConfig.get().job.num, err)
+        else:
+            log.exception("job %s failed", HydraConfig.get().job.num)
+        from aeexp.experiment import run_name
 
-        result = experiment.run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except AeexpError as err:
-        log.error("error: %s", err)
-        sys.exit(1)
-    log.info("run %s in experiment %r at %s", result.run_id, result.experiment, result.tracking_uri)
-    log.info("to compare runs: %s", _ui_hint(result.tracking_uri))
-    return result.metrics["test_loss"]
+        sweeps.record_failed_job(sweep, cfg, sweeps.job_run_name(run_name(cfg), sweep, cfg), err)
+        return math.nan
 
 
 def main() -> None:
-    """Console-script entry point (``aeexp``), same as ``python -m aeexp``."""
-    _hydra_main()
+    """Console-script entry point: ``aeexp [overrides]`` as ``python -m aeexp``; ``aeexp compare ...``."""
+    if sys.argv[1:2] == ["compare"]:
+        from aeexp import compare
+
+        sys.exit(compare.main(sys.argv[2:]))
+    try:
+        _hydra_main()
+    finally:
+        sweeps.close_open_sweep(interrupted=True)  # only acts if the sweep did not end normally
+    outcome = sweeps.last_outcome
+    if outcome is not None and outcome.failed:
+        log.error("error: %d of %d jobs failed (%s); see parent run %s", len(outcome.failed), outcome.jobs,
+                  ", ".join(outcome.failed), outcome.parent_run_id)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from aeexp import config as config_schema
 from aeexp import data, embed, metrics, models, plots, tracking, train
 from aeexp.errors import ConfigError
+from aeexp.sweep import Sweep, job_run_name, job_tags
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class RunResult:
     experiment: str
     tracking_uri: str
     metrics: dict[str, float]
+    val_loss: float
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -39,7 +41,8 @@ def _device(cfg: DictConfig) -> torch.device:
     return train.resolve_device(wanted)
 
 
-def _run_name(cfg: DictConfig) -> str:
+def run_name(cfg: DictConfig) -> str:
+    """The run's name in MLflow, e.g. ``ae25-b8-mnist``."""
     return cfg.tracking.run_name or f"{cfg.model.name}-b{cfg.model.bottleneck}-{cfg.dataset.name}"
 
 
@@ -99,12 +102,16 @@ def _run_tags(cfg: DictConfig, device: torch.device) -> dict[str, str]:
     }
 
 
-def run(cfg: DictConfig, output_dir: Path | None = None) -> RunResult:
-    """Run the experiment ``cfg`` describes; figures also go to ``output_dir`` when given."""
+def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = None) -> RunResult:
+    """Run the experiment ``cfg`` describes; figures also go to ``output_dir`` when given.
+
+    In a ``sweep`` the run is a child of the sweep's parent run, in the sweep's experiment.
+    """
     dataset_name = cfg.dataset.name
     config_schema.validate(cfg)
     device = _device(cfg)
-    tracking_uri = tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
+    experiment_name = sweep.experiment if sweep else cfg.tracking.experiment
+    tracking_uri = tracking.configure(sweep.tracking_uri if sweep else cfg.tracking.uri, experiment_name)
     _seed_everything(cfg.seed)
     dataset = data.load(dataset_name, cfg.dataset.root, cfg.dataset.download, cfg.dataset.val_fraction,
                         cfg.seed).to(device)
@@ -113,7 +120,9 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> RunResult:
     model = models.build(dataset.image_shape, cfg.model.widths, cfg.model.bottleneck).to(device)
     loss = cfg.trainer.loss.value
 
-    with tracking.start_run(_run_name(cfg), _run_tags(cfg, device)) as run_id:
+    tags = _run_tags(cfg, device) | (job_tags() if sweep else {})
+    name = job_run_name(run_name(cfg), sweep, cfg) if sweep else run_name(cfg)
+    with tracking.start_run(name, tags, sweep.parent_run_id if sweep else None) as run_id:
         tracking.log_params(config_schema.flatten(cfg))
         tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         optimizer = train.make_optimizer(model, cfg.trainer.optimizer.value, cfg.trainer.lr,
@@ -152,4 +161,4 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> RunResult:
     log.info("test_loss %.4f  test_mse %.4f  test_knn_acc %.3f  embed_knn_acc %.3f  embed_trust %.3f",
              results["test_loss"], results["test_mse"], results["test_knn_acc"], results["embed_knn_acc"],
              results["embed_trust"])
-    return RunResult(run_id, cfg.tracking.experiment, tracking_uri, results)
+    return RunResult(run_id, experiment_name, tracking_uri, results, history.val_loss[-1])

@@ -71,3 +71,39 @@ def embedding_scatter(points: np.ndarray, labels: np.ndarray, class_names: Seque
     ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     return fig
+
+
+def metrics_vs_bottleneck(series: dict[str, dict[str, list[tuple[int, float]]]], metric_names: Sequence[str]
+                          ) -> Figure:
+    """One panel per metric: value against bottleneck size, one line per label (e.g. ``ae32 on mnist``).
+
+    ``series[metric][label]`` holds ``(bottleneck, value)`` points.
+    """
+    fig, axes = plt.subplots(1, len(metric_names), figsize=(4.6 * len(metric_names), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metric_names, strict=True):
+        for label, points in sorted(series.get(metric, {}).items()):
+            points = sorted(points)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bottleneck")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
+    return fig
+
+
+def image_panel(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 4) -> Figure:
+    """Images (e.g. each run's t-SNE figure) side by side with their titles."""
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 4.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -14,9 +15,10 @@ from urllib.parse import urlparse
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from aeexp.errors import TrackingError
@@ -62,11 +64,8 @@ def _check_sqlite(uri: str) -> None:
         raise TrackingError(f"tracking.uri={uri}: cannot open {path} as SQLite ({err})") from None
 
 
-def configure(uri: str | None, experiment: str) -> str:
-    """Point MLflow at ``uri`` (None: MLflow's default) and ``experiment``; fail fast if unusable.
-
-    Returns the tracking URI in force.
-    """
+def configure_uri(uri: str | None) -> str:
+    """Point MLflow at ``uri`` (None: MLflow's default) after checking it can be used; return the URI in force."""
     if uri:
         scheme = urlparse(uri).scheme
         if scheme in ("http", "https"):
@@ -79,6 +78,15 @@ def configure(uri: str | None, experiment: str) -> str:
     resolved = mlflow.get_tracking_uri()
     if not uri and resolved.startswith("sqlite"):
         _check_sqlite(resolved)
+    return resolved
+
+
+def configure(uri: str | None, experiment: str) -> str:
+    """Point MLflow at ``uri`` (None: MLflow's default) and ``experiment``; fail fast if unusable.
+
+    Returns the tracking URI in force.
+    """
+    resolved = configure_uri(uri)
     try:
         mlflow.set_experiment(experiment)
     except Exception as err:
@@ -86,10 +94,30 @@ def configure(uri: str | None, experiment: str) -> str:
     return resolved
 
 
+@dataclass
+class RunRecord:
+    """What the comparison report needs of one run, without MLflow types."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def _record(run: Any) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status,
+                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags))
+
+
 @contextlib.contextmanager
-def start_run(run_name: str | None, tags: Mapping[str, str]) -> Iterator[str]:
-    """An MLflow run around the block: FINISHED if it ends normally, else FAILED with the error as a tag."""
-    run = mlflow.start_run(run_name=run_name, tags=dict(tags))
+def start_run(run_name: str | None, tags: Mapping[str, str], parent_run_id: str | None = None) -> Iterator[str]:
+    """An MLflow run around the block: FINISHED if it ends normally, else FAILED with the error as a tag.
+
+    With ``parent_run_id`` it is a child of that run (also when the parent lives in another process).
+    """
+    run = mlflow.start_run(run_name=run_name, tags=dict(tags), parent_run_id=parent_run_id)
     try:
         yield run.info.run_id
     except BaseException as err:
@@ -98,7 +126,7 @@ def start_run(run_name: str | None, tags: Mapping[str, str]) -> Iterator[str]:
             mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
         mlflow.end_run(status=status)
         raise
-    mlflow.end_run(status=RunStatus.to_string(RunStatus.FINISHED))
+    mlflow.end_run(status="FINISHED")
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -155,5 +183,71 @@ def load_model(model_uri: str) -> Any:
     return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
 
-def client() -> MlflowClient:
-    return MlflowClient()
+def create_parent_run(experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+    """Open a run that outlives this call (a sweep's parent); close it with :func:`end_run_by_id`."""
+    client = MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+    for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+        batch = [Param(key, value) for key, value in items[start:start + MAX_PARAMS_PER_BATCH]]
+        client.log_batch(run.info.run_id, params=batch)
+    return run.info.run_id
+
+
+def record_failed_run(experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any],
+                      error: str, parent_run_id: str | None) -> str:
+    """A run that failed before it could start (e.g. a sweep job with invalid values), marked FAILED."""
+    all_tags = {**tags, "error": error[:5000]}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run_id = create_parent_run(experiment, run_name, all_tags, params)
+    end_run_by_id(run_id, "FAILED")
+    return run_id
+
+
+def end_run_by_id(run_id: str, status: str) -> None:
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+def set_run_tag(run_id: str, key: str, value: str) -> None:
+    MlflowClient().set_tag(run_id, key, value[:5000])
+
+
+def get_run(run_id: str) -> RunRecord:
+    try:
+        return _record(MlflowClient().get_run(run_id))
+    except Exception as err:
+        raise TrackingError(f"no run {run_id!r} at {mlflow.get_tracking_uri()} ({type(err).__name__})") from None
+
+
+def child_runs(parent_run_id: str) -> list[RunRecord]:
+    """The runs whose parent is ``parent_run_id``, oldest first."""
+    parent = MlflowClient().get_run(parent_run_id)
+    runs = MlflowClient().search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                      order_by=["attributes.start_time ASC"], max_results=10_000)
+    return [_record(run) for run in runs]
+
+
+def experiment_runs(experiment: str) -> list[RunRecord]:
+    """All runs of an experiment, oldest first."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"no experiment {experiment!r} at {mlflow.get_tracking_uri()}")
+    runs = MlflowClient().search_runs([found.experiment_id], order_by=["attributes.start_time ASC"],
+                                      max_results=10_000)
+    return [_record(run) for run in runs]
+
+
+def download_artifact(run_id: str, path: str, destination: Path) -> Path | None:
+    """A run's artifact copied under ``destination``; None when the run has no such artifact."""
+    try:
+        return Path(MlflowClient().download_artifacts(run_id, path, str(destination)))
+    except Exception:
+        return None
+
+
+def log_artifacts_to(run_id: str, directory: Path, artifact_path: str) -> None:
+    """Log every file of ``directory`` to run ``run_id`` (which need not be the active run)."""
+    MlflowClient().log_artifacts(run_id, str(directory), artifact_path)

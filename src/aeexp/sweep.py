@@ -1,0 +1,231 @@
+"""Sweeps as MLflow parent/child runs: a Hydra callback opens the parent, each job finds it in the sweep dir.
+
+The parent's id is written to ``<sweep dir>/.aeexp_sweep.json``, so jobs find it whichever launcher runs them:
+in this process (basic), in worker processes (joblib), as submitit jobs, or on a cluster sharing the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from aeexp.errors import AeexpError
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = ".aeexp_sweep.json"
+DEFAULT_EXPERIMENT = "${dataset.name}"
+
+
+@dataclass
+class Sweep:
+    """Where a sweep's runs go."""
+
+    parent_run_id: str
+    experiment: str
+    tracking_uri: str
+    name: str
+    directory: str
+    swept: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """How the last sweep of this process ended (read by the CLI for its exit code)."""
+
+    jobs: int = 0
+    failed: list[str] = field(default_factory=list)
+    parent_run_id: str = ""
+    report_dir: str = ""
+
+
+last_outcome: Outcome | None = None
+_open: Sweep | None = None
+
+
+def _sweep_overrides(config: DictConfig) -> list[str]:
+    """The sweep's overrides: the command line's and those in ``hydra.sweeper.params``."""
+    overrides = [str(o) for o in config.hydra.overrides.task]
+    params = config.hydra.sweeper.get("params") or {}
+    overrides += [f"{key}={value}" for key, value in params.items()]
+    return overrides
+
+
+def _swept_keys(config: DictConfig) -> list[str]:
+    """Keys the sweep varies: sweep overrides on the command line and every ``hydra.sweeper.params`` key."""
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(
+        [str(o) for o in config.hydra.overrides.task]) if o.is_sweep_override()]
+    keys += [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
+    return keys
+
+
+def _swept_values(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
+    values: list[str] = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.key_or_group in keys:
+            try:
+                found = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+                    str(override.value())]
+            except Exception:  # ranges and intervals: not a list of names
+                found = []
+            values += [v for v in found if v not in values]
+    return values
+
+
+def sweep_experiment(config: DictConfig) -> str:
+    """The one experiment of a sweep: ``tracking.experiment`` if set, else the dataset(s) swept over."""
+    raw = OmegaConf.to_container(config.tracking, resolve=False)["experiment"]
+    if raw != DEFAULT_EXPERIMENT:
+        return str(config.tracking.experiment)
+    datasets = _swept_values(_sweep_overrides(config), ("dataset", "dataset.name"))
+    return "+".join(datasets) if len(datasets) > 1 else str(config.dataset.name)
+
+
+def sweep_name(config: DictConfig) -> str:
+    """The preset's name (``experiment=`` or ``hparams_search=``), else the overrides of the sweep."""
+    choices = config.hydra.runtime.choices
+    for group in ("hparams_search", "experiment"):
+        if choices.get(group):
+            return str(choices[group])
+    swept = set(_swept_keys(config))
+    shown = [o for o in _sweep_overrides(config) if o.split("=", 1)[0].lstrip("+~") in swept]
+    return ("sweep " + " ".join(shown))[:250]
+
+
+class MlflowSweepCallback(Callback):
+    """Opens the sweep's parent run before the first job and closes it, with a comparison report, after the last."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _open, last_outcome
+        from aeexp import tracking
+
+        experiment = sweep_experiment(config)
+        directory = Path(config.hydra.sweep.dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            uri = tracking.configure(config.tracking.uri, experiment)
+            overrides = _sweep_overrides(config)
+            name = sweep_name(config)
+            tags = {"sweep.name": name, "sweep.dir": str(directory.resolve()),
+                    "sweep.overrides": " ".join(overrides),
+                    "sweep.launcher": str(config.hydra.runtime.choices.get("hydra/launcher")),
+                    "sweep.sweeper": str(config.hydra.runtime.choices.get("hydra/sweeper"))}
+            run_id = tracking.create_parent_run(experiment, name, tags, {"sweep.overrides": " ".join(overrides),
+                                                                          "sweep.dir": str(directory.resolve())})
+        except AeexpError as err:
+            log.error("error: %s", err)
+            sys.exit(1)
+        _open = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config))
+        last_outcome = None
+        (directory / SWEEP_FILE).write_text(json.dumps(asdict(_open)))
+        log.info("sweep %r: parent run %s in experiment %r at %s", name, run_id, experiment, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        close_open_sweep(interrupted=False)
+
+
+def close_open_sweep(interrupted: bool) -> None:
+    """End the open sweep's parent run: report, then FINISHED, or FAILED if a job failed or it was cut short."""
+    global _open, last_outcome
+    if _open is None:
+        return
+    sweep, _open = _open, None
+    from aeexp import compare, tracking
+
+    children = tracking.child_runs(sweep.parent_run_id)
+    failed = [child.name for child in children if child.status != "FINISHED"]
+    report_dir = Path(sweep.directory) / "comparison"
+    try:
+        if children:
+            compare.write_report(children, report_dir, title=sweep.name)
+            tracking.log_artifacts_to(sweep.parent_run_id, report_dir, "comparison")
+    except Exception as err:  # a report must not leave the parent RUNNING
+        log.warning("comparison report failed: %s", err)
+        tracking.set_run_tag(sweep.parent_run_id, "report_error", f"{type(err).__name__}: {err}")
+    if failed:
+        tracking.set_run_tag(sweep.parent_run_id, "error", f"{len(failed)} of {len(children)} jobs failed: "
+                             + ", ".join(failed))
+    status = "FAILED" if failed or interrupted or not children else "FINISHED"
+    tracking.end_run_by_id(sweep.parent_run_id, status)
+    last_outcome = Outcome(len(children), failed, sweep.parent_run_id, str(report_dir))
+    log.info("sweep %r %s: %d jobs, %d failed; report in %s", sweep.name, status, len(children), len(failed),
+             report_dir)
+
+
+def current_sweep() -> Sweep | None:
+    """The sweep this job belongs to, or None for a single run (or a sweep without aeexp's callback)."""
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN:
+        return None
+    path = Path(hydra_config.sweep.dir) / SWEEP_FILE
+    if not path.is_file():
+        return None
+    return Sweep(**json.loads(path.read_text()))
+
+
+def job_tags() -> dict[str, str]:
+    """Tags that tie a job's run to its place in the sweep."""
+    hydra_config = HydraConfig.get()
+    return {"sweep.job": str(hydra_config.job.num),
+            "sweep.job_overrides": " ".join(hydra_config.overrides.task)}
+
+
+NAMED_KEYS = {"model", "model.name", "model.bottleneck", "dataset", "dataset.name"}  # already in the run name
+
+
+def job_run_name(base: str, sweep: Sweep, cfg: DictConfig) -> str:
+    """``base`` plus the swept values it does not show, e.g. ``ae32-b8-digits lr=0.003``."""
+    extra = []
+    for key in sweep.swept:
+        if key in NAMED_KEYS or key.startswith("hydra"):
+            continue
+        value = HydraConfig.get().runtime.choices.get(key) or OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        extra.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join([base, *extra])
+
+
+def limit_threads_for_parallel_jobs() -> None:
+    """Under the joblib launcher, give each of the parallel jobs its share of the cores."""
+    import torch
+
+    hydra_config = HydraConfig.get()
+    launcher = str(hydra_config.launcher.get("_target_", ""))
+    if "joblib" not in launcher.lower():
+        return
+    n_jobs = int(hydra_config.launcher.get("n_jobs") or 1)
+    cores = os.cpu_count() or 1
+    parallel = cores if n_jobs < 0 else min(n_jobs, cores)
+    torch.set_num_threads(max(1, cores // max(1, parallel)))
+
+
+def record_failed_job(sweep: Sweep, cfg: DictConfig, run_name: str, error: BaseException) -> None:
+    """Make sure a failed job shows as a FAILED child run, also when it failed before its run started."""
+    from aeexp import tracking
+    from aeexp.config import flatten
+
+    tags = job_tags()
+    tracking.configure(sweep.tracking_uri, sweep.experiment)
+    for child in tracking.child_runs(sweep.parent_run_id):
+        if child.tags.get("sweep.job") == tags["sweep.job"]:
+            return  # the run exists and was marked FAILED when the error went through it
+    try:
+        params = flatten(cfg)
+    except Exception:
+        params = {}
+    tracking.record_failed_run(sweep.experiment, run_name, tags, params, f"{type(error).__name__}: {error}",
+                               sweep.parent_run_id)
