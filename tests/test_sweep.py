@@ -162,3 +162,17 @@ def test_presets_compose():
     fashion = job_config("experiment=seed_fmnist_ae32")
     assert fashion["dataset"]["name"] == "fashion_mnist" and fashion["model"]["widths"] == [128, 64]
     assert fashion["trainer"]["batch_size"] == 256 and fashion["trainer"]["epochs"] == 10
+
+
+def test_the_mlflow_ui_shows_the_sweep_children(run_cli, server_uri, tmp_path):
+    from browser import screenshot_sweep
+
+    done = run_cli("-m", "model.bottleneck=2,8", f"tracking.uri={server_uri}", "tracking.experiment=ui_sweep",
+                   *FAST)
+    assert done.returncode == 0, done.stderr[-3000:]
+    experiment_id = MlflowClient(server_uri).get_experiment_by_name("ui_sweep").experiment_id
+    screenshot = tmp_path / "mlflow-ui.png"
+    text = screenshot_sweep(server_uri, experiment_id, "sweep model.bottleneck=2,8",
+                            ["ae32-b2-digits", "ae32-b8-digits"], screenshot)
+    assert "ae32-b2-digits" in text and "ae32-b8-digits" in text
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
