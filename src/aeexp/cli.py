@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -58,8 +59,16 @@ def _hydra_main(cfg: DictConfig) -> float:
             log.exception("job %s failed", HydraConfig.get().job.num)
         from aeexp.experiment import run_name
 
-        sweeps.record_failed_job(sweep, cfg, sweeps.job_run_name(run_name(cfg), sweep, cfg), err)
+        try:
+            sweeps.record_failed_job(sweep, cfg, sweeps.job_run_name(run_name(cfg), sweep, cfg), err)
+        except Exception as tracking_err:  # e.g. the server went away: say so, keep the sweep going
+            log.error("could not record job %s as FAILED in MLflow: %s", HydraConfig.get().job.num, tracking_err)
         return math.nan
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: runs end KILLED and a sweep's parent run is closed, instead of staying RUNNING."""
+    raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -68,10 +77,17 @@ def main() -> None:
         from aeexp import compare
 
         sys.exit(compare.main(sys.argv[2:]))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         _hydra_main()
+    except KeyboardInterrupt:
+        log.error("error: interrupted; the MLflow run was marked KILLED")
+        sys.exit(130)
     finally:
-        sweeps.close_open_sweep(interrupted=True)  # only acts if the sweep did not end normally
+        try:
+            sweeps.close_open_sweep(interrupted=True)  # only acts if the sweep did not end normally
+        except Exception as err:
+            log.error("could not close the sweep's parent run in MLflow: %s", err)
     outcome = sweeps.last_outcome
     if outcome is not None and outcome.failed:
         log.error("error: %d of %d jobs failed (%s); see parent run %s", len(outcome.failed), outcome.jobs,

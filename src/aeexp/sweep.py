@@ -136,7 +136,7 @@ class MlflowSweepCallback(Callback):
 
 
 def close_open_sweep(interrupted: bool) -> None:
-    """End the open sweep's parent run: report, then FINISHED, or FAILED if a job failed or it was cut short."""
+    """End the open sweep's parent run: report, then FINISHED, FAILED if a job failed, KILLED if cut short."""
     global _open, last_outcome
     if _open is None:
         return
@@ -156,7 +156,7 @@ def close_open_sweep(interrupted: bool) -> None:
     if failed:
         tracking.set_run_tag(sweep.parent_run_id, "error", f"{len(failed)} of {len(children)} jobs failed: "
                              + ", ".join(failed))
-    status = "FAILED" if failed or interrupted or not children else "FINISHED"
+    status = "KILLED" if interrupted else "FAILED" if failed or not children else "FINISHED"
     tracking.end_run_by_id(sweep.parent_run_id, status)
     last_outcome = Outcome(len(children), failed, sweep.parent_run_id, str(report_dir))
     log.info("sweep %r %s: %d jobs, %d failed; report in %s", sweep.name, status, len(children), len(failed),
