@@ -186,19 +186,24 @@ def test_sigterm_ends_the_sweep_and_its_runs_killed(tmp_path, tracking_uri):
     process = subprocess.Popen([sys.executable, "-m", "aeexp", "-m", "model.bottleneck=2,8",
                                 f"tracking.uri={tracking_uri}", "trainer.epochs=500", "trainer.progress=false"],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in process.stdout:  # the store exists (and is migrated) once the parent run is announced
-        seen.append(line)
-        if "parent run" in line:
-            break
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # then wait until the first job's run exists
-        if any("sweep.job" in r.data.tags for r in runs_in(tracking_uri, "digits")):
-            break
-        time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    output = "".join(seen) + output
+    try:
+        seen = []
+        for line in process.stdout:  # the store exists (and is migrated) once the parent run is announced
+            seen.append(line)
+            if "parent run" in line:
+                break
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # then wait until the first job's run exists
+            if any("sweep.job" in r.data.tags for r in runs_in(tracking_uri, "digits")):
+                break
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+        output = "".join(seen) + output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert process.returncode == 130, output[-2000:]
     assert "interrupted" in output and "Traceback" not in output
     parent, children = _parent_and_children(tracking_uri, "digits")
