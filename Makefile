@@ -30,7 +30,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests $(wildcard scripts)
 
 bench: setup
 	$(BIN)/python scripts/bench.py
