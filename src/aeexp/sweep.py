@@ -121,7 +121,7 @@ class MlflowSweepCallback(Callback):
                     "sweep.overrides": " ".join(overrides),
                     "sweep.launcher": str(config.hydra.runtime.choices.get("hydra/launcher")),
                     "sweep.sweeper": str(config.hydra.runtime.choices.get("hydra/sweeper"))}
-            run_id = tracking.create_parent_run(experiment, name, tags, {"sweep.overrides": " ".join(overrides),
+            run_id = tracking.open_run(experiment, name, tags, {"sweep.overrides": " ".join(overrides),
                                                                           "sweep.dir": str(directory.resolve())})
         except AeexpError as err:
             log.error("error: %s", err)

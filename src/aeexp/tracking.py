@@ -129,11 +129,17 @@ def start_run(run_name: str | None, tags: Mapping[str, str], parent_run_id: str 
     mlflow.end_run(status="FINISHED")
 
 
-def log_params(params: Mapping[str, Any]) -> None:
-    """Log params in batches within MLflow's limits (100 per call, 6000 chars per value)."""
+def _param_batches(params: Mapping[str, Any]) -> Iterator[dict[str, str]]:
+    """Params as batches within MLflow's limits (100 per call, 6000 chars per value)."""
     items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
     for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        mlflow.log_params(dict(items[start:start + MAX_PARAMS_PER_BATCH]))
+        yield dict(items[start:start + MAX_PARAMS_PER_BATCH])
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params to the active run, in batches within MLflow's limits."""
+    for batch in _param_batches(params):
+        mlflow.log_params(batch)
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -183,15 +189,14 @@ def load_model(model_uri: str) -> Any:
     return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
 
-def create_parent_run(experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-    """Open a run that outlives this call (a sweep's parent); close it with :func:`end_run_by_id`."""
+def open_run(experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+    """Create a run that outlives this call and is not the active run (a sweep's parent); end it with
+    :func:`end_run_by_id`."""
     client = MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
-    items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
-    for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        batch = [Param(key, value) for key, value in items[start:start + MAX_PARAMS_PER_BATCH]]
-        client.log_batch(run.info.run_id, params=batch)
+    for batch in _param_batches(params):
+        client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in batch.items()])
     return run.info.run_id
 
 
@@ -201,7 +206,7 @@ def record_failed_run(experiment: str, run_name: str, tags: Mapping[str, str], p
     all_tags = {**tags, "error": error[:5000]}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run_id = create_parent_run(experiment, run_name, all_tags, params)
+    run_id = open_run(experiment, run_name, all_tags, params)
     end_run_by_id(run_id, "FAILED")
     return run_id
 
