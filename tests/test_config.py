@@ -59,6 +59,8 @@ def test_unknown_key_fails_at_compose(make_config):
         ("dataset.val_fraction=1", "dataset.val_fraction=1"),
         ("embed.n_samples=-5", "embed.n_samples=-5"),
         ("embed.perplexity=0", "embed.perplexity=0"),
+        ("embed.n_iter=0", "embed.n_iter=0"),
+        ("embed.early_exaggeration_iter=-1", "embed.early_exaggeration_iter=-1"),
         ("dataset.name=cifar", "dataset.name='cifar' is invalid: choose one of digits, mnist"),
     ],
 )

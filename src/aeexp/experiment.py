@@ -76,7 +76,8 @@ def _embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray, s
     chosen = metrics.stratified_sample(labels, n_samples, seed)
     codes, labels = codes[chosen], labels[chosen]
     started = time.perf_counter()
-    points = embed.embed_2d(codes, cfg.embed.method.value, cfg.embed.perplexity, seed)
+    points = embed.embed_2d(codes, cfg.embed.method.value, cfg.embed.perplexity, seed, n_iter=cfg.embed.n_iter,
+                            early_exaggeration_iter=cfg.embed.early_exaggeration_iter)
     embed_time = time.perf_counter() - started
     results = {
         "embed_time": embed_time,
@@ -132,6 +133,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
             epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size, optimizer=optimizer, loss=loss,
             seed=cfg.seed, progress=cfg.trainer.progress,
             on_epoch_end=lambda epoch, values: tracking.log_metrics(values, step=epoch),
+            compile=cfg.trainer.compile, mixed_precision=cfg.trainer.mixed_precision,
         )
         results, codes, labels = _final_metrics(model, dataset, loss)
         embedding, points, point_labels = _embedding_metrics(cfg, codes, labels, cfg.seed)

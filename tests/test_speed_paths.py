@@ -1,0 +1,213 @@
+"""Every speed path gives the answer of the plain path it replaces (within float tolerance); no timings here."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import make_blobs
+
+from aeexp import data, embed, metrics, models, train
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0, 50.0, 500.0])
+def test_fused_bce_matches_torch_in_value_and_gradient(scale):
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(64, 1, 8, 8, generator=generator) * scale).requires_grad_()
+    target = torch.rand(64, 1, 8, 8, generator=generator)
+    target[:16] = 0.0  # blank pixels, as in real images
+    target[16:24] = 1.0
+    reference = logits.detach().clone().requires_grad_()
+    ours = models.bce_with_logits(logits, target)
+    theirs = F.binary_cross_entropy_with_logits(reference, target)
+    ours.backward()
+    theirs.backward()
+    assert torch.isfinite(ours)
+    assert float(ours.detach()) == pytest.approx(float(theirs.detach()), rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(logits.grad, reference.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_fused_bce_without_grad_and_off_the_fast_path():
+    x = torch.rand(8, 1, 8, 8)
+    z = torch.randn(8, 1, 8, 8)
+    expected = float(F.binary_cross_entropy_with_logits(z, x))
+    with torch.no_grad():
+        assert float(models.bce_with_logits(z, x)) == pytest.approx(expected, rel=1e-5)
+    strided = torch.randn(8, 1, 8, 16)[..., ::2]  # not contiguous: falls back to torch's own
+    assert float(models.bce_with_logits(strided, x)) == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(strided, x)), rel=1e-6)
+    assert float(models.bce_with_logits(z.double(), x.double())) == pytest.approx(expected, rel=1e-5)
+
+
+def _train_pair(ours, theirs, model, twin, steps=25, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.rand(32, 1, 8, 8, generator=generator)
+        for m, optimizer in ((model, ours), (twin, theirs)):
+            optimizer.zero_grad(set_to_none=True)
+            m.reconstruction_loss(x, "bce").backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "foreach-fallback"])
+def test_adam_matches_torch_optim_adam(fused):
+    torch.manual_seed(0)
+    model = models.build((1, 8, 8), [16], 4)
+    twin = copy.deepcopy(model)
+    ours = train.make_optimizer(model, "adam", 1e-2, 0.0)
+    ours._fused = fused and ours._fused
+    _train_pair(ours, torch.optim.Adam(twin.parameters(), lr=1e-2), model, twin)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_matches_torch_optim_sgd(momentum):
+    torch.manual_seed(0)
+    model = models.build((1, 8, 8), [16], 4)
+    twin = copy.deepcopy(model)
+    ours = train.make_optimizer(model, "sgd", 0.1, momentum)
+    _train_pair(ours, torch.optim.SGD(twin.parameters(), lr=0.1, momentum=momentum), model, twin)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_still_takes_a_torch_optim_optimizer():
+    digits = data.load("digits")
+    torch.manual_seed(0)
+    model = models.build(digits.image_shape, [32], 8)
+    history = train.fit(model, digits.train, digits.val, epochs=2, batch_size=64,
+                        optimizer=torch.optim.Adam(model.parameters(), lr=1e-3), loss="bce", seed=0, progress=False)
+    assert history.train_loss[1] < history.train_loss[0]
+
+
+def test_uint8_gather_gives_the_float_batches_of_the_images():
+    images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
+    batches = list(train.iterate_batches(images, 16, torch.Generator().manual_seed(3)))
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(3))
+    expected = images.float()[order] / 255.0
+    torch.testing.assert_close(torch.cat(batches), expected)
+
+
+def test_compile_setting():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not train.should_compile(None, cpu)
+    assert train.should_compile(None, cuda)
+    assert train.should_compile(True, cpu)
+    assert not train.should_compile(False, cuda)
+
+
+def _fit_tiny(compile_: bool):
+    digits = data.load("digits")
+    tiny = data.Split(digits.train.images[:256], digits.train.labels[:256])  # 4 full batches: one graph
+    torch.manual_seed(0)
+    model = models.build(digits.image_shape, [16], 4)
+    optimizer = train.make_optimizer(model, "adam", 1e-2, 0.0)
+    history = train.fit(model, tiny, digits.val, epochs=2, batch_size=64, optimizer=optimizer, loss="bce", seed=0,
+                        progress=False, compile=compile_)
+    return model, history
+
+
+def test_compiled_training_gives_the_eager_losses():
+    eager_model, eager = _fit_tiny(False)
+    compiled_model, compiled = _fit_tiny(True)
+    np.testing.assert_allclose(compiled.train_loss, eager.train_loss, rtol=1e-4)
+    np.testing.assert_allclose(compiled.val_loss, eager.val_loss, rtol=1e-4)
+    for a, b in zip(compiled_model.parameters(), eager_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    x, y = make_blobs(n_samples=1500, centers=6, n_features=24, cluster_std=2.0, random_state=1)
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("n", [300, 1500], ids=["barnes-hut", "fft"])
+def test_embedding_keeps_clusters_as_well_as_sklearn(clusters, n):
+    from sklearn.manifold import TSNE
+
+    x, y = clusters[0][:n], clusters[1][:n]
+    ours = embed.embed_2d(x, "tsne", perplexity=30, seed=0)
+    theirs = TSNE(random_state=0).fit_transform(x)
+    assert ours.shape == (n, 2) and ours.dtype == np.float32 and np.isfinite(ours).all()
+    assert metrics.cv_knn_accuracy(ours, y) >= metrics.cv_knn_accuracy(theirs, y) - 0.02
+    assert metrics.trustworthiness(x, ours) >= metrics.trustworthiness(x, theirs) - 0.005
+    assert metrics.trustworthiness(x, ours) > 0.9
+
+
+def test_embedding_is_deterministic_for_a_seed(clusters):
+    x = clusters[0][:1200]
+    np.testing.assert_array_equal(embed.embed_2d(x, seed=3), embed.embed_2d(x, seed=3))
+
+
+@pytest.mark.parametrize("loss", ["bce", "mse"])
+def test_written_out_backward_gives_autograds_loss_and_gradients(loss):
+    torch.manual_seed(0)
+    model = models.build((1, 28, 28), [64, 32], 8)
+    twin = copy.deepcopy(model)
+    x = torch.rand(40, 1, 28, 28)
+    x[:10] = 0.0
+    expected = model.reconstruction_loss(x, loss)
+    expected.backward()
+    assert twin.supports_manual_backward()
+    got = twin.loss_and_grads(x, loss)
+    assert float(got) == pytest.approx(float(expected.detach()), rel=1e-6)
+    for a, b in zip(twin.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-10)
+
+
+def test_fit_with_the_written_out_backward_trains_like_autograd(monkeypatch):
+    digits = data.load("digits")
+
+    def fit_once():
+        torch.manual_seed(0)
+        model = models.build(digits.image_shape, [32, 16], 4)
+        optimizer = train.make_optimizer(model, "adam", 1e-3, 0.0)
+        history = train.fit(model, digits.train, digits.val, epochs=2, batch_size=64, optimizer=optimizer,
+                            loss="bce", seed=0, progress=False)
+        return model, history
+
+    manual_model, manual = fit_once()
+    monkeypatch.setattr(models.DenseAutoencoder, "supports_manual_backward", lambda self: False)
+    autograd_model, autograd = fit_once()
+    np.testing.assert_allclose(manual.train_loss, autograd.train_loss, rtol=1e-5)
+    for a, b in zip(manual_model.parameters(), autograd_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_models_of_other_layers_keep_autograd():
+    model = models.build((1, 8, 8), [16], 4)
+    model.encoder.append(torch.nn.Tanh())
+    assert not model.supports_manual_backward()
+    frozen = models.build((1, 8, 8), [16], 4)
+    frozen.encoder[0].weight.requires_grad_(False)
+    assert not frozen.supports_manual_backward()
+
+
+def test_written_out_backward_with_a_reused_workspace():
+    torch.manual_seed(0)
+    model = models.build((1, 8, 8), [16, 8], 4)
+    twin = copy.deepcopy(model)
+    workspace = models.Workspace()
+    for size in (32, 32, 7, 32):  # a smaller last batch, then the full size again
+        x = torch.rand(size, 1, 8, 8)
+        model.zero_grad(set_to_none=True)
+        expected = model.reconstruction_loss(x, "bce")
+        expected.backward()
+        got = twin.loss_and_grads(x, "bce", workspace)
+        assert float(got) == pytest.approx(float(expected.detach()), rel=1e-6)
+        for a, b in zip(twin.parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-10)
+
+
+def test_training_batches_are_the_shuffled_batches():
+    images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
+    plain = [b.clone() for b in train.iterate_batches(images, 16, torch.Generator().manual_seed(3))]
+    reused = [b.clone() for b in train._gather_batches(images, 16, torch.Generator().manual_seed(3),
+                                                       models.Workspace())]
+    for a, b in zip(plain, reused, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
