@@ -83,4 +83,5 @@ def test_flatten_gives_dotted_resolved_keys(make_config):
     assert flat["tracking.experiment"] == "fashion_mnist"  # interpolation resolved
     assert flat["tracking.uri"] == "None"
     assert flat["tags.owner"] == "me"
-    assert all("." in key or key == "seed" for key in flat)
+    assert all("." in key or key in ("seed", "resume") for key in flat)
+    assert flat["resume"] == "None"

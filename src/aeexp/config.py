@@ -118,6 +118,8 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     tags: dict[str, str] = field(default_factory=dict)
+    # Continue a run from its checkpoint: an MLflow run id, or ``last`` (the latest run with a checkpoint).
+    resume: str | None = None
 
 
 def register_configs() -> None:
@@ -161,6 +163,8 @@ def validate(cfg: DictConfig) -> None:
              cfg.embed.early_exaggeration_iter, "it must be >= 0")
     _require(cfg.tracking.experiment != "", "tracking.experiment", cfg.tracking.experiment,
              "give a non-empty experiment name")
+    _require(cfg.get("resume") is None or str(cfg.resume).strip() != "", "resume", cfg.get("resume"),
+             "give a run id or resume=last")
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:

@@ -112,21 +112,61 @@ def _record(run: Any) -> RunRecord:
 
 
 @contextlib.contextmanager
-def start_run(run_name: str | None, tags: Mapping[str, str], parent_run_id: str | None = None) -> Iterator[str]:
-    """An MLflow run around the block: FINISHED if it ends normally, else FAILED with the error as a tag.
+def start_run(run_name: str | None, tags: Mapping[str, str], parent_run_id: str | None = None,
+              run_id: str | None = None) -> Iterator[str]:
+    """An MLflow run around the block: FINISHED if it ends normally, KILLED on Ctrl-C/SIGTERM, else FAILED with
+    the error as a tag.
 
-    With ``parent_run_id`` it is a child of that run (also when the parent lives in another process).
+    With ``parent_run_id`` it is a child of that run (also when the parent lives in another process); with
+    ``run_id`` the existing run is continued (resumed) instead of a new one started.
     """
-    run = mlflow.start_run(run_name=run_name, tags=dict(tags), parent_run_id=parent_run_id)
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id)
+        mlflow.set_tags(dict(tags))
+    else:
+        run = mlflow.start_run(run_name=run_name, tags=dict(tags), parent_run_id=parent_run_id)
     try:
         yield run.info.run_id
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         with contextlib.suppress(Exception):
             mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run(status=status)
+        try:
+            mlflow.end_run(status=status)
+        except Exception as tracking_err:  # e.g. the server went away: keep the original error
+            log.error("could not mark run %s %s in MLflow: %s", run.info.run_id, status, tracking_err)
         raise
     mlflow.end_run(status="FINISHED")
+
+
+CHECKPOINT_TAG = "aeexp.checkpoint"
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    """Log one local file to the active run."""
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def find_run(run_id: str) -> tuple[RunRecord, str]:
+    """Run ``run_id`` and the name of its experiment; TrackingError naming the store if there is none."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise TrackingError(f"no run {run_id!r} at {mlflow.get_tracking_uri()}; check the id (mlflow ui shows it) "
+                            "and tracking.uri") from None
+    return _record(run), client.get_experiment(run.info.experiment_id).name
+
+
+def latest_run_with_tag(tag: str) -> str | None:
+    """The id of the most recently started run, in any experiment, that has the tag ``tag``."""
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return None
+    runs = client.search_runs(ids, filter_string=f"tags.`{tag}` LIKE '%'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def _param_batches(params: Mapping[str, Any]) -> Iterator[dict[str, str]]:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from aeexp import interrupt
 from aeexp.data import Split
 from aeexp.errors import TrainingError
 from aeexp.models import DenseAutoencoder, Workspace
@@ -50,6 +51,10 @@ class StepOptimizer(Protocol):
 
     def step(self) -> Any: ...
 
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU."""
@@ -61,6 +66,14 @@ def resolve_device(name: str) -> torch.device:
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1], on the images' device (one kernel: the division promotes to float32)."""
     return torch.div(images, 255.0)
+
+
+def _copy_all(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """Copy saved optimizer tensors into place, checking they belong to the same model."""
+    if len(targets) != len(sources) or any(t.shape != s.shape for t, s in zip(targets, sources, strict=False)):
+        raise ValueError("the saved optimizer state does not match the model's parameters")
+    for target, source in zip(targets, sources, strict=True):
+        target.copy_(source)
 
 
 class _FusedOptimizer:
@@ -109,6 +122,18 @@ class Adam(_FusedOptimizer):
             p.device == device and p.dtype in (torch.float32, torch.float64) for p in self.params)
         self.steps_taken = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """Moments and step count (for a checkpoint); the hyperparameters come from the config."""
+        return {"exp_avg": [t.clone() for t in self.exp_avg], "exp_avg_sq": [t.clone() for t in self.exp_avg_sq],
+                "step": self._step.clone(), "steps_taken": self.steps_taken}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _copy_all(self.exp_avg, state["exp_avg"])
+        _copy_all(self.exp_avg_sq, state["exp_avg_sq"])
+        self._step.copy_(state["step"])
+        self.steps_taken = int(state["steps_taken"])
+
     @torch.no_grad()
     def step(self) -> None:
         found = self._grads()
@@ -143,6 +168,20 @@ class SGD(_FusedOptimizer):
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.0) -> None:
         super().__init__(params, lr=lr, momentum=momentum)
         self.momentum_buffers: list[torch.Tensor] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The momentum buffers (None before the first step or without momentum)."""
+        return {"momentum_buffers": None if self.momentum_buffers is None
+                else [t.clone() for t in self.momentum_buffers]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        buffers = state["momentum_buffers"]
+        if buffers is None:
+            self.momentum_buffers = None
+            return
+        self.momentum_buffers = [torch.empty_like(p) for p in self.params]
+        _copy_all(self.momentum_buffers, buffers)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -246,6 +285,15 @@ def _autocast(device: torch.device, mixed_precision: bool) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
+def _non_finite(value: float, epoch: int, step: int | None, steps: int, optimizer: StepOptimizer
+                ) -> NonFiniteLossError:
+    where = f"epoch {epoch}, step {step} of {steps}" if step is not None else f"epoch {epoch}"
+    return NonFiniteLossError(
+        f"training loss became {value} at {where}; lower trainer.lr (now {optimizer.param_groups[0]['lr']}) "
+        f"or try trainer.loss=bce"
+    )
+
+
 def fit(
     model: DenseAutoencoder,
     train: Split,
@@ -260,17 +308,25 @@ def fit(
     on_epoch_end: EpochHook | None = None,
     compile: bool | None = False,
     mixed_precision: bool = True,
+    history: History | None = None,
+    generator: torch.Generator | None = None,
 ) -> History:
-    """Train ``model`` for ``epochs``; call ``on_epoch_end(epoch, metrics)`` after each (epochs count from 1).
+    """Train ``model`` up to epoch ``epochs``; call ``on_epoch_end(epoch, metrics)`` after each (from 1).
 
     The images stay where they are (move the split to the GPU for GPU training); each step gathers a batch by
-    index and nothing waits for the device until the epoch's end. ``compile``: see ``should_compile``.
-    ``mixed_precision``: bf16 autocast on CUDA.
+    index and, on a GPU, nothing waits for the device until the epoch's end. ``compile``: see
+    ``should_compile``. ``mixed_precision``: bf16 autocast on CUDA.
+
+    To resume, pass the ``history`` of the epochs done (training continues after them, appending to it) and
+    the shuffling ``generator`` in its saved state; by default a fresh history and a generator seeded with
+    ``seed``. Between steps a stop requested by Ctrl-C/SIGTERM (see :mod:`aeexp.interrupt`) raises
+    :class:`~aeexp.interrupt.Interrupted`; the epoch under way is abandoned.
     """
-    history = History()
-    generator = torch.Generator().manual_seed(seed)
+    history = History() if history is None else history
+    generator = torch.Generator().manual_seed(seed) if generator is None else generator
     steps = math.ceil(len(train) / batch_size)
     device = train.images.device
+    check_each_step = device.type == "cpu"  # reading a CPU loss costs nothing; on a GPU it would be a sync
     compiled = should_compile(compile, device)
     if compiled:
         log.info("training with torch.compile (one-off compile at the first steps)")
@@ -279,39 +335,44 @@ def fit(
     manual = not compiled and device.type == "cpu" and isinstance(model, DenseAutoencoder) \
         and model.supports_manual_backward()
     workspace = Workspace()  # the manual path's activations, gradients and batches, reused step after step
-    for epoch in range(1, epochs + 1):
+    for epoch in range(len(history.train_loss) + 1, epochs + 1):
         model.train()
         started = time.perf_counter()
         running = torch.zeros((), device=device)
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
                    disable=not progress, dynamic_ncols=True)
-        for batch in (_gather_batches(train.images, batch_size, generator, workspace) if manual
-                      else iterate_batches(train.images, batch_size, generator)):
-            optimizer.zero_grad(set_to_none=True)
-            if manual:
-                batch_loss = model.loss_and_grads(batch, loss, workspace)
-            else:
-                with _autocast(device, mixed_precision):
-                    batch_loss = step_loss(batch)
-                batch_loss.backward()
-            optimizer.step()
-            running += batch_loss.detach() * batch.shape[0]
-            if progress:
-                bar.update(1)
-        train_loss = float(running) / len(train)  # the epoch's one host sync
-        epoch_time = time.perf_counter() - started
-        if not math.isfinite(train_loss):
+        try:
+            batches = (_gather_batches(train.images, batch_size, generator, workspace) if manual
+                       else iterate_batches(train.images, batch_size, generator))
+            for step, batch in enumerate(batches, start=1):
+                interrupt.check()
+                optimizer.zero_grad(set_to_none=True)
+                if manual:
+                    batch_loss = model.loss_and_grads(batch, loss, workspace)
+                else:
+                    with _autocast(device, mixed_precision):
+                        batch_loss = step_loss(batch)
+                    batch_loss.backward()
+                if check_each_step and not math.isfinite(value := float(batch_loss)):
+                    raise _non_finite(value, epoch, step, steps, optimizer)
+                optimizer.step()
+                running += batch_loss.detach() * batch.shape[0]
+                if progress:
+                    bar.update(1)
+            train_loss = float(running) / len(train)  # the epoch's one host sync
+            if not math.isfinite(train_loss):
+                raise _non_finite(train_loss, epoch, None, steps, optimizer)
+            epoch_time = time.perf_counter() - started
+            val_loss = evaluate_loss(model, val.images, loss)
+            bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
+        finally:
             bar.close()
-            raise NonFiniteLossError(
-                f"training loss became {train_loss} in epoch {epoch}; lower trainer.lr "
-                f"(now {optimizer.param_groups[0]['lr']}) or try trainer.loss=bce"
-            )
-        val_loss = evaluate_loss(model, val.images, loss)
-        bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
-        bar.close()
         history.train_loss.append(train_loss)
         history.val_loss.append(val_loss)
         history.epoch_time.append(epoch_time)
         if on_epoch_end is not None:
             on_epoch_end(epoch, {"train_loss": train_loss, "val_loss": val_loss, "epoch_time": epoch_time})
+        if not progress:  # a line per epoch instead of the bar (logs of batch jobs), once the hook has run
+            log.info("epoch %d/%d: train_loss %.4f  val_loss %.4f  (%.2f s)", epoch, epochs, train_loss, val_loss,
+                     epoch_time)
     return history

@@ -1,0 +1,124 @@
+"""Training checkpoints: everything needed to continue a run bit for bit, written atomically."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aeexp.errors import AeexpError
+from aeexp.train import History
+
+FILENAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(AeexpError):
+    """A checkpoint is missing, unreadable or belongs to another run."""
+
+
+@dataclass
+class Checkpoint:
+    """The state after ``epoch`` completed epochs of run ``run_id`` (``config``: its resolved YAML)."""
+
+    run_id: str
+    epoch: int
+    config: str
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    generator: torch.Tensor
+    history: History
+    torch_rng: torch.Tensor
+    numpy_rng: dict[str, Any]
+    cuda_rng: list[torch.Tensor] | None = None
+
+
+def capture(run_id: str, epoch: int, config: str, model: torch.nn.Module, optimizer: Any,
+            generator: torch.Generator, history: History) -> Checkpoint:
+    """A checkpoint of the current state (tensors copied to the CPU)."""
+    return Checkpoint(
+        run_id=run_id, epoch=epoch, config=config,
+        model={key: value.detach().cpu().clone() for key, value in model.state_dict().items()},
+        optimizer=_to_cpu(optimizer.state_dict()),
+        generator=generator.get_state(),
+        history=History(list(history.train_loss), list(history.val_loss), list(history.epoch_time)),
+        torch_rng=torch.get_rng_state(),
+        numpy_rng=_numpy_state(),
+        cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
+
+
+def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: Any, generator: torch.Generator) -> History:
+    """Put a checkpoint's state back into ``model``, ``optimizer``, ``generator`` and the global RNGs."""
+    model.load_state_dict(checkpoint.model)
+    device = next(model.parameters()).device
+    optimizer.load_state_dict(_to_device(checkpoint.optimizer, device))
+    generator.set_state(checkpoint.generator)
+    torch.set_rng_state(checkpoint.torch_rng)
+    if checkpoint.cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint.cuda_rng)
+    state = checkpoint.numpy_rng
+    np.random.set_state((state["kind"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
+                         state["has_gauss"], state["cached_gaussian"]))
+    history = checkpoint.history
+    return History(list(history.train_loss), list(history.val_loss), list(history.epoch_time))
+
+
+def save(checkpoint: Checkpoint, path: Path) -> None:
+    """Write ``checkpoint`` to ``path`` atomically: a temporary file in the same folder, then a rename."""
+    payload = asdict(checkpoint)
+    payload["format_version"] = FORMAT_VERSION
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load(path: Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save`; CheckpointError if it is missing or unreadable."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not an aeexp checkpoint of format {FORMAT_VERSION}")
+    payload.pop("format_version")
+    payload["history"] = History(**payload["history"])
+    return Checkpoint(**payload)
+
+
+def _numpy_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _map_tensors(value: Any, move: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return move(value)
+    if isinstance(value, dict):
+        return {key: _map_tensors(item, move) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_map_tensors(item, move) for item in value)
+    return value
+
+
+def _to_cpu(value: Any) -> Any:
+    return _map_tensors(value, lambda tensor: tensor.detach().cpu().clone())
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    return _map_tensors(value, lambda tensor: tensor.to(device))

@@ -1,0 +1,231 @@
+"""Checkpoints and resume: a real run is interrupted (SIGTERM, SIGKILL), resumed, and compared bit for bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from mlflow_store import artifact_paths, assert_no_running, metric_history, runs_in
+
+from aeexp import checkpoint
+
+# Small, many-step epochs on digits: long enough to interrupt mid-run, quick to finish.
+RUN = ["model.widths=[64]", "model.bottleneck=8", "trainer.batch_size=16", "trainer.progress=false",
+       "embed.n_samples=200", "embed.n_iter=100", "embed.early_exaggeration_iter=50", "seed=5"]
+FINAL_METRICS = ("test_loss", "test_mse", "test_knn_acc", "embed_knn_acc", "embed_trust")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+
+
+def _start_and_stop(cwd: Path, tracking_uri: str, sig: signal.Signals, after_epoch: int
+                    ) -> tuple[subprocess.Popen[str], str]:
+    """Start a long run, send ``sig`` once it has logged epoch ``after_epoch``; the process and its output."""
+    process = subprocess.Popen([sys.executable, "-m", "aeexp", *RUN, "trainer.epochs=100000",
+                                f"tracking.uri={tracking_uri}"], cwd=cwd, env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if f"epoch {after_epoch}/" in line:
+                process.send_signal(sig)
+                break
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process, "".join(seen) + rest
+
+
+def _model_state(path: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(path).model
+
+
+def _only_run(tracking_uri: str):
+    (run,) = runs_in(tracking_uri, "digits")
+    return run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_interrupted_run_resumes_bit_identical_to_an_uninterrupted_one(tmp_path, run_cli, sig):
+    interrupted_uri = f"sqlite:///{tmp_path / 'interrupted.db'}"
+    process, output = _start_and_stop(tmp_path, interrupted_uri, sig, after_epoch=3)
+    run = _only_run(interrupted_uri)
+    run_id = run.info.run_id
+    local = Path(run.data.tags[checkpoint_tag()])
+    stopped = checkpoint.load(local)
+    assert stopped.run_id == run_id and stopped.epoch >= 3
+    if sig == signal.SIGTERM:
+        assert process.returncode == 130, output[-3000:]
+        assert "Traceback" not in output
+        assert f"after epoch {stopped.epoch} of 100000" in output and f"resume={run_id}" in output
+        assert run.info.status == "KILLED"
+        assert "checkpoint" in artifact_paths(interrupted_uri, run_id)  # also logged, not only local
+    else:
+        assert process.returncode == -signal.SIGKILL
+        assert run.info.status == "RUNNING"  # nobody could end it; resume takes it over
+    assert not list(local.parent.glob(".*.tmp")), "a half-written checkpoint was left behind"
+
+    total = stopped.epoch + 2
+    resumed = run_cli(f"resume={run_id}", f"trainer.epochs={total}", "trainer.progress=false",
+                      f"tracking.uri={interrupted_uri}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = run_cli(*RUN, f"trainer.epochs={total}", f"tracking.uri=sqlite:///{tmp_path / 'reference.db'}")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    again, straight = _only_run(interrupted_uri), _only_run(f"sqlite:///{tmp_path / 'reference.db'}")
+    assert again.info.run_id == run_id and again.info.status == "FINISHED"
+    for key in FINAL_METRICS:
+        assert again.data.metrics[key] == straight.data.metrics[key], key
+    resumed_state = _model_state(Path(again.data.tags[checkpoint_tag()]))
+    straight_state = _model_state(Path(straight.data.tags[checkpoint_tag()]))
+    assert resumed_state.keys() == straight_state.keys()
+    assert all(torch.equal(resumed_state[k], straight_state[k]) for k in straight_state)
+    assert checkpoint.load(Path(again.data.tags[checkpoint_tag()])).epoch == total
+
+    val_loss = metric_history(interrupted_uri, run_id, "val_loss")
+    reference_val_loss = metric_history(f"sqlite:///{tmp_path / 'reference.db'}", straight.info.run_id, "val_loss")
+    if sig == signal.SIGTERM:  # every epoch logged once, at its step, with the uninterrupted run's values
+        assert val_loss == reference_val_loss
+    else:  # a kill between an epoch's checkpoint and its metrics may cost that epoch's points, nothing else
+        assert set(val_loss) <= set(reference_val_loss) and val_loss[-2:] == reference_val_loss[-2:]
+    assert_no_running(interrupted_uri)
+
+
+def checkpoint_tag() -> str:
+    from aeexp.tracking import CHECKPOINT_TAG
+
+    return CHECKPOINT_TAG
+
+
+def _finished_run(directory: Path) -> tuple[str, str]:
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    done = subprocess.run([sys.executable, "-m", "aeexp", *RUN, "trainer.epochs=2", f"tracking.uri={uri}"],
+                          cwd=directory, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return uri, _only_run(uri).info.run_id
+
+
+@pytest.fixture
+def finished_run(tmp_path) -> tuple[str, str]:
+    """A finished 2-epoch run of its own: (tracking URI, run id)."""
+    return _finished_run(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_finished_run(tmp_path_factory) -> tuple[str, str]:
+    """A finished 2-epoch run for tests that must leave it as it is: (tracking URI, run id)."""
+    return _finished_run(tmp_path_factory.mktemp("finished"))
+
+
+def test_resume_last_trains_a_finished_run_further_from_the_logged_checkpoint(finished_run, run_cli, tmp_path):
+    uri, run_id = finished_run
+    local = Path(_only_run(uri).data.tags[checkpoint_tag()])
+    local.unlink()  # the local file is gone: the copy logged to MLflow is used
+    other_dir = tmp_path / "elsewhere"
+    other_dir.mkdir()
+    done = run_cli("resume=last", "trainer.epochs=3", f"tracking.uri={uri}", "embed.n_samples=100", cwd=other_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = _only_run(uri)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert [step for step, _ in metric_history(uri, run_id, "train_loss")] == [1, 2, 3]
+    assert run.data.tags["resumed_from_epoch"] == "2"
+    assert run.data.params["trainer.epochs"] == "2"  # params are immutable in MLflow; config.yaml says 3
+    config = Path(MlflowClient(uri).download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text()
+    assert "epochs: 3" in config and "n_samples: 100" in config
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.bottleneck=4"], "model.bottleneck=4 would change run"),
+    (["dataset=mnist"], "dataset=mnist would change run"),
+    (["trainer.lr=0.1"], "trainer.lr=0.1 would change run"),
+    (["trainer.epochs=1"], "trainer.epochs=1 is below the 2 epochs"),
+    ([], "already finished its 2 epochs"),
+], ids=["bottleneck", "dataset", "lr", "fewer-epochs", "nothing-to-do"])
+def test_resume_refuses_what_would_change_the_run(shared_finished_run, run_cli, overrides, message):
+    uri, run_id = shared_finished_run
+    done = run_cli(f"resume={run_id}", f"tracking.uri={uri}", *overrides)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert message in output and "Traceback" not in output, output[-2000:]
+    run = _only_run(uri)
+    assert run.info.status == "FINISHED" and "resumed_from_epoch" not in run.data.tags
+
+
+def test_resume_of_an_unknown_run_says_so(run_cli, tracking_uri):
+    done = run_cli("resume=0123456789abcdef0123456789abcdef", f"tracking.uri={tracking_uri}")
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert "no run '0123456789abcdef0123456789abcdef'" in output and "Traceback" not in output
+    last = run_cli("resume=last", f"tracking.uri={tracking_uri}")
+    assert last.returncode == 1 and "no run with a checkpoint" in last.stdout + last.stderr
+    assert_no_running(tracking_uri)
+
+
+def test_checkpoint_write_is_atomic_and_a_corrupt_one_is_refused(tmp_path):
+    from aeexp import models, train
+
+    model = models.build((1, 8, 8), [16], 4)
+    optimizer = train.make_optimizer(model, "adam", 1e-3, 0.0)
+    generator = torch.Generator().manual_seed(0)
+    path = tmp_path / checkpoint.FILENAME
+    state = checkpoint.capture("run", 1, "seed: 0\n", model, optimizer, generator, train.History([1.0], [1.0], [0.1]))
+    checkpoint.save(state, path)
+    before = path.read_bytes()
+
+    class Unsaveable:  # torch.save fails half-way: the previous checkpoint must survive untouched
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    state.optimizer = {"broken": Unsaveable()}
+    with pytest.raises(RuntimeError, match="disk full"):
+        checkpoint.save(state, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [checkpoint.FILENAME]
+
+    path.write_bytes(before[: len(before) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
+        checkpoint.load(path)
+
+
+def test_a_signal_inside_a_run_waits_for_the_next_safe_point_outside_it_stops_at_once():
+    from aeexp import interrupt
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    interrupt.install()
+    try:
+        with pytest.raises(interrupt.Interrupted, match="SIGTERM received"), interrupt.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded, not raised: the block goes on to its end
+            assert interrupt.requested()
+            survived = True
+        assert survived
+        interrupt.reset()
+
+        with pytest.raises(interrupt.Interrupted), interrupt.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            interrupt.check()  # the safe point
+            pytest.fail("check() let a requested stop through")
+        interrupt.reset()
+
+        # A second Ctrl-C stops at once; the first is still pending when the run's block ends.
+        with pytest.raises(interrupt.Interrupted), interrupt.deferred(), \
+                pytest.raises(KeyboardInterrupt, match="twice"):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        interrupt.reset()
+
+        with pytest.raises(KeyboardInterrupt) as raised:  # outside a run: at once
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert not isinstance(raised.value, interrupt.Interrupted)
+    finally:
+        interrupt.reset()
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
