@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from aeexp import interrupt
 from aeexp import sweep as sweeps
 from aeexp.config import register_configs, validate
 from aeexp.errors import AeexpError
@@ -28,12 +28,15 @@ def _ui_hint(tracking_uri: str) -> str:
 
 
 def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
+    interrupt.check()  # a stop requested between a sweep's jobs
     validate(cfg)  # before the heavy imports below: a bad value is refused in a second
     from aeexp import experiment
 
     if sweep is not None:
         sweeps.limit_threads_for_parallel_jobs()
-    result = experiment.run(cfg, Path(HydraConfig.get().runtime.output_dir), sweep)
+    hydra_config = HydraConfig.get()
+    with interrupt.deferred():  # Ctrl-C/SIGTERM stop the run at its next safe point
+        result = experiment.run(cfg, Path(hydra_config.runtime.output_dir), sweep, list(hydra_config.overrides.task))
     log.info("run %s in experiment %r at %s", result.run_id, result.experiment, result.tracking_uri)
     if sweep is None:
         log.info("to compare runs: %s", _ui_hint(result.tracking_uri))
@@ -66,22 +69,25 @@ def _hydra_main(cfg: DictConfig) -> float:
         return math.nan
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM as Ctrl-C: runs end KILLED and a sweep's parent run is closed, instead of staying RUNNING."""
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    """Console-script entry point: ``aeexp [overrides]`` as ``python -m aeexp``; ``aeexp compare ...``."""
+    """Console-script entry point: ``aeexp [overrides]`` as ``python -m aeexp``; ``aeexp compare|encode ...``."""
     if sys.argv[1:2] == ["compare"]:
         from aeexp import compare
 
         sys.exit(compare.main(sys.argv[2:]))
-    signal.signal(signal.SIGTERM, _interrupt)
+    if sys.argv[1:2] == ["encode"]:
+        from aeexp import encode
+
+        sys.exit(encode.main(sys.argv[2:]))
+    # SIGTERM as Ctrl-C: a run stops at a safe point and ends KILLED, a sweep's parent run is closed.
+    interrupt.install()
     try:
         _hydra_main()
-    except KeyboardInterrupt:
-        log.error("error: interrupted; the MLflow run was marked KILLED")
+    except KeyboardInterrupt as err:
+        if isinstance(err, interrupt.RunInterrupted):
+            log.error("error: %s", err)
+        else:
+            log.error("error: interrupted (%s); an MLflow run it had started was marked KILLED", err or "Ctrl-C")
         sys.exit(130)
     finally:
         try:

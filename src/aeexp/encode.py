@@ -1,0 +1,421 @@
+"""Encode images with a logged autoencoder: codes (and optionally reconstructions) as .npy files.
+
+``python -m aeexp.encode runs:/<run id>/model images.npy --out codes.npy [--reconstructions recon.npy]``
+(or ``aeexp encode ...``). Images come from an IDX file (plain or gzipped), a ``.npy`` array or a folder of
+PNG images; their size is checked against the model's before anything is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from aeexp.config import DATASET_IMAGE_SHAPES
+from aeexp.errors import AeexpError, DataError, TrackingError
+
+DEFAULT_BATCH_SIZE = 4096  # as aeexp.train.EVAL_BATCH_SIZE
+SUPPORTED = "an IDX file (plain or .gz), a .npy array, a PNG image or a folder of PNG images"
+_NPY_MAGIC = b"\x93NUMPY"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_GZIP_MAGIC = b"\x1f\x8b"
+_RUN_URI = re.compile(r"^runs:/([^/]+)(/.*)?$")
+
+
+class EncodeError(AeexpError):
+    """Images and model do not fit together, or an output cannot be written."""
+
+
+@dataclass
+class Images:
+    """Images as read: ``array`` is uint8 (0..255) or float32 (0..1) in its stored shape; ``files`` names the
+    PNG file of each image (None for arrays)."""
+
+    array: np.ndarray
+    source: Path
+    files: list[str] | None = None
+
+
+# --- reading images ---------------------------------------------------------------------------------------
+
+
+def _checked_values(array: np.ndarray, source: Path) -> np.ndarray:
+    """``array`` as uint8 0..255 or float32 in [0, 1]; refuse other values with one line naming ``source``."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise DataError(f"{source} holds integer values from {array.min()} to {array.max()}; pixels must be "
+                            "0..255 (or floats in [0, 1])")
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        if array.size and not np.isfinite(array).all():
+            raise DataError(f"{source} holds NaN or infinite values; pixels must be floats in [0, 1] or 0..255 "
+                            "integers")
+        if array.size and (array.min() < 0.0 or array.max() > 1.0):
+            raise DataError(f"{source} holds float values from {float(array.min()):g} to {float(array.max()):g}; "
+                            "float pixels must lie in [0, 1] (divide 0..255 values by 255, or save them as uint8)")
+        return array.astype(np.float32)
+    raise DataError(f"{source} holds {array.dtype} values; pixels must be uint8 0..255 or floats in [0, 1]")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"cannot read {path} as a .npy array ({str(err).splitlines()[0] if str(err) else err!r})"
+                        ) from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        raise DataError(f"{path} is an .npz archive, not one array; save the images with numpy.save")
+    return array
+
+
+def _read_png(path: Path) -> np.ndarray:
+    """One PNG as a 2-D uint8 array: grayscale as is, 16-bit scaled to 8 bits, colour converted to luma."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise DataError(f"{path} is a {image.format} image, not a PNG")
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)
+            if image.mode != "L":
+                image = image.convert("L")
+            return np.array(image, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot read {path} as a PNG image ({err})") from None
+
+
+def _read_png_folder(folder: Path) -> Images:
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()),
+                   key=lambda p: p.name)
+    if not files:
+        raise DataError(f"folder {folder} holds no .png files; put the images there as PNG files")
+    arrays = [_read_png(files[0])]
+    for path in files[1:]:
+        array = _read_png(path)
+        if array.shape != arrays[0].shape:
+            raise DataError(f"{path} is {_hw(array.shape)} but {files[0].name} is {_hw(arrays[0].shape)}; all images "
+                            f"in {folder} must have one size")
+        arrays.append(array)
+    return Images(np.stack(arrays), folder, [p.name for p in files])
+
+
+def read_images(path: Path) -> Images:
+    """Read images from an IDX file, a ``.npy`` array, one PNG or a folder of PNGs (told apart by the folder,
+    the ``.npy`` suffix, else the file's first bytes); values checked, shape as stored."""
+    from aeexp.data import read_idx
+
+    if path.is_dir():
+        images = _read_png_folder(path)
+        images.array = _checked_values(images.array, path)
+        return images
+    if not path.exists():
+        raise DataError(f"images {path} not found; give {SUPPORTED}")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    if path.suffix.lower() == ".npy" or head.startswith(_NPY_MAGIC):
+        array = _read_npy(path)
+    elif head.startswith(_PNG_MAGIC):
+        return Images(_read_png(path)[None], path, [path.name])
+    elif head.startswith(_GZIP_MAGIC) or (len(head) >= 4 and head[:2] == b"\0\0"):
+        array = read_idx(path)  # its errors name the file and what is wrong with it
+    else:
+        raise DataError(f"{path} is not a supported image file; give {SUPPORTED}")
+    return Images(_checked_values(array, path), path)
+
+
+# --- fitting images to the model -------------------------------------------------------------------------
+
+
+def _hw(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _datasets_of(height_width: tuple[int, ...]) -> str:
+    names = [name for name, shape in DATASET_IMAGE_SHAPES.items() if shape[1:] == tuple(height_width)]
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _stored_hw(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Height and width of a stack of one-channel images, as stored; None when the shape does not say."""
+    if len(shape) == 3:
+        return shape[1:]
+    if len(shape) == 4 and 1 in (shape[1], shape[3]):
+        return shape[2:] if shape[1] == 1 else shape[1:3]
+    return None
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    height_width = _stored_hw(shape)
+    if height_width is not None:
+        return f"{_hw(height_width)} ({_count(shape[0], 'image')})"
+    if len(shape) == 2:
+        return (f"an array of shape {shape} (one {_hw(shape)} image, or {shape[0]} flattened images of "
+                f"{shape[1]} pixels)")
+    return f"an array of shape {shape}"
+
+
+def fit_to_model(array: np.ndarray, image_shape: Sequence[int]) -> np.ndarray | None:
+    """``array`` as ``(N, C, H, W)`` for a model taking ``image_shape`` (C, H, W); None when it does not fit.
+
+    Accepted: ``(N, H, W)``, ``(N, H*W)``, one ``(H, W)`` image, ``(N, 1, H, W)`` and ``(N, H, W, 1)`` (C = 1).
+    """
+    channels, height, width = (int(s) for s in image_shape)
+    shape = array.shape
+    pixels = channels * height * width
+    if channels == 1:
+        if shape == (height, width):
+            return array.reshape(1, 1, height, width)
+        if array.ndim == 3 and shape[1:] == (height, width):
+            return array[:, None]
+        if array.ndim == 4 and shape[1:] == (1, height, width):
+            return array
+        if array.ndim == 4 and shape[1:] == (height, width, 1):
+            return array[..., 0][:, None]
+    elif array.ndim == 4 and shape[1:] == (channels, height, width):
+        return array
+    if array.ndim == 2 and shape[1] == pixels:
+        return array.reshape(shape[0], channels, height, width)
+    return None
+
+
+def _model_name(model_uri: str) -> str:
+    match = _RUN_URI.match(model_uri)
+    return f"the model of run {match.group(1)}" if match else f"the model {model_uri}"
+
+
+def _trained_on(model_uri: str) -> str | None:
+    """The dataset the model's run trained on, if the model URI names a run that recorded it."""
+    match = _RUN_URI.match(model_uri)
+    if not match:
+        return None
+    from aeexp import tracking
+
+    try:
+        return tracking.get_run(match.group(1)).params.get("dataset.name")
+    except AeexpError:
+        return None
+
+
+def mismatch_message(images: Images, image_shape: Sequence[int], model_uri: str) -> str:
+    """One line naming both shapes, the model's dataset and what to do."""
+    model_hw = _hw(image_shape[1:]) if int(image_shape[0]) == 1 else _hw(image_shape)
+    trained_on = _trained_on(model_uri)
+    same_size = _datasets_of(tuple(int(s) for s in image_shape[1:]))
+    origin = f" (trained on {trained_on})" if trained_on else f" (the size of {same_size})" if same_size else ""
+    height_width = _stored_hw(images.array.shape)
+    theirs = _datasets_of(height_width) if height_width is not None else ""
+    other = f"a model trained on {theirs}" if theirs else "a model trained on images of their size"
+    return (f"images in {images.source} are {_describe(images.array.shape)} but {_model_name(model_uri)} takes "
+            f"{model_hw} images{origin}; give {model_hw} images, or use {other}")
+
+
+# --- the model -------------------------------------------------------------------------------------------
+
+
+def _uses_store(model_uri: str) -> bool:
+    return model_uri.startswith(("runs:/", "models:/"))
+
+
+def load_model(model_uri: str, tracking_uri: str | None) -> Any:
+    """The autoencoder at ``model_uri`` on the CPU; a missing store, run or model is one clear line."""
+    import mlflow
+
+    from aeexp import tracking
+
+    if _uses_store(model_uri) or tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri or None)
+        resolved = mlflow.get_tracking_uri()
+        store = Path(resolved[len("sqlite:///"):]) if resolved.startswith("sqlite:///") else None
+        if store is not None and not store.exists():
+            # MLflow would create an empty store here and then not find the run in it.
+            fix = ("check --tracking-uri" if tracking_uri else
+                   "run this where you trained (next to its mlflow.db) or pass --tracking-uri")
+            raise TrackingError(f"no MLflow store at {resolved}, so no model {model_uri}; {fix}")
+        where = f" from {tracking.configure_uri(tracking_uri)}"
+    else:
+        where = ""
+    try:
+        model = tracking.load_model(model_uri)
+    except Exception as err:  # MLflow raises MlflowException or plain errors (unpickling, missing files)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"cannot load model {model_uri}{where}: {first}; check the run id and that "
+                            "the run logged its model under model/ (e.g. runs:/<run id>/model)") from None
+    if not all(hasattr(model, name) for name in ("image_shape", "encode", "forward")):
+        raise TrackingError(f"{model_uri} is a {type(model).__name__}, not an aeexp autoencoder (it needs "
+                            "image_shape and encode)")
+    return model
+
+
+# --- encoding --------------------------------------------------------------------------------------------
+
+
+def _batches(images: Any, batch_size: int) -> Iterator[Any]:
+    """Float batches in [0, 1]: uint8 images divided by 255 (as in training), float images as they are."""
+    import torch
+
+    from aeexp.train import iterate_batches
+
+    if images.dtype == torch.uint8:
+        yield from iterate_batches(images, batch_size, None)
+        return
+    for start in range(0, images.shape[0], batch_size):
+        yield images[start:start + batch_size]
+
+
+def encode(model: Any, array: np.ndarray, batch_size: int, reconstructions: bool
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Codes ``(N, bottleneck)`` of images ``(N, C, H, W)`` (uint8 or float in [0, 1]) and, when asked,
+    reconstructions ``(N, H, W)`` (``(N, C, H, W)`` for C > 1) in [0, 1], all float32."""
+    import torch
+
+    images = torch.from_numpy(np.ascontiguousarray(array))
+    codes, recons = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in _batches(images, batch_size):
+            code = model.encode(batch)
+            codes.append(code.float().cpu())
+            if reconstructions:
+                recons.append(model.decode(code).float().cpu() if hasattr(model, "decode") else
+                              model(batch).float().cpu())
+    out_codes = torch.cat(codes).numpy()
+    if not reconstructions:
+        return out_codes, None
+    out_recons = torch.cat(recons).numpy()
+    if out_recons.ndim == 4 and out_recons.shape[1] == 1:
+        out_recons = out_recons[:, 0]
+    return out_codes, out_recons
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+
+
+def files_list_path(out: Path) -> Path:
+    """Where the PNG file order is written next to the codes: ``codes.npy`` -> ``codes.files.txt``."""
+    return out.with_name(f"{out.stem if out.suffix else out.name}.files.txt")
+
+
+def write_atomically(outputs: Sequence[tuple[Path, Callable[[IO[bytes]], None]]]) -> None:
+    """Write every output to a temp file in its folder (created if missing), then move them all into place:
+    a failure leaves no half-written file and replaces none of them."""
+    temps: list[tuple[str, Path]] = []
+    target = outputs[0][0] if outputs else Path()
+    try:
+        for target, write in outputs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            temps.append((temp, target))
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+        for temp, target in temps:
+            os.replace(temp, target)
+    except OSError as err:
+        raise EncodeError(f"cannot write {target}: {err.strerror or err}") from None
+    finally:
+        for temp, _ in temps:
+            if os.path.exists(temp):
+                os.unlink(temp)
+
+
+def _npy_writer(array: np.ndarray) -> Callable[[IO[bytes]], None]:
+    return lambda handle: np.save(handle, array, allow_pickle=False)
+
+
+def _check_outputs(out: Path, recon: Path | None) -> None:
+    for flag, path in (("--out", out), ("--reconstructions", recon)):
+        if path is not None and path.is_dir():
+            raise EncodeError(f"{flag} {path} is a folder; give a file name such as {path / 'codes.npy'}")
+    if recon is not None and out.resolve() == recon.resolve():
+        raise EncodeError(f"--out and --reconstructions are both {out}; give two file names")
+
+
+def run(model_uri: str, images_path: Path, out: Path, recon_path: Path | None, tracking_uri: str | None,
+        batch_size: int) -> list[str]:
+    """Read, check, encode, write; return the lines of the summary."""
+    _check_outputs(out, recon_path)
+    images = read_images(images_path)
+    if images.array.size == 0:
+        raise DataError(f"{images.source} holds no images (its shape is {images.array.shape})")
+    model = load_model(model_uri, tracking_uri)
+    fitted = fit_to_model(images.array, model.image_shape)
+    if fitted is None:
+        raise EncodeError(mismatch_message(images, model.image_shape, model_uri))
+    codes, recons = encode(model, fitted, batch_size, recon_path is not None)
+
+    outputs: list[tuple[Path, Callable[[IO[bytes]], None]]] = [(out, _npy_writer(codes))]
+    if recons is not None and recon_path is not None:
+        outputs.append((recon_path, _npy_writer(recons)))
+    order = files_list_path(out)
+    if images.files is not None:
+        names = "".join(f"{name}\n" for name in images.files).encode()
+        outputs.append((order, lambda handle: handle.write(names)))
+    write_atomically(outputs)
+    lines = [f"encoded {_count(codes.shape[0], 'image')} of {_hw(model.image_shape[1:])} from {images.source} with "
+             f"{_model_name(model_uri)}", f"codes {codes.shape} -> {out}"]
+    if recons is not None:
+        lines.append(f"reconstructions {recons.shape} in [0, 1] -> {recon_path}")
+    if images.files is not None:
+        lines.append(f"file of each row, in order -> {order}")
+    elif order.is_file():
+        order.unlink()  # it listed the files of earlier codes written to the same name
+    return lines
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: encode images with a logged model; 0 on success, 1 with one ``error:`` line otherwise."""
+    parser = argparse.ArgumentParser(
+        prog="aeexp encode", description=__doc__.splitlines()[0],
+        epilog="Images: uint8 0..255 or floats in [0, 1]; .npy shapes (N, H, W), (N, H*W) or one (H, W) image; "
+               "PNGs are read in file-name order (colour converted to gray) and the order is written to "
+               "<out stem>.files.txt. Codes and reconstructions are float32 .npy files.")
+    parser.add_argument("model_uri", metavar="MODEL_URI", help="the logged model, e.g. runs:/<run id>/model")
+    parser.add_argument("images", metavar="IMAGES", type=Path, help=SUPPORTED)
+    parser.add_argument("--out", type=Path, required=True, help="where to write the codes (.npy, N x bottleneck)")
+    parser.add_argument("--reconstructions", type=Path, default=None,
+                        help="also write the reconstructions here (.npy, N x H x W, values in [0, 1])")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLflow's default, MLFLOW_TRACKING_URI or "
+                             "sqlite:///mlflow.db in the current folder)")
+    parser.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per forward pass (default {DEFAULT_BATCH_SIZE})")
+    args = parser.parse_args(argv)
+    try:
+        lines = run(args.model_uri, args.images, args.out, args.reconstructions, args.tracking_uri,
+                    args.batch_size)
+    except AeexpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

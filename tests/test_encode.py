@@ -1,0 +1,310 @@
+"""``python -m aeexp.encode``: a real model trained through the CLI, real IDX/.npy/PNG inputs, real outputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from idx import idx_bytes, write_idx
+from mlflow_store import runs_in
+from PIL import Image
+
+from aeexp import data, encode, tracking
+from aeexp.train import encode_all
+
+N_IMAGES = 40
+BOTTLENECK = 4
+
+
+@dataclass
+class Trained:
+    """A finished digits run: where it was trained, its store and its model."""
+
+    cwd: Path
+    tracking_uri: str
+    run_id: str
+    model: torch.nn.Module
+
+    @property
+    def model_uri(self) -> str:
+        return f"runs:/{self.run_id}/model"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    """One tiny digits autoencoder (8x8 -> 32 -> 4) trained for one epoch through the real CLI."""
+    cwd = tmp_path_factory.mktemp("encode-train")
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "aeexp", "dataset=digits", "model=ae32", "model.widths=[32]",
+         f"model.bottleneck={BOTTLENECK}", "trainer.epochs=1", "trainer.progress=false", "embed.n_samples=100",
+         f"tracking.uri={uri}"],
+        cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_in(uri, "digits")
+    tracking.configure_uri(uri)
+    model = tracking.load_model(f"runs:/{run.info.run_id}/model")
+    mlflow.set_tracking_uri(None)
+    yield Trained(cwd, uri, run.info.run_id, model)
+
+
+@pytest.fixture(autouse=True)
+def _reset_tracking_uri() -> Iterator[None]:
+    """In-process calls point MLflow at the test store; leave MLflow as a fresh process finds it."""
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    """Real 8x8 digits as uint8 (N, 8, 8), 0..255, as aeexp trains on them."""
+    return data.load("digits").test.images[:N_IMAGES, 0].numpy()
+
+
+@pytest.fixture(scope="module")
+def reference(trained: Trained, digits: np.ndarray) -> np.ndarray:
+    """The model's own codes of ``digits``, through the trainer's helper."""
+    return encode_all(trained.model, torch.from_numpy(digits).unsqueeze(1)).numpy()
+
+
+def _encode(trained: Trained, images: Path, out: Path, *extra: str) -> int:
+    return encode.main([trained.model_uri, str(images), "--out", str(out), "--tracking-uri", trained.tracking_uri,
+                        *extra])
+
+
+def _save(path: Path, array: np.ndarray) -> Path:
+    np.save(path, array)
+    return path
+
+
+def test_uint8_npy_gives_the_models_codes_and_reconstructions(trained, digits, reference, tmp_path, capsys):
+    images = _save(tmp_path / "digits.npy", digits)
+    out, recon = tmp_path / "new" / "dir" / "codes.npy", tmp_path / "new" / "recon.npy"
+    assert _encode(trained, images, out, "--reconstructions", str(recon)) == 0
+    printed = capsys.readouterr().out
+    assert trained.run_id in printed and str(out) in printed and str(recon) in printed
+
+    codes = np.load(out)
+    assert codes.shape == (N_IMAGES, BOTTLENECK) and codes.dtype == np.float32
+    np.testing.assert_array_equal(codes, reference)
+    floats = torch.from_numpy(digits).float().unsqueeze(1) / 255
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(codes), trained.model.encode(floats))
+        expected_recon = trained.model(floats)[:, 0]
+    reconstructions = np.load(recon)
+    assert reconstructions.shape == (N_IMAGES, 8, 8) and reconstructions.dtype == np.float32
+    assert reconstructions.min() >= 0.0 and reconstructions.max() <= 1.0
+    torch.testing.assert_close(torch.from_numpy(reconstructions), expected_recon)
+    assert sorted(p.name for p in (tmp_path / "new").rglob("*")) == ["codes.npy", "dir", "recon.npy"]
+
+
+@pytest.mark.parametrize("layout", ["float64 in [0, 1]", "float32 in [0, 1]", "flattened", "N x 1 x H x W",
+                                    "N x H x W x 1", "int64", "batches of 7"])
+def test_npy_layouts_and_dtypes_give_the_same_codes(trained, digits, reference, tmp_path, layout):
+    arrays = {
+        "float64 in [0, 1]": digits / 255.0,
+        "float32 in [0, 1]": digits.astype(np.float32) / 255,
+        "flattened": digits.reshape(N_IMAGES, 64),
+        "N x 1 x H x W": digits[:, None],
+        "N x H x W x 1": digits[..., None],
+        "int64": digits.astype(np.int64),
+        "batches of 7": digits,
+    }
+    extra = ["--batch-size", "7"] if layout == "batches of 7" else []
+    assert _encode(trained, _save(tmp_path / "in.npy", arrays[layout]), tmp_path / "codes.npy", *extra) == 0
+    torch.testing.assert_close(np.load(tmp_path / "codes.npy"), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_one_image_gives_one_code(trained, digits, reference, tmp_path):
+    assert _encode(trained, _save(tmp_path / "one.npy", digits[3]), tmp_path / "codes.npy") == 0
+    torch.testing.assert_close(np.load(tmp_path / "codes.npy"), reference[3:4], rtol=1e-5, atol=1e-5)
+
+
+def test_plain_idx_file(trained, digits, reference, tmp_path):
+    images = write_idx(tmp_path / "t10k-images-idx3-ubyte", digits)
+    assert _encode(trained, images, tmp_path / "codes.npy") == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), reference)
+
+
+def test_gzipped_idx_through_the_cli_with_the_default_store(trained, digits, reference):
+    """As a user runs it: in the folder where the model was trained, MLflow's default store, no --tracking-uri."""
+    write_idx(trained.cwd / "images-idx3-ubyte", digits, gz=True)
+    done = subprocess.run([sys.executable, "-m", "aeexp.encode", trained.model_uri, "images-idx3-ubyte.gz",
+                           "--out", "out/codes.npy", "--reconstructions", "out/recon.npy"],
+                          cwd=trained.cwd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    np.testing.assert_array_equal(np.load(trained.cwd / "out" / "codes.npy"), reference)
+    assert np.load(trained.cwd / "out" / "recon.npy").shape == (N_IMAGES, 8, 8)
+
+
+def test_png_folder_in_file_name_order(trained, digits, reference, tmp_path):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    names = [f"digit_{i:02d}.png" for i in range(10)]
+    for i in reversed(range(10)):  # written out of order: the name decides the row
+        image = Image.fromarray(digits[i], mode="L")
+        if i == 4:  # a colour PNG with equal channels: converted to the same gray values
+            image = Image.merge("RGB", [image] * 3)
+        image.save(folder / names[i])
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "codes.npy"
+    assert _encode(trained, folder, out) == 0
+    np.testing.assert_array_equal(np.load(out), encode_all(trained.model, torch.from_numpy(digits[:10, None])))
+    order = tmp_path / "codes.files.txt"
+    assert order.read_text().splitlines() == names
+
+    # Codes of an array written to the same name: the old file order no longer describes them.
+    assert _encode(trained, _save(tmp_path / "digits.npy", digits), out) == 0
+    np.testing.assert_array_equal(np.load(out), reference)
+    assert not order.exists()
+
+
+def _png(path: Path, size: tuple[int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros(size, dtype=np.uint8), mode="L").save(path)
+
+
+def _inputs(tmp_path: Path, digits: np.ndarray) -> dict[str, Callable[[], Path]]:
+    """Bad inputs by name, each made on demand in ``tmp_path``."""
+    def truncated_idx() -> Path:
+        path = tmp_path / "cut-idx3-ubyte"
+        path.write_bytes(idx_bytes(digits)[:-10])
+        return path
+
+    def mixed_sizes() -> Path:
+        _png(tmp_path / "mixed" / "a.png", (8, 8))
+        _png(tmp_path / "mixed" / "b.png", (9, 8))
+        return tmp_path / "mixed"
+
+    def empty_folder() -> Path:
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "readme.txt").write_text("no pictures here")
+        return tmp_path / "empty"
+
+    def npz() -> Path:
+        np.savez(tmp_path / "x.npz", images=digits)
+        return tmp_path / "x.npz"
+
+    def text_file() -> Path:
+        (tmp_path / "images.csv").write_text("1,2,3\n")
+        return tmp_path / "images.csv"
+
+    return {
+        "digits": lambda: _save(tmp_path / "ok.npy", digits),
+        "missing": lambda: tmp_path / "nothere.npy",
+        "text": text_file,
+        "28x28": lambda: _save(tmp_path / "m.npy", np.zeros((3, 28, 28), dtype=np.uint8)),
+        "flat 784": lambda: _save(tmp_path / "f.npy", np.zeros((3, 784), dtype=np.uint8)),
+        "0..255 floats": lambda: _save(tmp_path / "f255.npy", digits.astype(np.float32)),
+        "negative floats": lambda: _save(tmp_path / "neg.npy", digits / 255.0 - 0.5),
+        "NaN": lambda: _save(tmp_path / "nan.npy", np.full((2, 8, 8), np.nan)),
+        "int 300": lambda: _save(tmp_path / "i.npy", np.full((2, 8, 8), 300, dtype=np.int16)),
+        "bool": lambda: _save(tmp_path / "b.npy", np.ones((2, 8, 8), dtype=bool)),
+        "no images": lambda: _save(tmp_path / "none.npy", np.zeros((0, 8, 8), dtype=np.uint8)),
+        "empty folder": empty_folder,
+        "mixed sizes": mixed_sizes,
+        "truncated idx": truncated_idx,
+        "npz": npz,
+    }
+
+
+ERRORS = [
+    # (images, model URI ({run} = the trained run), extra arguments, expected in the message)
+    ("digits", f"runs:/{'0' * 32}/model", [], ["cannot load model", "not found"]),
+    ("digits", "runs:/{run}/no-such-model", [], ["cannot load model runs:/{run}/no-such-model"]),
+    ("missing", "runs:/{run}/model", [], ["nothere.npy not found", "a .npy array"]),
+    ("text", "runs:/{run}/model", [], ["images.csv is not a supported image file", "IDX file"]),
+    ("npz", "runs:/{run}/model", [], ["is not a supported image file"]),
+    ("28x28", "runs:/{run}/model", [], ["are 28x28 (3 images)",
+                                        "the model of run {run} takes 8x8 images (trained on digits)",
+                                        "give 8x8 images, or use a model trained on mnist, fashion_mnist or kmnist"]),
+    ("flat 784", "runs:/{run}/model", [], ["shape (3, 784)", "takes 8x8 images"]),
+    ("0..255 floats", "runs:/{run}/model", [], ["float values from 0 to 255", "must lie in [0, 1]"]),
+    ("negative floats", "runs:/{run}/model", [], ["float values from -0.5", "must lie in [0, 1]"]),
+    ("NaN", "runs:/{run}/model", [], ["NaN"]),
+    ("int 300", "runs:/{run}/model", [], ["integer values from 300 to 300", "0..255"]),
+    ("bool", "runs:/{run}/model", [], ["holds bool values"]),
+    ("no images", "runs:/{run}/model", [], ["holds no images"]),
+    ("empty folder", "runs:/{run}/model", [], ["holds no .png files"]),
+    ("mixed sizes", "runs:/{run}/model", [], ["b.png is 9x8 but a.png is 8x8", "must have one size"]),
+    ("truncated idx", "runs:/{run}/model", [], ["cut-idx3-ubyte is truncated"]),
+    ("digits", "runs:/{run}/model", ["--tracking-uri", "sqlite:///{tmp}/elsewhere.db"],
+     ["no MLflow store at sqlite:///{tmp}/elsewhere.db", "check --tracking-uri"]),
+    ("digits", "runs:/{run}/model", ["--out", "{tmp}/out"], ["--out {tmp}/out is a folder"]),
+    ("digits", "runs:/{run}/model", ["--reconstructions", "{tmp}/out/codes.npy"], ["give two file names"]),
+    ("digits", "runs:/{run}/model", ["--reconstructions", "{tmp}/a-file/recon.npy"], ["cannot write"]),
+]
+
+
+@pytest.mark.parametrize(("images", "model_uri", "extra", "expected"), ERRORS,
+                         ids=[f"{e[0]}-{e[3][0][:28]}" for e in ERRORS])
+def test_bad_input_is_one_clear_line_and_writes_nothing(trained, digits, tmp_path, capsys, images, model_uri,
+                                                        extra, expected):
+    out = tmp_path / "out" / "codes.npy"
+    (tmp_path / "a-file").write_text("a file where a folder is expected")
+    fill = {"run": trained.run_id, "tmp": tmp_path}
+    extra = [e.format(**fill) for e in extra]
+    if "--out" in extra:
+        (tmp_path / "out").mkdir()
+    has_uri = "--tracking-uri" in extra
+    argv = [model_uri.format(**fill), str(_inputs(tmp_path, digits)[images]()),
+            *([] if "--out" in extra else ["--out", str(out)]),
+            *([] if has_uri else ["--tracking-uri", trained.tracking_uri]), *extra]
+    assert encode.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for text in expected:
+        assert text.format(**fill) in err, err
+    assert "Traceback" not in err
+    assert not out.exists()
+    leftovers = [p.name for p in (tmp_path / "out").rglob("*")] if (tmp_path / "out").exists() else []
+    assert leftovers == []
+    assert not (tmp_path / "elsewhere.db").exists()  # no empty store made on the way
+
+
+def test_shape_mismatch_through_the_cli(trained, tmp_path):
+    """The real process: exit code 1, one `error:` line on stderr, no traceback, no output file."""
+    images = _save(tmp_path / "fashion.npy", np.zeros((5, 28, 28), dtype=np.uint8))
+    done = subprocess.run([sys.executable, "-m", "aeexp.encode", trained.model_uri, str(images),
+                           "--out", str(tmp_path / "codes.npy"), "--tracking-uri", trained.tracking_uri],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: images in")
+    assert "takes 8x8 images (trained on digits)" in done.stderr and "are 28x28 (5 images)" in done.stderr
+    assert not (tmp_path / "codes.npy").exists()
+
+
+def test_failure_leaves_existing_outputs_untouched(trained, digits, tmp_path):
+    out, recon = tmp_path / "codes.npy", tmp_path / "recon.npy"
+    _save(out, np.arange(3.0))
+    _save(recon, np.arange(2.0))
+    assert _encode(trained, _save(tmp_path / "big.npy", np.zeros((2, 28, 28), np.uint8)), out,
+                   "--reconstructions", str(recon)) == 1
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    assert _encode(trained, _save(tmp_path / "ok.npy", digits), out,
+                   "--reconstructions", str(tmp_path / "blocked" / "recon.npy")) == 1
+    np.testing.assert_array_equal(np.load(out), np.arange(3.0))
+    np.testing.assert_array_equal(np.load(recon), np.arange(2.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy", "blocked", "codes.npy", "ok.npy", "recon.npy"]
+
+
+def test_batch_size_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        encode.main(["runs:/abc/model", "x.npy", "--out", str(tmp_path / "c.npy"), "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "--batch-size: must be a positive integer" in capsys.readouterr().err
