@@ -66,7 +66,17 @@ def test_digits_run_logs_everything(run_cli, tracking_uri, tmp_path):
     assert m["embed_time"] > 0
 
     artifacts = artifact_paths(tracking_uri, run.info.run_id)
-    assert FIGURES | {"config.yaml"} <= artifacts
+    assert FIGURES | {"config.yaml", "checkpoint"} <= artifacts
+    tags = run.data.tags
+    import aeexp
+
+    assert tags["versions.aeexp"] == aeexp.__version__ and tags["versions.torch"] == torch.__version__
+    assert tags["device"] == "cpu" and tags["dataset"] == "digits"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(aeexp.__file__).parent, capture_output=True,
+                          text=True)
+    if head.returncode == 0:  # run from a git checkout (this repo, CI's clone)
+        assert tags["git.commit"] == head.stdout.strip() and tags["git.dirty"] in {"true", "false"}
+    assert Path(tags["aeexp.checkpoint"]).is_file()
     for figure in FIGURES:
         _assert_png(tracking_uri, run.info.run_id, figure, tmp_path)
     config_text = Path(MlflowClient(tracking_uri).download_artifacts(run.info.run_id, "config.yaml",
@@ -191,6 +201,14 @@ BAD_INPUTS = [
     (["dataset=mnist", "dataset.root=./empty", "dataset.download=false"], "files not found"),
     (["tracking.uri=http://127.0.0.1:{port}"], "unreachable"),
     (["tracking.uri=sqlite:////nonexistent-dir/x/mlflow.db"], "does not exist"),
+    (["tracking.uri=sqlite:////proc/aeexp/mlflow.db"], "does not exist"),
+    (["tracking.uri=sqlite:////proc/mlflow.db"], "cannot open /proc/mlflow.db as SQLite"),  # unwritable, also for root
+    (["hydra.run.dir=/proc/aeexp-out"], "hydra.run.dir=/proc/aeexp-out: cannot write there"),
+    (["-m", "hydra.sweep.dir=/proc/aeexp-out"], "hydra.sweep.dir=/proc/aeexp-out: cannot write there"),
+    (["embed=nope"], "Could not find 'embed/nope'"),
+    (["hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'"),
+    (["trainer.device=tpu"], "trainer.device"),
+    (["model.bottleneck=1.5"], "model.bottleneck"),
 ]
 
 
@@ -198,13 +216,61 @@ BAD_INPUTS = [
 def test_bad_input_fails_with_one_clear_message(run_cli, tracking_uri, overrides, message, tmp_path):
     overrides = [o.format(port=_free_port()) for o in overrides]
     has_uri = any(o.startswith("tracking.uri") for o in overrides)
-    done = run_cli(*FAST, *([] if has_uri else [f"tracking.uri={tracking_uri}"]), *overrides, timeout=120)
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m, before the overrides
+    overrides = [o for o in overrides if not o.startswith("-")]
+    done = run_cli(*flags, *FAST, *([] if has_uri else [f"tracking.uri={tracking_uri}"]), *overrides, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert message in output, output[-2000:]
     assert "Traceback" not in output
     assert_no_running(tracking_uri)
     assert runs_in(tracking_uri) == [] if Path(tracking_uri.removeprefix("sqlite:///")).exists() else True
+
+
+def _truncate(files: dict[str, Path]) -> None:
+    data = files["train_images"].read_bytes()
+    files["train_images"].write_bytes(data[: len(data) // 2])
+
+
+def _bad_magic(files: dict[str, Path]) -> None:
+    data = files["test_labels"].read_bytes()
+    files["test_labels"].write_bytes(b"\x01\x02\x03\x04" + data[4:])
+
+
+def _fewer_labels(files: dict[str, Path]) -> None:
+    from idx import write_idx
+
+    write_idx(files["train_labels"], np.zeros(10, dtype=np.uint8))
+
+
+BROKEN_DATA = [(_truncate, "truncated"), (_bad_magic, "bad magic number 01020304"),
+               (_fewer_labels, "300 images but"), (None, "is a file, not a folder")]
+
+
+@pytest.mark.parametrize(("damage", "message"), BROKEN_DATA, ids=["truncated", "wrong-magic", "count-mismatch",
+                                                                  "root-is-a-file"])
+def test_broken_data_fails_with_one_clear_message(run_cli, tracking_uri, tmp_path, damage, message):
+    from idx import write_dataset
+
+    root = tmp_path / "data"
+    if damage is None:
+        root.write_text("not a folder")
+    else:
+        damage(write_dataset(root / "MNIST" / "raw"))
+    done = run_cli("dataset=mnist", f"dataset.root={root}", "dataset.download=false", f"tracking.uri={tracking_uri}",
+                   *FAST, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert message in output and "Traceback" not in output, output[-2000:]
+    assert runs_in(tracking_uri) == []
+
+
+def test_more_embedding_samples_than_test_images_are_clamped_with_a_notice(run_cli, tracking_uri):
+    done = run_cli(f"tracking.uri={tracking_uri}", "trainer.epochs=1", "trainer.progress=false",
+                   "embed.n_samples=100000")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "embed.n_samples=100000 is more than the 360 test images: embedding all of them" in done.stdout
+    assert _single_run(tracking_uri, "digits").data.params["embed.n_samples"] == "100000"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
