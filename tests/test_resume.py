@@ -229,3 +229,43 @@ def test_a_signal_inside_a_run_waits_for_the_next_safe_point_outside_it_stops_at
         interrupt.reset()
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+
+
+def test_a_tracking_server_that_goes_away_loses_no_training_and_the_run_resumes_once_it_is_back(tmp_path):
+    from mlflow_server import mlflow_server
+
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    with mlflow_server(server_dir) as uri:
+        process = subprocess.Popen([sys.executable, "-m", "aeexp", *RUN, "trainer.epochs=100000",
+                                    f"tracking.uri={uri}"], cwd=tmp_path, env=_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in process.stdout:
+            seen.append(line)
+            if "epoch 2/" in line:
+                break
+    try:  # the server is gone now
+        rest, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = "".join(seen) + rest
+    assert process.returncode == 1, output[-3000:]
+    assert "lost the tracking store" in output and "Traceback" not in output, output[-3000:]
+    saved = Path(output.split("training so far is saved in ", 1)[1].split(":", 1)[0])
+    state = checkpoint.load(saved)
+    assert state.epoch >= 2
+    assert f"resume={state.run_id}" in output
+
+    with mlflow_server(server_dir) as uri:  # back, on another port, with the same store
+        resumed = subprocess.run([sys.executable, "-m", "aeexp", f"resume={state.run_id}",
+                                  f"trainer.epochs={state.epoch + 1}", "trainer.progress=false",
+                                  f"tracking.uri={uri}"], cwd=tmp_path, env=_env(), capture_output=True,
+                                 text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        run = MlflowClient(uri).get_run(state.run_id)
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in MlflowClient(uri).get_metric_history(state.run_id, "val_loss")]
+        assert steps[-1] == state.epoch + 1 and len(steps) == len(set(steps))
