@@ -64,6 +64,7 @@ def test_digits_run_logs_everything(run_cli, tracking_uri, tmp_path):
     assert m["embed_knn_acc"] > 0.4
     assert 0.7 < m["embed_trust"] <= 1.0
     assert m["embed_time"] > 0
+    assert 0 < m["pca_test_mse"] < 0.1 and 0.6 < m["pca_knn_acc"] <= 1.0  # the PCA baseline of the same size
 
     artifacts = artifact_paths(tracking_uri, run.info.run_id)
     assert FIGURES | {"config.yaml", "checkpoint"} <= artifacts
@@ -168,6 +169,7 @@ def test_nan_loss_marks_run_failed(run_cli, tracking_uri):
     output = done.stdout + done.stderr
     assert done.returncode == 1
     assert "training loss became" in output and "trainer.lr" in output
+    assert "at epoch 1, step " in output  # stopped at once, at the step where it happened
     assert "Traceback" not in output
     run = _single_run(tracking_uri, "digits")
     assert run.info.status == "FAILED"

@@ -81,3 +81,28 @@ def test_loss_curves_plot_both_series():
 def test_pick_one_per_class_goes_round_the_classes():
     labels = np.array([0, 0, 1, 2, 1, 0])
     assert list(plots.pick_one_per_class(labels, 5)) == [0, 2, 3, 1, 4]
+
+
+def test_pca_baseline_matches_scikit_learn():
+    import torch
+    from sklearn.decomposition import PCA
+
+    from aeexp import baseline
+
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(6, 64))
+    images = np.clip(rng.normal(size=(500, 6)) @ basis * 20 + 128 + rng.normal(size=(500, 64)) * 5, 0, 255)
+    images = images.astype(np.uint8).reshape(500, 1, 8, 8)
+    labels = (images.reshape(500, -1)[:, :6].argmax(1)).astype(np.int64)
+    train, test = torch.as_tensor(images[:400]), torch.as_tensor(images[400:])
+    flat_train, flat_test = images[:400].reshape(400, -1) / 255.0, images[400:].reshape(100, -1) / 255.0
+
+    reference = PCA(n_components=4).fit(flat_train)
+    expected_mse = np.mean((reference.inverse_transform(reference.transform(flat_test)) - flat_test) ** 2)
+    expected_knn = metrics.knn_accuracy(reference.transform(flat_train), labels[:400],
+                                        reference.transform(flat_test), labels[400:])
+    got = baseline.pca_metrics(train, labels[:400], test, labels[400:], n_components=4)
+    assert got["pca_test_mse"] == pytest.approx(expected_mse, rel=1e-6)
+    assert got["pca_knn_acc"] == pytest.approx(expected_knn, abs=0.02)
+    more = baseline.pca_metrics(train, labels[:400], test, labels[400:], n_components=12)
+    assert more["pca_test_mse"] < got["pca_test_mse"]  # more components, less error

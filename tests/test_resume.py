@@ -18,7 +18,7 @@ from aeexp import checkpoint
 # Small, many-step epochs on digits: long enough to interrupt mid-run, quick to finish.
 RUN = ["model.widths=[64]", "model.bottleneck=8", "trainer.batch_size=16", "trainer.progress=false",
        "embed.n_samples=200", "embed.n_iter=100", "embed.early_exaggeration_iter=50", "seed=5"]
-FINAL_METRICS = ("test_loss", "test_mse", "test_knn_acc", "embed_knn_acc", "embed_trust")
+FINAL_METRICS = ("test_loss", "test_mse", "test_knn_acc", "embed_knn_acc", "embed_trust", "pca_test_mse", "pca_knn_acc")
 
 
 def _env() -> dict[str, str]:

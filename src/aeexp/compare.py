@@ -19,7 +19,8 @@ from aeexp.tracking import RunRecord
 
 log = logging.getLogger(__name__)
 
-METRICS = ("val_loss", "test_loss", "test_mse", "test_knn_acc", "embed_knn_acc", "embed_trust")
+METRICS = ("val_loss", "test_loss", "test_mse", "pca_test_mse", "test_knn_acc", "pca_knn_acc", "embed_knn_acc",
+           "embed_trust")
 PLOTTED = ("test_loss", "test_knn_acc", "embed_knn_acc")
 COLUMNS = ("run", "status", "overrides", "dataset", "model", "bottleneck", *METRICS, "error")
 

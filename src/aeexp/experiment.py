@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp import checkpoint, data, embed, interrupt, metrics, models, plots, resume, tracking, train
+from aeexp import baseline, checkpoint, data, embed, interrupt, metrics, models, plots, resume, tracking, train
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.sweep import Sweep, job_run_name, job_tags
@@ -242,9 +242,9 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
         _log_checkpoint(checkpoint_path)
         model.cpu()
         tracking.log_model(model, train.to_float(dataset.test.images[:4]).cpu().numpy())
-    log.info("test_loss %.4f  test_mse %.4f  test_knn_acc %.3f  embed_knn_acc %.3f  embed_trust %.3f",
-             results["test_loss"], results["test_mse"], results["test_knn_acc"], results["embed_knn_acc"],
-             results["embed_trust"])
+    log.info("test_loss %.4f  test_mse %.4f (PCA %.4f)  test_knn_acc %.3f (PCA %.3f)  embed_knn_acc %.3f  "
+             "embed_trust %.3f", results["test_loss"], results["test_mse"], results["pca_test_mse"],
+             results["test_knn_acc"], results["pca_knn_acc"], results["embed_knn_acc"], results["embed_trust"])
     return RunResult(run_id, start.experiment, start.tracking_uri, results, history.val_loss[-1])
 
 
@@ -263,6 +263,9 @@ def _finish(cfg: DictConfig, model: models.DenseAutoencoder, dataset: data.Datas
     """Final metrics, the embedding and the figures, logged to the active run."""
     interrupt.check()
     results, codes, labels = _final_metrics(model, dataset, loss)
+    interrupt.check()
+    results.update(baseline.pca_metrics(dataset.train.images, dataset.train.labels.cpu().numpy(),
+                                        dataset.test.images, labels, cfg.model.bottleneck))
     interrupt.check()
     embedding, points, point_labels = _embedding_metrics(cfg, codes, labels, cfg.seed)
     results.update(embedding)
