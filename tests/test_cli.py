@@ -17,7 +17,7 @@ from mlflow_store import artifact_paths, assert_no_running, metric_history, runs
 
 from aeexp.data import DEBIAN_FASHION_MNIST
 
-FIGURES = {"reconstructions.png", "loss_curves.png", "tsne.png"}
+FIGURES = {"reconstructions.png", "loss_curves.png", "interpolation.png", "tsne.png"}
 
 
 def _single_run(tracking_uri: str, experiment: str):
@@ -292,3 +292,44 @@ def test_same_seed_same_metrics(make_config, tracking_uri):
         assert first.metrics[key] == second.metrics[key], key
     assert first.metrics["test_loss"] != other.metrics["test_loss"]
     assert np.isfinite(first.metrics["embed_trust"])
+
+
+MODEL_VARIANTS = [
+    (["model=conv"], set(), {"model.kind": "conv"}),
+    (["model=vae", "embed=all"], {"prior_samples.png", "pca.png", "umap.png"}, {"model.variational": "True"}),
+    (["model=vae", "model.kind=conv", "model.beta=0.5"], {"prior_samples.png"}, {"model.beta": "0.5"}),
+    (["model.noise=salt_pepper", "model.noise_level=0.2"], set(), {"model.noise": "salt_pepper"}),
+]
+
+
+@pytest.mark.parametrize(("overrides", "extra_figures", "params"), MODEL_VARIANTS,
+                         ids=["conv", "vae-all-views", "conv-vae", "denoising"])
+def test_every_model_trains_and_logs_its_figures(run_cli, tracking_uri, tmp_path, overrides, extra_figures, params):
+    done = run_cli(*overrides, f"tracking.uri={tracking_uri}", "trainer.epochs=2", "trainer.progress=false",
+                   "embed.n_samples=150", "model.bottleneck=4")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = _single_run(tracking_uri, "digits")
+    assert run.info.status == "FINISHED"
+    for key, value in params.items():
+        assert run.data.params[key] == value, key
+    artifacts = artifact_paths(tracking_uri, run.info.run_id)
+    assert FIGURES | extra_figures | {"explorer.html", "checkpoint"} <= artifacts, artifacts
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model", map_location="cpu")
+    images = torch.rand(3, 1, 8, 8)
+    assert model.encode(images).shape == (3, 4) and model(images).shape == (3, 1, 8, 8)
+    for figure in FIGURES | extra_figures:
+        _assert_png(tracking_uri, run.info.run_id, figure, tmp_path)
+    m = run.data.metrics
+    for key in ("test_loss", "test_mse", "test_knn_acc", "pca_test_mse", "pca_knn_acc", "embed_knn_acc"):
+        assert np.isfinite(m[key]) and m[key] >= 0, key
+    if "model=vae" in overrides:  # the loss in its parts, per epoch
+        kl = metric_history(tracking_uri, run.info.run_id, "train_kl")
+        recon = metric_history(tracking_uri, run.info.run_id, "train_recon")
+        assert [s for s, _ in kl] == [1, 2] and all(v > 0 for _, v in kl) and len(recon) == 2
+    if "embed=all" in overrides:
+        for method in ("tsne", "pca", "umap"):
+            assert 0 < m[f"embed_{method}_trust"] <= 1 and 0 <= m[f"embed_{method}_knn_acc"] <= 1
+        assert m["embed_knn_acc"] == m["embed_tsne_knn_acc"]  # the first view is the headline one
+    html = Path(MlflowClient(tracking_uri).download_artifacts(run.info.run_id, "explorer.html", str(tmp_path)))
+    assert html.stat().st_size < 3_000_000 and "data:image/png;base64" in html.read_text()

@@ -28,8 +28,22 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class ModelKind(str, Enum):
+    dense = "dense"
+    conv = "conv"
+
+
+class Noise(str, Enum):
+    none = "none"
+    gaussian = "gaussian"
+    masking = "masking"
+    salt_pepper = "salt_pepper"
+
+
 class EmbedMethod(str, Enum):
     tsne = "tsne"
+    pca = "pca"
+    umap = "umap"
 
 
 # The datasets aeexp knows and their image shapes (C, H, W): known without reading any file, so that a
@@ -60,11 +74,22 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    """A dense autoencoder: hidden widths of the encoder (decoder mirrored) and the code size."""
+    """An autoencoder: encoder widths (decoder mirrored), code size, kind, VAE and denoising settings.
+
+    ``kind``: ``dense`` (``widths`` = hidden layer sizes) or ``conv`` (``widths`` = channels of the stride-2
+    3x3 convolutions). ``variational``: a VAE whose loss adds ``beta`` times the KL term. ``noise``: corrupt
+    the training inputs (``gaussian``: std ``noise_level``; ``masking``/``salt_pepper``: probability
+    ``noise_level`` per pixel); the loss compares with the clean images.
+    """
 
     name: str = MISSING
     widths: list[int] = field(default_factory=lambda: [128, 64])
     bottleneck: int = 32
+    kind: ModelKind = ModelKind.dense
+    variational: bool = False
+    beta: float = 1.0
+    noise: Noise = Noise.none
+    noise_level: float = 0.0
 
 
 @dataclass
@@ -87,15 +112,18 @@ class TrainerConfig:
 
 @dataclass
 class EmbedConfig:
-    """The 2-D view of the test-split codes."""
+    """The 2-D views of the test-split codes: the first of ``methods`` gives ``embed_*`` metrics and the explorer."""
 
-    method: EmbedMethod = EmbedMethod.tsne
+    methods: list[EmbedMethod] = field(default_factory=lambda: [EmbedMethod.tsne])
     n_samples: int = 3000
     perplexity: float = 30.0
     # openTSNE iterations: early exaggeration (12x), then the rest; 125 + 250 match scikit-learn's 1,000 in
     # trustworthiness and 5-NN accuracy on the benchmark (scripts/bench.py).
     early_exaggeration_iter: int = 125
     n_iter: int = 250
+    # UMAP: neighbours of the graph and the minimum distance of the layout (umap-learn's defaults)
+    n_neighbors: int = 15
+    min_dist: float = 0.1
 
 
 @dataclass
@@ -152,10 +180,31 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.model.bottleneck > 0, "model.bottleneck", cfg.model.bottleneck, "it must be positive")
     _require(cfg.model.bottleneck < input_dim, "model.bottleneck", cfg.model.bottleneck,
              f"it must be smaller than the input size {input_dim} of dataset {cfg.dataset.name}")
+    kind = str(getattr(cfg.model.get("kind", "dense"), "value", cfg.model.get("kind", "dense")))
+    if kind == "conv":  # each stride-2 layer halves the image (rounding up) and needs a side of 2 or more
+        _, height, width = DATASET_IMAGE_SHAPES[cfg.dataset.name]
+        most = (min(height, width) - 1).bit_length()
+        _require(len(widths) <= most, "model.widths", widths,
+                 f"a conv model has one stride-2 layer per width and {height}x{width} images of dataset "
+                 f"{cfg.dataset.name} allow at most {most}")
+    beta = cfg.model.get("beta", 1.0)
+    _require(beta >= 0, "model.beta", beta, "it must be >= 0")
+    noise = str(getattr(cfg.model.get("noise", "none"), "value", cfg.model.get("noise", "none")))
+    level = cfg.model.get("noise_level", 0.0)
+    _require(level >= 0, "model.noise_level", level, "it must be >= 0")
+    _require(noise == "none" or level > 0, "model.noise_level", level,
+             f"model.noise={noise} needs a noise level > 0 (e.g. model.noise_level=0.2)")
+    _require(noise not in ("masking", "salt_pepper") or level <= 1, "model.noise_level", level,
+             f"with model.noise={noise} it is a probability: it must lie in [0, 1]")
     _require(cfg.trainer.epochs > 0, "trainer.epochs", cfg.trainer.epochs, "it must be positive")
     _require(cfg.trainer.batch_size > 0, "trainer.batch_size", cfg.trainer.batch_size, "it must be positive")
     _require(cfg.trainer.lr > 0, "trainer.lr", cfg.trainer.lr, "it must be positive")
     _require(cfg.trainer.momentum >= 0, "trainer.momentum", cfg.trainer.momentum, "it must be >= 0")
+    methods = [m.value if isinstance(m, Enum) else str(m) for m in cfg.embed.methods]
+    _require(len(methods) > 0 and len(set(methods)) == len(methods), "embed.methods", methods,
+             "give one or more different methods, e.g. [tsne,pca,umap]")
+    _require(cfg.embed.n_neighbors >= 2, "embed.n_neighbors", cfg.embed.n_neighbors, "it must be at least 2")
+    _require(cfg.embed.min_dist >= 0, "embed.min_dist", cfg.embed.min_dist, "it must be >= 0")
     _require(cfg.embed.n_samples > 0, "embed.n_samples", cfg.embed.n_samples, "it must be positive")
     _require(cfg.embed.perplexity > 0, "embed.perplexity", cfg.embed.perplexity, "it must be positive")
     _require(cfg.embed.n_iter > 0, "embed.n_iter", cfg.embed.n_iter, "it must be positive")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp import baseline, checkpoint, data, embed, interrupt, metrics, models, plots, resume, tracking, train
+from aeexp import baseline, checkpoint, data, embed, interrupt, metrics, models, noise, plots, resume, tracking, train
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.sweep import Sweep, job_run_name, job_tags
@@ -22,7 +22,6 @@ from aeexp.sweep import Sweep, job_run_name, job_tags
 log = logging.getLogger(__name__)
 
 RECONSTRUCTION_EXAMPLES = 12
-FIGURES = ("reconstructions.png", "loss_curves.png", "tsne.png")
 
 
 @dataclass
@@ -53,7 +52,7 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _final_metrics(model: models.DenseAutoencoder, dataset: data.Dataset, loss: str
+def _final_metrics(model: models.Autoencoder, dataset: data.Dataset, loss: str
                    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Test-split losses and kNN accuracy of the codes; also return the test codes and labels."""
     test_images = dataset.test.images
@@ -63,30 +62,50 @@ def _final_metrics(model: models.DenseAutoencoder, dataset: data.Dataset, loss: 
     test_labels = dataset.test.labels.cpu().numpy()
     results = {
         "test_loss": train.evaluate_loss(model, test_images, loss),
-        "test_mse": train.evaluate_loss(model, test_images, "mse"),
+        "test_mse": train.evaluate_loss(model, test_images, "mse", objective=False),  # comparable to PCA's
         "test_knn_acc": metrics.knn_accuracy(train_codes, train_labels, test_codes, test_labels),
     }
     return results, test_codes, test_labels
 
 
+VIEW_NAMES = {"tsne": "t-SNE", "pca": "PCA", "umap": "UMAP"}
+
+
+@dataclass
+class _Views:
+    """2-D views of a stratified sample of the test codes: ``points[method]``, rows ``chosen`` of the test split."""
+
+    points: dict[str, np.ndarray]
+    chosen: np.ndarray
+    labels: np.ndarray
+
+
 def _embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray, seed: int
-                       ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+                       ) -> tuple[dict[str, float], _Views]:
+    """Each of ``embed.methods`` on the same sample: ``embed_<method>_{knn_acc,trust,time}``, and the first
+    method's also as ``embed_knn_acc``, ``embed_trust``, ``embed_time``."""
     n_samples = cfg.embed.n_samples
     if n_samples > len(labels):
         log.info("embed.n_samples=%d is more than the %d test images: embedding all of them",
                  n_samples, len(labels))
     chosen = metrics.stratified_sample(labels, n_samples, seed)
     codes, labels = codes[chosen], labels[chosen]
-    started = time.perf_counter()
-    points = embed.embed_2d(codes, cfg.embed.method.value, cfg.embed.perplexity, seed, n_iter=cfg.embed.n_iter,
-                            early_exaggeration_iter=cfg.embed.early_exaggeration_iter)
-    embed_time = time.perf_counter() - started
-    results = {
-        "embed_time": embed_time,
-        "embed_knn_acc": metrics.cv_knn_accuracy(points, labels, seed=seed),
-        "embed_trust": metrics.trustworthiness(codes, points),
-    }
-    return results, points, labels
+    results: dict[str, float] = {}
+    views: dict[str, np.ndarray] = {}
+    for i, method in enumerate(m.value for m in cfg.embed.methods):
+        interrupt.check()
+        started = time.perf_counter()
+        points = embed.embed_2d(codes, method, cfg.embed.perplexity, seed, n_iter=cfg.embed.n_iter,
+                                early_exaggeration_iter=cfg.embed.early_exaggeration_iter,
+                                n_neighbors=cfg.embed.n_neighbors, min_dist=cfg.embed.min_dist)
+        measured = {"time": time.perf_counter() - started,
+                    "knn_acc": metrics.cv_knn_accuracy(points, labels, seed=seed),
+                    "trust": metrics.trustworthiness(codes, points)}
+        results.update({f"embed_{method}_{key}": value for key, value in measured.items()})
+        if i == 0:
+            results.update({f"embed_{key}": value for key, value in measured.items()})
+        views[method] = points
+    return results, _Views(views, chosen, labels)
 
 
 def _git_commit() -> dict[str, str]:
@@ -184,7 +203,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
                         cfg.seed).to(device)
     log.info("%s: %d train, %d val, %d test images of shape %s on %s", dataset_name, len(dataset.train),
              len(dataset.val), len(dataset.test), dataset.image_shape, device)
-    model = models.build(dataset.image_shape, cfg.model.widths, cfg.model.bottleneck).to(device)
+    model = models.build(dataset.image_shape, cfg.model.widths, cfg.model.bottleneck, kind=cfg.model.kind,
+                         variational=cfg.model.variational, beta=cfg.model.beta).to(device)
     loss = cfg.trainer.loss.value
     optimizer = train.make_optimizer(model, cfg.trainer.optimizer.value, cfg.trainer.lr, cfg.trainer.momentum)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -225,7 +245,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
                 epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size, optimizer=optimizer, loss=loss,
                 seed=cfg.seed, progress=cfg.trainer.progress, on_epoch_end=end_of_epoch,
                 compile=cfg.trainer.compile, mixed_precision=cfg.trainer.mixed_precision,
-                history=history, generator=generator,
+                history=history, generator=generator, noise=cfg.model.noise, noise_level=cfg.model.noise_level,
             )
             results = _finish(cfg, model, dataset, history, output_dir, loss)
         except interrupt.Interrupted as err:
@@ -248,6 +268,54 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
     return RunResult(run_id, start.experiment, start.tracking_uri, results, history.val_loss[-1])
 
 
+INTERPOLATION_STEPS = 9
+PRIOR_SAMPLES = (4, 8)
+
+
+@torch.no_grad()
+def _interpolations(model: models.Autoencoder, dataset: data.Dataset, examples: np.ndarray
+                    ) -> tuple[np.ndarray, list[str]]:
+    """Decoded points on the line between the codes of pairs of test images of different classes:
+    ``(pairs, steps, C, H, W)`` and a label per pair."""
+    model.eval()
+    labels = dataset.test.labels.cpu().numpy()
+    pairs = [(int(examples[i]), int(examples[i + 1])) for i in range(0, min(len(examples) - 1, 8), 2)]
+    rows, names = [], []
+    weights = torch.linspace(0.0, 1.0, INTERPOLATION_STEPS, device=dataset.test.images.device)[:, None]
+    for a, b in pairs:
+        codes = model.encode(train.to_float(dataset.test.images[[a, b]]))
+        line = (1 - weights) * codes[0] + weights * codes[1]
+        rows.append(model.decode(line).cpu().numpy())
+        names.append(f"{dataset.class_names[labels[a]]} -> {dataset.class_names[labels[b]]}")
+    return np.stack(rows), names
+
+
+def _interpolation_figure_args(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset,
+                               examples: np.ndarray) -> tuple[np.ndarray, str, list[str]]:
+    images, names = _interpolations(model, dataset, examples)
+    return images, f"{cfg.model.name} (bottleneck {cfg.model.bottleneck}): decoded codes between two test images", names
+
+
+def _noisy_examples(cfg: DictConfig, originals: torch.Tensor) -> torch.Tensor | None:
+    """The examples as a denoising model sees them in training (seeded, leaving the global RNG as it was)."""
+    if cfg.model.noise.value == "none":
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return noise.corrupt(originals, cfg.model.noise.value, cfg.model.noise_level)
+
+
+@torch.no_grad()
+def _prior_samples(model: models.Autoencoder, seed: int) -> np.ndarray:
+    """Decoded codes drawn from a VAE's prior, ``(rows, columns, C, H, W)``."""
+    model.eval()
+    rows, columns = PRIOR_SAMPLES
+    device = next(model.parameters()).device
+    codes = torch.randn(rows * columns, model.bottleneck, generator=torch.Generator().manual_seed(seed))
+    images = model.decode(codes.to(device)).cpu().numpy()
+    return images.reshape(rows, columns, *images.shape[1:])
+
+
 def _log_checkpoint(path: Path) -> None:
     """Log the latest checkpoint (if any) to the active run, so that a resume finds it without the local file."""
     if not path.is_file():
@@ -258,7 +326,7 @@ def _log_checkpoint(path: Path) -> None:
         log.warning("could not log the checkpoint to MLflow (%s); it stays in %s", err, path)
 
 
-def _finish(cfg: DictConfig, model: models.DenseAutoencoder, dataset: data.Dataset, history: train.History,
+def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, history: train.History,
             output_dir: Path, loss: str) -> dict[str, float]:
     """Final metrics, the embedding and the figures, logged to the active run."""
     interrupt.check()
@@ -267,27 +335,55 @@ def _finish(cfg: DictConfig, model: models.DenseAutoencoder, dataset: data.Datas
     results.update(baseline.pca_metrics(dataset.train.images, dataset.train.labels.cpu().numpy(),
                                         dataset.test.images, labels, cfg.model.bottleneck))
     interrupt.check()
-    embedding, points, point_labels = _embedding_metrics(cfg, codes, labels, cfg.seed)
+    embedding, views = _embedding_metrics(cfg, codes, labels, cfg.seed)
     results.update(embedding)
     tracking.log_metrics(results)
     interrupt.check()
 
     examples = plots.pick_one_per_class(dataset.test.labels.cpu().numpy(), RECONSTRUCTION_EXAMPLES)
-    originals = train.to_float(dataset.test.images[examples]).cpu().numpy()
+    originals = train.to_float(dataset.test.images[examples])
+    noisy = _noisy_examples(cfg, originals)
+    with torch.no_grad():
+        model.eval()
+        outputs = model(noisy if noisy is not None else originals).cpu().numpy()
     figures = {
         "reconstructions.png": plots.reconstruction_grid(
-            originals, train.reconstruct(model, dataset.test.images[examples]).numpy(),
-            [dataset.class_names[int(dataset.test.labels[i])] for i in examples]),
+            originals.cpu().numpy(), outputs, [dataset.class_names[int(dataset.test.labels[i])] for i in examples],
+            noisy=None if noisy is None else noisy.cpu().numpy()),
         "loss_curves.png": plots.loss_curves(history.train_loss, history.val_loss, loss),
-        "tsne.png": plots.embedding_scatter(
-            points, point_labels, dataset.class_names,
-            f"t-SNE of {cfg.model.name} codes (bottleneck {cfg.model.bottleneck}) on {cfg.dataset.name} test "
-            f"images\n5-NN acc in 2-D {results['embed_knn_acc']:.3f}, "
-            f"trustworthiness {results['embed_trust']:.3f}"),
+        "interpolation.png": plots.image_grid(
+            *_interpolation_figure_args(cfg, model, dataset, examples)),
     }
+    for method, points in views.points.items():
+        figures[f"{method}.png"] = plots.embedding_scatter(
+            points, views.labels, dataset.class_names,
+            f"{VIEW_NAMES[method]} of {cfg.model.name} codes (bottleneck {cfg.model.bottleneck}) on "
+            f"{cfg.dataset.name} test images\n5-NN acc in 2-D {results[f'embed_{method}_knn_acc']:.3f}, "
+            f"trustworthiness {results[f'embed_{method}_trust']:.3f}")
+    if cfg.model.variational:
+        figures["prior_samples.png"] = plots.image_grid(
+            _prior_samples(model, cfg.seed), f"{cfg.model.name}: decoded samples of the prior N(0, I)")
     for filename, figure in figures.items():
         tracking.log_figure(figure, filename)
         figure.savefig(output_dir / filename, dpi=100)
         plots.plt.close(figure)
     interrupt.check()
+    _log_explorer(cfg, model, dataset, views, output_dir)
     return results
+
+
+def _log_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, views: _Views,
+                  output_dir: Path) -> None:
+    """``explorer.html``: the first view, each point showing its test image and reconstruction on hover."""
+    from aeexp.explorer import explorer_html
+
+    method, points = next(iter(views.points.items()))
+    images = dataset.test.images[torch.as_tensor(views.chosen, device=dataset.test.images.device)]
+    reconstructions = torch.cat([train.reconstruct(model, images[start:start + train.EVAL_BATCH_SIZE])
+                                 for start in range(0, len(images), train.EVAL_BATCH_SIZE)])
+    html = explorer_html(points, views.labels, dataset.class_names, images.cpu().numpy(), reconstructions.numpy(),
+                         f"{VIEW_NAMES[method]} of {cfg.model.name} codes (bottleneck {cfg.model.bottleneck}) on "
+                         f"{cfg.dataset.name}: hover a point for its image and reconstruction, click the legend "
+                         "to hide a class")
+    (output_dir / "explorer.html").write_text(html, encoding="utf-8")
+    tracking.log_artifact(output_dir / "explorer.html")

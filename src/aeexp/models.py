@@ -1,4 +1,11 @@
-"""Autoencoders behind one small interface: ``encode``, ``decode``, ``reconstruction_loss``."""
+"""Autoencoders behind one interface (:class:`Autoencoder`): dense, convolutional and variational ones.
+
+Every model has ``image_shape`` and ``bottleneck`` and the methods ``encode``, ``decode``, ``decode_logits``,
+``forward``, ``reconstruction_loss`` (deterministic, pure reconstruction), ``evaluation_loss`` (deterministic
+training objective) and ``training_loss`` (the objective of one training step, with its parts). Losses are
+means per pixel; a VAE adds ``beta * KL / pixels`` (the KL divergence per image, divided by the pixels per
+image, so that the sum is the per-image negative ELBO over the pixel count when ``loss=bce`` and ``beta=1``).
+"""
 
 from __future__ import annotations
 
@@ -56,7 +63,79 @@ def bce_with_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
-class DenseAutoencoder(nn.Module):
+def pixel_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean per-pixel loss of ``sigmoid(logits)`` against ``target``: ``bce`` (on logits, stable) or ``mse``."""
+    if loss == "bce":
+        return bce_with_logits(logits, target)
+    if loss == "mse":
+        return F.mse_loss(torch.sigmoid(logits).float(), target.float())
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def _glorot(model: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases for every Linear and (transposed) convolution."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+class Autoencoder(nn.Module):
+    """The interface every autoencoder here has; subclasses define ``encode`` and ``decode_logits``.
+
+    Images are float ``(N, C, H, W)`` in [0, 1]; codes are ``(N, bottleneck)``.
+    """
+
+    image_shape: tuple[int, ...]
+    bottleneck: int
+
+    def __init__(self, image_shape: Sequence[int], bottleneck: int) -> None:
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.bottleneck = int(bottleneck)
+
+    @property
+    def pixels(self) -> int:
+        """Values per image (C*H*W)."""
+        count = 1
+        for size in self.image_shape:
+            count *= size
+        return count
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> codes ``(N, bottleneck)`` (deterministic)."""
+        raise NotImplementedError
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes -> pre-sigmoid reconstructions ``(N, C, H, W)``."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes -> reconstructed images in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def reconstruction_loss(self, x: torch.Tensor, loss: str) -> torch.Tensor:
+        """Mean per-pixel loss of reconstructing ``x`` from its code: ``bce`` (on logits, stable) or ``mse``."""
+        return pixel_loss(self.decode_logits(self.encode(x)), x, loss)
+
+    def evaluation_loss(self, x: torch.Tensor, loss: str) -> torch.Tensor:
+        """The training objective on clean ``x``, deterministic (no noise, no sampling): val and test loss."""
+        return self.reconstruction_loss(x, loss)
+
+    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, loss: str
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of reconstructing ``targets`` from ``inputs`` (the same, or a corrupted copy) and its parts.
+
+        A plain autoencoder's loss has no parts: the dict is empty.
+        """
+        return pixel_loss(self.decode_logits(self.encode(inputs)), targets, loss), {}
+
+
+class DenseAutoencoder(Autoencoder):
     """Dense AE: input -> widths -> bottleneck (linear code) -> reversed widths -> input (sigmoid).
 
     Takes images ``(N, C, H, W)`` with values in [0, 1]. Weights are Glorot-uniform with zero biases (the
@@ -64,13 +143,9 @@ class DenseAutoencoder(nn.Module):
     """
 
     def __init__(self, image_shape: Sequence[int], widths: Sequence[int], bottleneck: int) -> None:
-        super().__init__()
-        self.image_shape = tuple(int(s) for s in image_shape)
+        super().__init__(image_shape, bottleneck)
         self.widths = [int(w) for w in widths]
-        self.bottleneck = int(bottleneck)
-        input_dim = 1
-        for size in self.image_shape:
-            input_dim *= size
+        input_dim = self.pixels
         self.encoder = _mlp([input_dim, *self.widths, self.bottleneck], last_activation=False)
         self.decoder = _mlp([self.bottleneck, *reversed(self.widths), input_dim], last_activation=False)
         for module in self.modules():
@@ -85,22 +160,6 @@ class DenseAutoencoder(nn.Module):
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Codes -> pre-sigmoid reconstructions ``(N, C, H, W)``."""
         return self.decoder(z).view(-1, *self.image_shape)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Codes -> reconstructed images in [0, 1]."""
-        return torch.sigmoid(self.decode_logits(z))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-    def reconstruction_loss(self, x: torch.Tensor, loss: str) -> torch.Tensor:
-        """Mean per-pixel loss of reconstructing ``x``: ``bce`` (computed on logits, stable) or ``mse``."""
-        logits = self.decode_logits(self.encode(x))
-        if loss == "bce":
-            return bce_with_logits(logits, x)
-        if loss == "mse":
-            return F.mse_loss(torch.sigmoid(logits).float(), x.float())
-        raise ValueError(f"unknown loss {loss!r}")
 
     def _dense_layers(self) -> list[tuple[nn.Linear, bool]] | None:
         """``(linear, followed by a ReLU)`` for every layer, or None when a module is of another kind."""
@@ -120,9 +179,11 @@ class DenseAutoencoder(nn.Module):
             p.requires_grad and p.dtype == torch.float32 for p in self.parameters())
 
     @torch.no_grad()
-    def loss_and_grads(self, x: torch.Tensor, loss: str, workspace: Workspace | None = None) -> torch.Tensor:
+    def loss_and_grads(self, x: torch.Tensor, loss: str, workspace: Workspace | None = None,
+                       targets: torch.Tensor | None = None) -> torch.Tensor:
         """``reconstruction_loss(x, loss)`` and its backward pass written out: sets every parameter's ``.grad``
-        and returns the loss, detached.
+        and returns the loss, detached. With ``targets`` (a denoising step: ``x`` is the corrupted input) it is
+        ``training_loss(x, targets, loss)`` instead.
 
         The same matrix products as autograd's backward of the dense layers (our tests find the same weights to
         the bit), without building a graph or its bookkeeping. With a ``workspace`` every activation and
@@ -143,7 +204,8 @@ class DenseAutoencoder(nn.Module):
             if relu:
                 h.relu_()
             inputs.append(h)
-        z, target = h.reshape(-1), inputs[0].reshape(-1)
+        z = h.reshape(-1)
+        target = inputs[0].reshape(-1) if targets is None else targets.reshape(-1).to(z.dtype)
         n = z.numel()
         scratch = ws.get(("scratch", batch), z.shape, z)
         relu_sum = torch.clamp(z, min=0.0, out=scratch).sum()
@@ -187,6 +249,162 @@ class Workspace:
         return buffer
 
 
-def build(image_shape: Sequence[int], widths: Sequence[int], bottleneck: int) -> DenseAutoencoder:
-    """The autoencoder a model config describes, sized for the dataset's images."""
-    return DenseAutoencoder(image_shape, widths, bottleneck)
+def conv_sizes(size: int, layers: int) -> list[int]:
+    """Side lengths through ``layers`` stride-2 convolutions (kernel 3, padding 1): ``size``, then halved up."""
+    sizes = [int(size)]
+    for _ in range(layers):
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+def max_conv_layers(size: int) -> int:
+    """How many stride-2 layers an image side of ``size`` takes before it is down to 1 (8 -> 3, 28 -> 5)."""
+    return (int(size) - 1).bit_length()
+
+
+def _conv_encoder(image_shape: tuple[int, ...], widths: list[int], out_features: int) -> nn.Sequential:
+    """Stride-2 3x3 convolutions with ReLUs (channels ``widths``), flattened, then a Linear to ``out_features``."""
+    channels, height, width = image_shape
+    layers: list[nn.Module] = []
+    for out_channels in widths:
+        layers += [nn.Conv2d(channels, out_channels, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+        channels = out_channels
+    h, w = conv_sizes(height, len(widths))[-1], conv_sizes(width, len(widths))[-1]
+    layers += [nn.Flatten(1), nn.Linear(channels * h * w, out_features)]
+    return nn.Sequential(*layers)
+
+
+def _conv_decoder(image_shape: tuple[int, ...], widths: list[int], bottleneck: int) -> nn.Sequential:
+    """The mirror of ``_conv_encoder``: Linear + ReLU, then stride-2 transposed convolutions back to the image.
+
+    Each transposed convolution's ``output_padding`` (0 or 1) restores the exact side length the matching
+    convolution took in (28 -> 14 -> 7 -> 14 -> 28; 8 -> 4 -> 2 -> 4 -> 8; odd sides too). The last one has no
+    activation: its outputs are logits.
+    """
+    channels, height, width = image_shape
+    hs, ws = conv_sizes(height, len(widths)), conv_sizes(width, len(widths))
+    layers: list[nn.Module] = [nn.Linear(bottleneck, widths[-1] * hs[-1] * ws[-1]), nn.ReLU(inplace=True),
+                               nn.Unflatten(1, (widths[-1], hs[-1], ws[-1]))]
+    for i in range(len(widths) - 1, -1, -1):
+        out_channels = widths[i - 1] if i > 0 else channels
+        padding = (hs[i] - (2 * hs[i + 1] - 1), ws[i] - (2 * ws[i + 1] - 1))
+        layers.append(nn.ConvTranspose2d(widths[i], out_channels, 3, stride=2, padding=1, output_padding=padding))
+        if i > 0:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _check_conv(image_shape: tuple[int, ...], widths: list[int]) -> None:
+    if len(image_shape) != 3:
+        raise ValueError(f"a convolutional autoencoder takes images (C, H, W), not {image_shape}")
+    if not widths or any(w <= 0 for w in widths):
+        raise ValueError(f"give at least one positive channel count per stride-2 layer, not {widths}")
+    most = max_conv_layers(min(image_shape[1:]))
+    if len(widths) > most:
+        raise ValueError(f"{len(widths)} stride-2 layers do not fit {image_shape[1]}x{image_shape[2]} images "
+                         f"(at most {most})")
+
+
+class ConvAutoencoder(Autoencoder):
+    """Convolutional AE: stride-2 3x3 convolutions (channels ``widths``) -> Linear to the code -> mirror image.
+
+    28x28 goes 28 -> 14 -> 7 with ``widths=[32, 64]``; 8x8 goes 8 -> 4 -> 2. Glorot-uniform weights, zero
+    biases, as the dense AE.
+    """
+
+    def __init__(self, image_shape: Sequence[int], widths: Sequence[int], bottleneck: int) -> None:
+        super().__init__(image_shape, bottleneck)
+        self.widths = [int(w) for w in widths]
+        _check_conv(self.image_shape, self.widths)
+        self.encoder = _conv_encoder(self.image_shape, self.widths, self.bottleneck)
+        self.decoder = _conv_decoder(self.image_shape, self.widths, self.bottleneck)
+        _glorot(self)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> codes ``(N, bottleneck)``."""
+        return self.encoder(x)
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes -> pre-sigmoid reconstructions ``(N, C, H, W)``."""
+        return self.decoder(z)
+
+
+LOGVAR_RANGE = (-30.0, 20.0)  # clamps log-variances so that exp() neither underflows to 0 nor overflows
+
+
+class VariationalAutoencoder(Autoencoder):
+    """VAE with a diagonal Gaussian posterior, a standard-normal prior and the reparameterisation trick.
+
+    The encoder (dense or convolutional, as the plain AEs) ends in ``2 * bottleneck`` outputs: the posterior's
+    mean and log-variance. ``encode`` gives the mean (deterministic). Training draws ``z = mu + sigma * eps``
+    with ``eps`` from the global torch RNG (saved in checkpoints, so resumed runs stay bit-identical) and
+    minimises ``recon + beta * KL / pixels``: ``recon`` the mean per-pixel loss of the sample's reconstruction,
+    ``KL`` the divergence from the prior summed over the code and averaged over the batch.
+    """
+
+    def __init__(self, image_shape: Sequence[int], widths: Sequence[int], bottleneck: int, kind: str = "dense",
+                 beta: float = 1.0) -> None:
+        super().__init__(image_shape, bottleneck)
+        self.widths = [int(w) for w in widths]
+        self.kind = kind
+        self.beta = float(beta)
+        if kind == "dense":
+            self.encoder = _mlp([self.pixels, *self.widths, 2 * self.bottleneck], last_activation=False)
+            self.decoder = _mlp([self.bottleneck, *reversed(self.widths), self.pixels], last_activation=False)
+        elif kind == "conv":
+            _check_conv(self.image_shape, self.widths)
+            self.encoder = _conv_encoder(self.image_shape, self.widths, 2 * self.bottleneck)
+            self.decoder = _conv_decoder(self.image_shape, self.widths, self.bottleneck)
+        else:
+            raise ValueError(f"unknown model kind {kind!r}")
+        _glorot(self)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance ``(N, bottleneck)`` each of the posterior of ``x``."""
+        features = self.encoder(x.flatten(1) if self.kind == "dense" else x)
+        mean, logvar = features.chunk(2, dim=1)
+        return mean, logvar.clamp(*LOGVAR_RANGE)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> posterior means ``(N, bottleneck)``."""
+        return self.posterior(x)[0]
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes -> pre-sigmoid reconstructions ``(N, C, H, W)``."""
+        return self.decoder(z).view(-1, *self.image_shape)
+
+    def kl_per_pixel(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """KL(posterior || N(0, I)) summed over the code, averaged over the batch, divided by the pixels."""
+        kl = 0.5 * (mean.float().square() + logvar.float().exp() - 1.0 - logvar.float()).sum(dim=1)
+        return kl.mean() / self.pixels
+
+    def evaluation_loss(self, x: torch.Tensor, loss: str) -> torch.Tensor:
+        """``recon(decode(mean)) + beta * KL / pixels``: the training objective at the mean code (deterministic)."""
+        mean, logvar = self.posterior(x)
+        return pixel_loss(self.decode_logits(mean), x, loss) + self.beta * self.kl_per_pixel(mean, logvar)
+
+    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, loss: str
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``recon + beta * kl`` of one sampled code per input, and the parts ``recon`` and ``kl``."""
+        mean, logvar = self.posterior(inputs)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        recon = pixel_loss(self.decode_logits(z), targets, loss)
+        kl = self.kl_per_pixel(mean, logvar)
+        return recon + self.beta * kl, {"recon": recon, "kl": kl}
+
+
+def build(image_shape: Sequence[int], widths: Sequence[int], bottleneck: int, kind: str = "dense",
+          variational: bool = False, beta: float = 1.0) -> Autoencoder:
+    """The autoencoder a model config describes, sized for the dataset's images.
+
+    ``kind``: ``dense`` or ``conv`` (``widths``: hidden widths, or channels of the stride-2 convolutions);
+    ``variational``: a VAE with KL weight ``beta``. Enum values (the config's) are taken as their strings.
+    """
+    kind = str(getattr(kind, "value", kind))
+    if variational:
+        return VariationalAutoencoder(image_shape, widths, bottleneck, kind=kind, beta=beta)
+    if kind == "dense":
+        return DenseAutoencoder(image_shape, widths, bottleneck)
+    if kind == "conv":
+        return ConvAutoencoder(image_shape, widths, bottleneck)
+    raise ValueError(f"unknown model kind {kind!r}")

@@ -23,21 +23,45 @@ def pick_one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
     return np.array(picked, dtype=int)
 
 
-def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, titles: Sequence[str] = ()
-                        ) -> Figure:
-    """Originals (top row) above their reconstructions (bottom row); images ``(n, C, H, W)`` in [0, 1]."""
+def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, titles: Sequence[str] = (),
+                        noisy: np.ndarray | None = None) -> Figure:
+    """Originals (top row) above their reconstructions; images ``(n, C, H, W)`` in [0, 1].
+
+    With ``noisy`` (a denoising AE) three rows: the noisy input, the output and the clean target.
+    """
     n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(1.1 * n + 0.6, 2.6), squeeze=False)
+    if noisy is None:
+        rows = [("input", originals), ("output", reconstructions)]
+    else:
+        rows = [("noisy input", noisy), ("output", reconstructions), ("clean target", originals)]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 0.6, 1.3 * len(rows) + 0.0), squeeze=False)
     for col in range(n):
-        for row, images in enumerate((originals, reconstructions)):
+        for row, (_, images) in enumerate(rows):
             ax = axes[row, col]
             ax.imshow(images[col, 0], cmap="gray", vmin=0.0, vmax=1.0)
             ax.set_xticks([])
             ax.set_yticks([])
         if col < len(titles):
             axes[0, col].set_title(titles[col], fontsize=8)
-    axes[0, 0].set_ylabel("input", fontsize=9)
-    axes[1, 0].set_ylabel("output", fontsize=9)
+    for row, (label, _) in enumerate(rows):
+        axes[row, 0].set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: np.ndarray, title: str, row_labels: Sequence[str] = ()) -> Figure:
+    """A grid of images ``(rows, columns, C, H, W)`` in [0, 1] (e.g. interpolations, samples), one title."""
+    rows, columns = images.shape[:2]
+    fig, axes = plt.subplots(rows, columns, figsize=(0.9 * columns + 0.8, 0.9 * rows + 0.6), squeeze=False)
+    for r in range(rows):
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.imshow(images[r, c, 0], cmap="gray", vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if r < len(row_labels):
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

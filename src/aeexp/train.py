@@ -14,9 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from aeexp import interrupt
+from aeexp import noise as noises
 from aeexp.data import Split
 from aeexp.errors import TrainingError
-from aeexp.models import DenseAutoencoder, Workspace
+from aeexp.models import Autoencoder, DenseAutoencoder, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -236,24 +237,30 @@ def _gather_batches(images: torch.Tensor, batch_size: int, generator: torch.Gene
 
 
 @torch.no_grad()
-def evaluate_loss(model: DenseAutoencoder, images: torch.Tensor, loss: str) -> float:
-    """Mean per-pixel loss over all ``images`` (weighted by batch size)."""
+def evaluate_loss(model: Autoencoder, images: torch.Tensor, loss: str, objective: bool = True) -> float:
+    """Mean per-pixel loss over all ``images`` (weighted by batch size), deterministic.
+
+    ``objective``: the model's training objective (``evaluation_loss``: for a VAE ``beta * KL / pixels`` is
+    added, at the mean code); false: the pure reconstruction loss (``reconstruction_loss``). The same for
+    models without a KL term.
+    """
     model.eval()
     total = torch.zeros((), device=images.device, dtype=torch.float64)
+    measure = model.evaluation_loss if objective else model.reconstruction_loss
     for batch in iterate_batches(images, EVAL_BATCH_SIZE, None):
-        total += model.reconstruction_loss(batch, loss).double() * batch.shape[0]
+        total += measure(batch, loss).double() * batch.shape[0]
     return float(total) / images.shape[0]
 
 
 @torch.no_grad()
-def encode_all(model: DenseAutoencoder, images: torch.Tensor) -> torch.Tensor:
+def encode_all(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
     """Codes of all ``images``, on the CPU."""
     model.eval()
     return torch.cat([model.encode(batch).cpu() for batch in iterate_batches(images, EVAL_BATCH_SIZE, None)])
 
 
 @torch.no_grad()
-def reconstruct(model: DenseAutoencoder, images: torch.Tensor) -> torch.Tensor:
+def reconstruct(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
     """Reconstructions in [0, 1] of ``images``, on the CPU."""
     model.eval()
     return model(to_float(images)).cpu()
@@ -266,11 +273,15 @@ def should_compile(setting: bool | None, device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _loss_function(model: DenseAutoencoder, loss: str, compiled: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``batch -> mean loss``: the model's own, or a ``torch.compile``d copy of it (same math, fused kernels)."""
+StepLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
-    def eager(batch: torch.Tensor) -> torch.Tensor:
-        return model.reconstruction_loss(batch, loss)
+
+def _loss_function(model: Autoencoder, loss: str, compiled: bool) -> StepLoss:
+    """``(inputs, targets) -> (mean loss, parts)``: the model's ``training_loss``, or a ``torch.compile``d copy
+    of it (same math, fused kernels)."""
+
+    def eager(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return model.training_loss(inputs, targets, loss)
 
     if not compiled:
         return eager
@@ -295,7 +306,7 @@ def _non_finite(value: float, epoch: int, step: int | None, steps: int, optimize
 
 
 def fit(
-    model: DenseAutoencoder,
+    model: Autoencoder,
     train: Split,
     val: Split,
     *,
@@ -310,6 +321,8 @@ def fit(
     mixed_precision: bool = True,
     history: History | None = None,
     generator: torch.Generator | None = None,
+    noise: str = "none",
+    noise_level: float = 0.0,
 ) -> History:
     """Train ``model`` up to epoch ``epochs``; call ``on_epoch_end(epoch, metrics)`` after each (from 1).
 
@@ -321,7 +334,15 @@ def fit(
     the shuffling ``generator`` in its saved state; by default a fresh history and a generator seeded with
     ``seed``. Between steps a stop requested by Ctrl-C/SIGTERM (see :mod:`aeexp.interrupt`) raises
     :class:`~aeexp.interrupt.Interrupted`; the epoch under way is abandoned.
+
+    ``noise``/``noise_level`` (see :func:`aeexp.noise.corrupt`): a denoising AE; each training batch is
+    corrupted (global torch RNG) before it goes in, and the loss compares with the clean batch. Validation uses
+    clean images. The hook's metrics are ``train_loss``, ``val_loss`` and ``epoch_time``, plus ``train_<part>``
+    (epoch means) for every part of the model's loss: ``train_recon`` and ``train_kl`` for a VAE, none for the
+    plain AEs (their loss is all reconstruction).
     """
+    noise = noises.check(noise, noise_level)
+    noisy = noise != "none"
     history = History() if history is None else history
     generator = torch.Generator().manual_seed(seed) if generator is None else generator
     steps = math.ceil(len(train) / batch_size)
@@ -339,6 +360,7 @@ def fit(
         model.train()
         started = time.perf_counter()
         running = torch.zeros((), device=device)
+        part_sums: dict[str, torch.Tensor] = {}
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
                    disable=not progress, dynamic_ncols=True)
         try:
@@ -347,13 +369,16 @@ def fit(
             for step, batch in enumerate(batches, start=1):
                 interrupt.check()
                 optimizer.zero_grad(set_to_none=True)
+                inputs = noises.corrupt(batch, noise, noise_level) if noisy else batch
                 if manual:
-                    batch_loss = model.loss_and_grads(batch, loss, workspace)
+                    batch_loss = model.loss_and_grads(inputs, loss, workspace, targets=batch if noisy else None)
                 else:
                     with _autocast(device, mixed_precision):
-                        batch_loss = step_loss(batch)
+                        batch_loss, parts = step_loss(inputs, batch)
                     batch_loss.backward()
-                if check_each_step and not math.isfinite(value := float(batch_loss)):
+                    for name, part in parts.items():
+                        part_sums[name] = part_sums.get(name, 0.0) + part.detach().float() * batch.shape[0]
+                if check_each_step and not math.isfinite(value := float(batch_loss.detach())):
                     raise _non_finite(value, epoch, step, steps, optimizer)
                 optimizer.step()
                 running += batch_loss.detach() * batch.shape[0]
@@ -371,7 +396,9 @@ def fit(
         history.val_loss.append(val_loss)
         history.epoch_time.append(epoch_time)
         if on_epoch_end is not None:
-            on_epoch_end(epoch, {"train_loss": train_loss, "val_loss": val_loss, "epoch_time": epoch_time})
+            metrics = {"train_loss": train_loss, "val_loss": val_loss, "epoch_time": epoch_time}
+            metrics.update({f"train_{name}": float(total) / len(train) for name, total in part_sums.items()})
+            on_epoch_end(epoch, metrics)
         if not progress:  # a line per epoch instead of the bar (logs of batch jobs), once the hook has run
             log.info("epoch %d/%d: train_loss %.4f  val_loss %.4f  (%.2f s)", epoch, epochs, train_loss, val_loss,
                      epoch_time)

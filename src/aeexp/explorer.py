@@ -1,0 +1,136 @@
+"""An interactive, self-contained HTML explorer of a 2-D embedding (bokeh, resources inline: works offline).
+
+Points are coloured by class; hovering a point shows its image (and its reconstruction) and class; clicking a
+legend entry hides that class.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+THUMBNAIL_PIXELS = 84  # tooltip images are drawn about this wide, scaled by a whole factor without smoothing
+THUMBNAIL_LEVELS = 16  # grey levels kept in the thumbnails
+_TOOLTIP = """
+<div style="font: 12px sans-serif; padding: 2px;">
+  <div style="font-weight: 600; margin-bottom: 4px;">@label <span style="color: #888;">#@index</span></div>
+  <div style="display: flex; gap: 6px;">
+    <div style="text-align: center;">
+      <img src="@image" width="{w}" height="{h}" alt="input"
+           style="image-rendering: pixelated; border: 1px solid #ccc;">
+      <div style="color: #666;">input</div>
+    </div>{rec}
+  </div>
+</div>
+"""
+_TOOLTIP_REC = """
+    <div style="text-align: center;">
+      <img src="@reconstruction" width="{w}" height="{h}" alt="reconstruction"
+           style="image-rendering: pixelated; border: 1px solid #ccc;">
+      <div style="color: #666;">output</div>
+    </div>"""
+
+
+def _as_uint8_images(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` or ``(N, 1, H, W)`` images, float in [0, 1] or uint8, as uint8 ``(N, H, W)``."""
+    array = np.asarray(images)
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3:
+        raise ValueError(f"images must have shape (N, H, W) or (N, 1, H, W), not {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    return np.round(np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def png_data_uris(images: np.ndarray, levels: int = THUMBNAIL_LEVELS) -> list[str]:
+    """One small grayscale PNG ``data:`` URI per image (``(N, H, W)`` float in [0, 1] or uint8).
+
+    Grey values are rounded to ``levels`` evenly spaced levels (2 to 256): 16 look the same as 256 at thumbnail
+    size and make the PNGs about 40% smaller.
+    """
+    if not 2 <= levels <= 256:
+        raise ValueError(f"levels must lie in [2, 256], not {levels}")
+    pixels = _as_uint8_images(images)
+    if levels < 256:
+        step = 255.0 / (levels - 1)
+        pixels = (np.round(pixels / step) * step).round().astype(np.uint8)
+    uris = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG", optimize=True)  # 2-D uint8 -> 8-bit grey ("L")
+        uris.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return uris
+
+
+def _palette(n: int) -> list[str]:
+    from bokeh.palettes import Category10, Category20, Turbo256
+
+    if n <= 10:
+        return list(Category10[10][:n])
+    if n <= 20:
+        return list(Category20[20][:n])
+    return [Turbo256[int(i)] for i in np.linspace(0, 255, n)]
+
+
+def explorer_html(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], images: np.ndarray,
+                  reconstructions: np.ndarray | None, title: str) -> str:
+    """The complete HTML page of an interactive scatter plot of ``points`` ``(N, 2)``, coloured by ``labels``
+    (indices into ``class_names``); hovering shows ``images[i]`` (and ``reconstructions[i]``), the legend
+    toggles classes. Bokeh's JavaScript is inlined: the page needs no network.
+    """
+    from bokeh.embed import file_html
+    from bokeh.models import ColumnDataSource, HoverTool, Title
+    from bokeh.plotting import figure
+    from bokeh.resources import INLINE
+
+    points = np.asarray(points, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    n = len(points)
+    if points.shape != (n, 2) or labels.shape != (n,) or len(images) != n:
+        raise ValueError(f"points {points.shape}, labels {labels.shape} and images ({len(images)}) do not match")
+    if reconstructions is not None and len(reconstructions) != n:
+        raise ValueError(f"{len(reconstructions)} reconstructions for {n} images")
+    if n and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(f"labels must lie in [0, {len(class_names)})")
+    image_uris = np.array(png_data_uris(images), dtype=object)
+    rec_uris = np.array(png_data_uris(reconstructions), dtype=object) if reconstructions is not None else None
+    height, width = _as_uint8_images(images[:1]).shape[1:] if n else (0, 0)
+    scale = max(1, round(THUMBNAIL_PIXELS / max(width, 1)))  # 28x28 -> 3x, 8x8 digits -> 10x
+    tw, th = width * scale, height * scale
+
+    # Fills its window (or the MLflow UI's artifact iframe), but no smaller than 480 x 400 pixels.
+    fig = figure(title=title, sizing_mode="stretch_both", min_width=480, min_height=400,
+                 tools="pan,wheel_zoom,box_zoom,reset,save", active_scroll="wheel_zoom", toolbar_location="above",
+                 match_aspect=True)
+    fig.add_layout(Title(text=f"{n} points · hover a point to see its image · click a legend entry to hide a class",
+                         text_font_style="italic", text_color="#666", text_font_size="11px"), "above")
+    fig.title.text_font_size = "15px"
+    fig.axis.visible = False
+    fig.grid.grid_line_alpha = 0.3
+    renderers = []
+    for c, (name, color) in enumerate(zip(class_names, _palette(len(class_names)), strict=True)):
+        idx = np.flatnonzero(labels == c)
+        if not len(idx):
+            continue
+        data = {"x": points[idx, 0], "y": points[idx, 1], "index": idx, "label": [str(name)] * len(idx),
+                "image": list(image_uris[idx])}
+        if rec_uris is not None:
+            data["reconstruction"] = list(rec_uris[idx])
+        renderer = fig.scatter("x", "y", source=ColumnDataSource(data), size=5, color=color, alpha=0.75,
+                               legend_label=str(name), name=f"class {c}")
+        renderers.append(renderer)
+    rec_html = _TOOLTIP_REC.format(w=tw, h=th) if rec_uris is not None else ""
+    fig.add_tools(HoverTool(renderers=renderers, tooltips=_TOOLTIP.format(w=tw, h=th, rec=rec_html),
+                            point_policy="snap_to_data"))
+    fig.legend.click_policy = "hide"
+    fig.legend.title = "class (click to hide)"
+    fig.legend.label_text_font_size = "11px"
+    fig.legend.location = "top_left"
+    if fig.legend:
+        fig.add_layout(fig.legend[0], "right")
+    return file_html(fig, resources=INLINE, title=title)
