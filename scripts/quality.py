@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = ["| codes | size | test MSE | 5-NN acc of codes | PCA of that size: MSE | PCA: 5-NN acc | AE beats PCA "
-            "on both | train s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "on both | run s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         for model in args.models:
