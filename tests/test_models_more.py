@@ -271,7 +271,7 @@ def test_new_presets_and_valid_settings(make_config):
     validate(make_config("model=conv", "model.widths=[8,8,8]"))  # 8 -> 4 -> 2 -> 1 fits digits
     validate(make_config("dataset=mnist", "model=conv", "model.widths=[8,8,8,8,8]"))
     vae = make_config("model=vae")
-    assert vae.model.variational and vae.model.kind.value == "dense" and vae.model.beta == 1.0
+    assert vae.model.variational and vae.model.kind.value == "dense" and vae.model.beta == 0.1
     validate(vae)
     validate(make_config("model=vae", "model.kind=conv", "model.noise=salt_pepper", "model.noise_level=0.2"))
     validate(make_config("model.noise=gaussian", "model.noise_level=1.5"))  # a std may exceed 1
