@@ -290,12 +290,6 @@ def _interpolations(model: models.Autoencoder, dataset: data.Dataset, examples: 
     return np.stack(rows), names
 
 
-def _interpolation_figure_args(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset,
-                               examples: np.ndarray) -> tuple[np.ndarray, str, list[str]]:
-    images, names = _interpolations(model, dataset, examples)
-    return images, f"{cfg.model.name} (bottleneck {cfg.model.bottleneck}): decoded codes between two test images", names
-
-
 def _noisy_examples(cfg: DictConfig, originals: torch.Tensor) -> torch.Tensor | None:
     """The examples as a denoising model sees them in training (seeded, leaving the global RNG as it was)."""
     if cfg.model.noise.value == "none":
@@ -343,6 +337,7 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
     examples = plots.pick_one_per_class(dataset.test.labels.cpu().numpy(), RECONSTRUCTION_EXAMPLES)
     originals = train.to_float(dataset.test.images[examples])
     noisy = _noisy_examples(cfg, originals)
+    interpolations, pair_names = _interpolations(model, dataset, examples)
     with torch.no_grad():
         model.eval()
         outputs = model(noisy if noisy is not None else originals).cpu().numpy()
@@ -352,7 +347,8 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
             noisy=None if noisy is None else noisy.cpu().numpy()),
         "loss_curves.png": plots.loss_curves(history.train_loss, history.val_loss, loss),
         "interpolation.png": plots.image_grid(
-            *_interpolation_figure_args(cfg, model, dataset, examples)),
+            interpolations, f"{cfg.model.name} (bottleneck {cfg.model.bottleneck}): decoded codes between two test "
+            "images", pair_names),
     }
     for method, points in views.points.items():
         figures[f"{method}.png"] = plots.embedding_scatter(
