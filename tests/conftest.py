@@ -11,13 +11,24 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 from idx import write_dataset
+from mlflow_store import migrated_template, new_store
 from omegaconf import DictConfig
 
 from aeexp.config import register_configs
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel test workers (`make test` runs pytest -n): one thread each, for this process and the runs it
+    # starts, or every worker's OpenMP threads compete for the same cores and all of them wait on each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FAST = ["trainer.epochs=2", "trainer.progress=false", "embed.n_samples=200"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """aeexp's cache (PCA baselines) in a temp dir for the session, for this process and the runs it starts."""
+    os.environ["AEEXP_CACHE_DIR"] = str(tmp_path_factory.mktemp("aeexp-cache"))
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +39,22 @@ def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow sqlite store made once per test process (see ``mlflow_store.new_store``)."""
+    return migrated_template(tmp_path_factory.mktemp("store-template"))
+
+
 @pytest.fixture
-def tracking_uri(tmp_path: Path) -> str:
+def new_sqlite_store(store_template: Path) -> Callable[[Path], str]:
+    """``new_sqlite_store(path)``: a fresh, empty MLflow sqlite store at ``path``; returns its URI."""
+    return lambda path: new_store(path, store_template)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, new_sqlite_store: Callable[[Path], str]) -> str:
     """A fresh sqlite MLflow store in the test's temp dir."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return new_sqlite_store(tmp_path / "mlflow.db")
 
 
 @pytest.fixture
@@ -59,9 +82,9 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 @pytest.fixture(scope="session")
-def server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_uri(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 for the whole session."""
     from mlflow_server import mlflow_server
 
-    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), store_template) as uri:
         yield uri

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,18 +32,26 @@ def _healthy(uri: str) -> bool:
 
 
 @contextmanager
-def mlflow_server(directory: Path) -> Iterator[str]:
-    """Run ``mlflow server`` (sqlite backend, artifacts in ``directory``) and yield its URI."""
+def mlflow_server(directory: Path, template: Path | None = None) -> Iterator[str]:
+    """Run ``mlflow server`` (sqlite backend, artifacts in ``directory``) and yield its URI.
+
+    A new backend store starts as a copy of ``template`` (an empty store MLflow made and migrated) when given.
+    """
+    store = directory / "server.db"
+    if template is not None and not store.exists():
+        shutil.copyfile(template, store)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     log = (directory / "server.log").open("w")
     process = subprocess.Popen(
         [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{directory / 'server.db'}",
+         "--backend-store-uri", f"sqlite:///{store}",
          "--artifacts-destination", str(directory / "artifacts")],
         cwd=directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        # No job runner: by default the server also starts eight processes for MLflow's GenAI jobs, which import
+        # MLflow for ~30 s of CPU right after start-up and slow every run logging to it meanwhile.
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from mlflow_store import artifact_paths, assert_no_running, metric_history, runs_in
+from mlflow_store import artifact_paths, assert_no_running, metric_history, new_store, runs_in
 
 from aeexp import checkpoint
 
@@ -56,8 +56,9 @@ def _only_run(tracking_uri: str):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_interrupted_run_resumes_bit_identical_to_an_uninterrupted_one(tmp_path, run_cli, sig):
-    interrupted_uri = f"sqlite:///{tmp_path / 'interrupted.db'}"
+def test_interrupted_run_resumes_bit_identical_to_an_uninterrupted_one(tmp_path, run_cli, new_sqlite_store, sig):
+    interrupted_uri = new_sqlite_store(tmp_path / "interrupted.db")
+    reference_uri = new_sqlite_store(tmp_path / "reference.db")
     process, output = _start_and_stop(tmp_path, interrupted_uri, sig, after_epoch=3)
     run = _only_run(interrupted_uri)
     run_id = run.info.run_id
@@ -79,10 +80,10 @@ def test_interrupted_run_resumes_bit_identical_to_an_uninterrupted_one(tmp_path,
     resumed = run_cli(f"resume={run_id}", f"trainer.epochs={total}", "trainer.progress=false",
                       f"tracking.uri={interrupted_uri}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reference = run_cli(*RUN, f"trainer.epochs={total}", f"tracking.uri=sqlite:///{tmp_path / 'reference.db'}")
+    reference = run_cli(*RUN, f"trainer.epochs={total}", f"tracking.uri={reference_uri}")
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    again, straight = _only_run(interrupted_uri), _only_run(f"sqlite:///{tmp_path / 'reference.db'}")
+    again, straight = _only_run(interrupted_uri), _only_run(reference_uri)
     assert again.info.run_id == run_id and again.info.status == "FINISHED"
     for key in FINAL_METRICS:
         assert again.data.metrics[key] == straight.data.metrics[key], key
@@ -93,7 +94,7 @@ def test_interrupted_run_resumes_bit_identical_to_an_uninterrupted_one(tmp_path,
     assert checkpoint.load(Path(again.data.tags[checkpoint_tag()])).epoch == total
 
     val_loss = metric_history(interrupted_uri, run_id, "val_loss")
-    reference_val_loss = metric_history(f"sqlite:///{tmp_path / 'reference.db'}", straight.info.run_id, "val_loss")
+    reference_val_loss = metric_history(reference_uri, straight.info.run_id, "val_loss")
     if sig == signal.SIGTERM:  # every epoch logged once, at its step, with the uninterrupted run's values
         assert val_loss == reference_val_loss
     else:  # a kill between an epoch's checkpoint and its metrics may cost that epoch's points, nothing else
@@ -107,8 +108,8 @@ def checkpoint_tag() -> str:
     return CHECKPOINT_TAG
 
 
-def _finished_run(directory: Path) -> tuple[str, str]:
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
+def _finished_run(directory: Path, template: Path) -> tuple[str, str]:
+    uri = new_store(directory / "mlflow.db", template)
     done = subprocess.run([sys.executable, "-m", "aeexp", *RUN, "trainer.epochs=2", f"tracking.uri={uri}"],
                           cwd=directory, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -116,15 +117,15 @@ def _finished_run(directory: Path) -> tuple[str, str]:
 
 
 @pytest.fixture
-def finished_run(tmp_path) -> tuple[str, str]:
+def finished_run(tmp_path, store_template) -> tuple[str, str]:
     """A finished 2-epoch run of its own: (tracking URI, run id)."""
-    return _finished_run(tmp_path)
+    return _finished_run(tmp_path, store_template)
 
 
 @pytest.fixture(scope="module")
-def shared_finished_run(tmp_path_factory) -> tuple[str, str]:
+def shared_finished_run(tmp_path_factory, store_template) -> tuple[str, str]:
     """A finished 2-epoch run for tests that must leave it as it is: (tracking URI, run id)."""
-    return _finished_run(tmp_path_factory.mktemp("finished"))
+    return _finished_run(tmp_path_factory.mktemp("finished"), store_template)
 
 
 def test_resume_last_trains_a_finished_run_further_from_the_logged_checkpoint(finished_run, run_cli, tmp_path):
@@ -231,14 +232,17 @@ def test_a_signal_inside_a_run_waits_for_the_next_safe_point_outside_it_stops_at
         signal.signal(signal.SIGTERM, previous[1])
 
 
-def test_a_tracking_server_that_goes_away_loses_no_training_and_the_run_resumes_once_it_is_back(tmp_path):
+def test_a_tracking_server_that_goes_away_loses_no_training_and_the_run_resumes_once_it_is_back(
+        tmp_path, store_template):
     from mlflow_server import mlflow_server
 
     server_dir = tmp_path / "server"
     server_dir.mkdir()
-    with mlflow_server(server_dir) as uri:
+    # MLflow still retries each request twice, without its default seconds of back-off before giving up.
+    quick_retries = {**_env(), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+    with mlflow_server(server_dir, store_template) as uri:
         process = subprocess.Popen([sys.executable, "-m", "aeexp", *RUN, "trainer.epochs=100000",
-                                    f"tracking.uri={uri}"], cwd=tmp_path, env=_env(),
+                                    f"tracking.uri={uri}"], cwd=tmp_path, env=quick_retries,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         seen = []
         for line in process.stdout:
