@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
@@ -57,10 +59,34 @@ def test_tsne_clamps_perplexity_for_few_points(blobs):
 
 def test_reconstruction_grid_layout():
     originals = np.random.default_rng(0).random((6, 1, 8, 8))
-    fig = plots.reconstruction_grid(originals, originals * 0.5, [str(i) for i in range(6)])
-    assert len(fig.axes) == 12
-    assert fig.axes[0].get_title() == "0"
-    assert fig.axes[0].get_ylabel() == "input"
+    fig = plots.reconstruction_grid(originals, originals * 0.5, [f"class {i}" for i in range(6)])
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"class {i}" for i in range(6)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["input", "output"]
+    mosaic = ax.get_images()[0].get_array()
+    assert mosaic.shape == (2 * 8 + 1, 6 * 8 + 5)  # two rows of six 8x8 images, 1-pixel gaps
+    np.testing.assert_allclose(mosaic[:8, 9:17], originals[1, 0])  # row "input", column 1
+    np.testing.assert_allclose(mosaic[9:, 9:17], originals[1, 0] * 0.5)  # its reconstruction below it
+    assert (mosaic[8] == 1).all()  # the white gap between the rows
+
+
+def test_denoising_grid_has_noisy_output_and_clean_rows():
+    originals = np.random.default_rng(0).random((3, 1, 28, 28))
+    fig = plots.reconstruction_grid(originals, originals * 0.5, ["a", "b", "c"], noisy=originals * 0.1)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["noisy input", "output", "clean target"]
+    mosaic = ax.get_images()[0].get_array()
+    np.testing.assert_allclose(mosaic[:28, :28], originals[0, 0] * 0.1)
+    np.testing.assert_allclose(mosaic[58:, 58:], originals[2, 0])
+
+
+def test_image_grid_labels_its_rows():
+    images = np.random.default_rng(1).random((4, 9, 1, 8, 8))
+    fig = plots.image_grid(images, "interpolations", ["0 -> 1", "2 -> 3", "4 -> 5", "6 -> 7"])
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0 -> 1", "2 -> 3", "4 -> 5", "6 -> 7"]
+    assert fig.get_suptitle() == "interpolations"
+    np.testing.assert_allclose(ax.get_images()[0].get_array()[27:35, 36:44], images[3, 4, 0])
 
 
 def test_embedding_scatter_has_a_legend_of_class_names():
@@ -106,3 +132,42 @@ def test_pca_baseline_matches_scikit_learn():
     assert got["pca_knn_acc"] == pytest.approx(expected_knn, abs=0.02)
     more = baseline.pca_metrics(train, labels[:400], test, labels[400:], n_components=12)
     assert more["pca_test_mse"] < got["pca_test_mse"]  # more components, less error
+
+
+def test_pca_baseline_is_computed_once_per_data_and_size(tmp_path, monkeypatch):
+    import torch
+
+    from aeexp import baseline
+
+    monkeypatch.setenv("AEEXP_CACHE_DIR", str(tmp_path / "cache"))
+    computed = []
+    compute = baseline.pca_metrics
+
+    def counting(*args, **kwargs):
+        computed.append(kwargs.get("n_components", args[-1]))
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(baseline, "pca_metrics", counting)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (300, 1, 8, 8), dtype=np.uint8))
+    labels = rng.integers(0, 3, 300)
+    splits = [images[:200], labels[:200], images[200:], labels[200:]]
+
+    first = baseline.cached_pca_metrics(*splits, 4)
+    assert first == compute(*splits, 4) and computed == [4]
+    (stored,) = (tmp_path / "cache" / "pca").glob("*.json")
+    assert baseline.cached_pca_metrics(*splits, 4) == first and computed == [4]  # from the cache
+    baseline.cached_pca_metrics(*splits, 5)
+    assert computed == [4, 5]  # another size is another baseline
+    changed = images.clone()
+    changed[7, 0, 3, 3] ^= 1
+    baseline.cached_pca_metrics(changed[:200], labels[:200], changed[200:], labels[200:], 4)
+    assert computed == [4, 5, 4]  # one pixel of other data is other data
+
+    stored.write_text('{"pca_test_mse": 0.')  # a file cut short: computed again and rewritten
+    assert baseline.cached_pca_metrics(*splits, 4) == first and computed == [4, 5, 4, 4]
+    assert json.loads(stored.read_text()) == first
+    assert not list(stored.parent.glob("*.tmp"))
+
+    monkeypatch.setenv("AEEXP_CACHE_DIR", "/proc/aeexp-cache")  # cannot be created, also for root
+    assert baseline.cached_pca_metrics(*splits, 4) == first

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from aeexp import metrics
 
+log = logging.getLogger(__name__)
+
 CHUNK = 8192  # images converted to float at a time
+CACHE_VERSION = "pca-metrics-1"  # part of every cache key: change it when pca_metrics computes anything new
 
 
 @dataclass
@@ -68,3 +77,56 @@ def pca_metrics(train_images: torch.Tensor, train_labels: np.ndarray, test_image
         "pca_knn_acc": metrics.knn_accuracy(codes_of(train_images), train_labels, codes_of(test_images),
                                             test_labels),
     }
+
+
+def cache_dir() -> Path:
+    """Where computed baselines are kept: ``$AEEXP_CACHE_DIR``, else ``$XDG_CACHE_HOME/aeexp`` (``~/.cache/aeexp``)."""
+    if os.environ.get("AEEXP_CACHE_DIR"):
+        return Path(os.environ["AEEXP_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aeexp"
+
+
+def _fingerprint(n_components: int, *arrays: torch.Tensor | np.ndarray) -> str:
+    """A hash of everything :func:`pca_metrics` depends on: the splits' pixels and labels, the number of
+    components and :data:`CACHE_VERSION`."""
+    digest = hashlib.blake2b(f"{CACHE_VERSION}/{n_components}".encode(), digest_size=20)
+    for array in arrays:
+        values = array.cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+        values = np.ascontiguousarray(values)
+        digest.update(f"|{values.dtype.str}{values.shape}|".encode())
+        digest.update(memoryview(values).cast("B"))
+    return digest.hexdigest()
+
+
+def cached_pca_metrics(train_images: torch.Tensor, train_labels: np.ndarray, test_images: torch.Tensor,
+                       test_labels: np.ndarray, n_components: int) -> dict[str, float]:
+    """:func:`pca_metrics`, computed once per data and size: the runs of a sweep share the same training split
+    and often the same bottleneck, and the baseline (a covariance and a 5-NN over the whole training split) costs
+    seconds. Kept as small JSON files under :func:`cache_dir`; a missing, unreadable or unwritable cache only
+    means computing it again."""
+    key = _fingerprint(n_components, train_images, train_labels, test_images, test_labels)
+    path = cache_dir() / "pca" / f"{key}.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(cached, dict) and set(cached) == {"pca_test_mse", "pca_knn_acc"}:
+            return {key: float(value) for key, value in cached.items()}
+    except (OSError, ValueError):
+        pass
+    results = pca_metrics(train_images, train_labels, test_images, test_labels, n_components)
+    _write_atomically(path, json.dumps(results))
+    return results
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file and a rename: readers see the whole file or none."""
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
+            temporary = Path(f.name)
+            f.write(text)
+        os.replace(temporary, path)
+    except OSError as err:
+        log.debug("could not cache the PCA baseline in %s: %s", path.parent, err)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)

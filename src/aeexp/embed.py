@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -52,14 +53,18 @@ def tsne_2d(codes: np.ndarray, perplexity: float = 30.0, seed: int = 0, *, n_ite
     ``n_iter`` at exaggeration 1 (learning rate n): 375 in all, against scikit-learn's 1,000, for the same
     trustworthiness and 5-NN accuracy on the benchmark's codes.
     """
-    from openTSNE import TSNEEmbedding, affinity, initialization
+    from openTSNE import TSNEEmbedding, affinity, initialization, nearest_neighbors
 
     x = np.ascontiguousarray(codes, dtype=np.float64)
     n = len(x)
     n_jobs = _n_jobs()
-    affinities = affinity.PerplexityBasedNN(
-        x, perplexity=min(perplexity, max_perplexity(n)), method="exact" if n <= EXACT_NEIGHBORS_MAX else "annoy",
-        n_jobs=n_jobs, random_state=seed)
+    perplexity = min(perplexity, max_perplexity(n))
+    # The neighbour index made here, as openTSNE would make it for method="exact"/"annoy": left to choose, it
+    # first imports pynndescent (and numba, ~1 s) only to see whether it is installed.
+    index = nearest_neighbors.Sklearn if n <= EXACT_NEIGHBORS_MAX else nearest_neighbors.Annoy
+    neighbours = index(x, k=min(n - 1, int(3 * perplexity)), metric="euclidean", n_jobs=n_jobs, random_state=seed)
+    logging.getLogger("openTSNE.affinity").setLevel(logging.WARNING)  # not "KNN index provided" in every run
+    affinities = affinity.PerplexityBasedNN(perplexity=perplexity, knn_index=neighbours, n_jobs=n_jobs)
     start = initialization.pca(x, random_state=seed)
     if n >= FFT_MIN_POINTS:
         gradient = {"negative_gradient_method": "fft", "ints_in_interval": FFT_INTS_IN_INTERVAL,

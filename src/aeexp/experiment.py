@@ -326,8 +326,8 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
     interrupt.check()
     results, codes, labels = _final_metrics(model, dataset, loss)
     interrupt.check()
-    results.update(baseline.pca_metrics(dataset.train.images, dataset.train.labels.cpu().numpy(),
-                                        dataset.test.images, labels, cfg.model.bottleneck))
+    results.update(baseline.cached_pca_metrics(dataset.train.images, dataset.train.labels.cpu().numpy(),
+                                               dataset.test.images, labels, cfg.model.bottleneck))
     interrupt.check()
     embedding, views = _embedding_metrics(cfg, codes, labels, cfg.seed)
     results.update(embedding)
@@ -359,10 +359,10 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
     if cfg.model.variational:
         figures["prior_samples.png"] = plots.image_grid(
             _prior_samples(model, cfg.seed), f"{cfg.model.name}: decoded samples of the prior N(0, I)")
-    for filename, figure in figures.items():
-        tracking.log_figure(figure, filename)
+    for filename, figure in figures.items():  # drawn once, into the output folder; MLflow copies the file
         figure.savefig(output_dir / filename, dpi=100)
         plots.plt.close(figure)
+        tracking.log_artifact(output_dir / filename)
     interrupt.check()
     _log_explorer(cfg, model, dataset, views, output_dir)
     return results

@@ -23,9 +23,40 @@ def pick_one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
     return np.array(picked, dtype=int)
 
 
+def _mosaic(images: np.ndarray, pad: int = 1) -> np.ndarray:
+    """Grey images ``(rows, columns, H, W)`` as one array, ``pad`` white pixels between them."""
+    rows, columns, height, width = images.shape
+    canvas = np.ones((rows * (height + pad) - pad, columns * (width + pad) - pad), dtype=np.float32)
+    for r in range(rows):
+        for c in range(columns):
+            top, left = r * (height + pad), c * (width + pad)
+            canvas[top:top + height, left:left + width] = images[r, c]
+    return canvas
+
+
+def _grid_axes(fig: Figure, images: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str] = (),
+               fontsize: float = 8) -> None:
+    """One axes showing ``images`` ``(rows, columns, C, H, W)`` as a mosaic, rows and columns labelled by ticks.
+
+    One image instead of an axes per cell: matplotlib lays out and draws a few artists instead of hundreds.
+    """
+    height, width = images.shape[-2:]
+    ax = fig.add_subplot()
+    ax.imshow(_mosaic(images[:, :, 0]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_yticks([r * (height + 1) + (height - 1) / 2 for r in range(len(row_labels))], list(row_labels),
+                  fontsize=fontsize)
+    ax.set_xticks([c * (width + 1) + (width - 1) / 2 for c in range(len(column_labels))], list(column_labels),
+                  fontsize=fontsize)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
 def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, titles: Sequence[str] = (),
                         noisy: np.ndarray | None = None) -> Figure:
-    """Originals (top row) above their reconstructions; images ``(n, C, H, W)`` in [0, 1].
+    """Originals (top row) above their reconstructions; images ``(n, C, H, W)`` in [0, 1], ``titles`` above the
+    columns.
 
     With ``noisy`` (a denoising AE) three rows: the noisy input, the output and the clean target.
     """
@@ -34,17 +65,8 @@ def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, titl
         rows = [("input", originals), ("output", reconstructions)]
     else:
         rows = [("noisy input", noisy), ("output", reconstructions), ("clean target", originals)]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 0.6, 1.3 * len(rows) + 0.0), squeeze=False)
-    for col in range(n):
-        for row, (_, images) in enumerate(rows):
-            ax = axes[row, col]
-            ax.imshow(images[col, 0], cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if col < len(titles):
-            axes[0, col].set_title(titles[col], fontsize=8)
-    for row, (label, _) in enumerate(rows):
-        axes[row, 0].set_ylabel(label, fontsize=9)
+    fig = plt.figure(figsize=(1.1 * n + 0.6, 1.3 * len(rows)))
+    _grid_axes(fig, np.stack([images for _, images in rows]), [label for label, _ in rows], list(titles)[:n])
     fig.tight_layout()
     return fig
 
@@ -52,15 +74,8 @@ def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, titl
 def image_grid(images: np.ndarray, title: str, row_labels: Sequence[str] = ()) -> Figure:
     """A grid of images ``(rows, columns, C, H, W)`` in [0, 1] (e.g. interpolations, samples), one title."""
     rows, columns = images.shape[:2]
-    fig, axes = plt.subplots(rows, columns, figsize=(0.9 * columns + 0.8, 0.9 * rows + 0.6), squeeze=False)
-    for r in range(rows):
-        for c in range(columns):
-            ax = axes[r, c]
-            ax.imshow(images[r, c, 0], cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if r < len(row_labels):
-            axes[r, 0].set_ylabel(row_labels[r], fontsize=8, rotation=0, ha="right", va="center")
+    fig = plt.figure(figsize=(0.9 * columns + 0.8, 0.9 * rows + 0.6))
+    _grid_axes(fig, images, list(row_labels)[:rows])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

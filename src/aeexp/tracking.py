@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import urlparse
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -190,11 +191,6 @@ def set_tags(tags: Mapping[str, str]) -> None:
     mlflow.set_tags(dict(tags))
 
 
-def log_figure(figure: Any, filename: str) -> None:
-    """Log a matplotlib figure as a PNG artifact ``filename``."""
-    mlflow.log_figure(figure, filename)
-
-
 def log_text(text: str, filename: str) -> None:
     mlflow.log_text(text, filename)
 
@@ -216,8 +212,11 @@ def log_model(model: Any, example_input: Any) -> None:
     level = pytorch_logger.level
     pytorch_logger.setLevel(logging.ERROR)  # its pickle-safety warning is noise for our own models
     try:
-        mlflow.pytorch.log_model(model, name="model", signature=signature, pip_requirements=requirements,
-                                 serialization_format="pickle")
+        # MLflow would check the requirements against the installed packages by scanning every distribution
+        # (~0.5 s); they were just read from the running torch and mlflow, so the check cannot fail.
+        with mock.patch("mlflow.utils.environment.warn_dependency_requirement_mismatches", lambda _: None):
+            mlflow.pytorch.log_model(model, name="model", signature=signature, pip_requirements=requirements,
+                                     serialization_format="pickle")
     finally:
         pytorch_logger.setLevel(level)
 
