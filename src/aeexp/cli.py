@@ -101,5 +101,12 @@ def main() -> None:
         sys.exit(1)
 
 
+def entry() -> None:
+    """The ``aeexp`` console script and ``python -m aeexp``: :func:`main`, then a quick exit."""
+    from aeexp.shutdown import run_and_exit
+
+    run_and_exit(main)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

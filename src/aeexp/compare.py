@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,4 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aeexp.shutdown import run_and_exit
+
+    run_and_exit(main)

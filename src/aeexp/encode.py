@@ -418,4 +418,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aeexp.shutdown import run_and_exit
+
+    run_and_exit(main)

@@ -1,0 +1,51 @@
+"""Ending a command-line process quickly: everything Python does at exit except tearing down every module."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+
+def exit_status(code: object) -> int:
+    """The process exit status Python gives ``sys.exit(code)``: None is 0, an int itself, anything else is
+    printed to stderr and gives 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def exit_quickly(status: int) -> None:
+    """End the process with ``status`` as the interpreter would — wait for non-daemon threads, run the atexit
+    handlers (logging's flush, MLflow's, joblib's), flush stdout and stderr — but without finalising every loaded
+    module: with torch, MLflow, scikit-learn and matplotlib loaded that teardown alone takes ~2 s."""
+    # What the interpreter does first at exit: tell executors' manager threads to stop (joblib's loky,
+    # concurrent.futures), then wait for every non-daemon thread.
+    shutdown_threads = getattr(threading, "_shutdown", None)
+    if shutdown_threads is not None:
+        shutdown_threads()
+    else:  # an interpreter without it: at least wait for the threads
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there
+            stream.flush()
+    os._exit(status)
+
+
+def run_and_exit(main: Callable[[], object]) -> None:
+    """Run a command's ``main`` (which returns or ``sys.exit``s a status) and end the process quickly with it.
+    An exception it lets through ends the process the usual way, with its traceback."""
+    try:
+        status = exit_status(main())
+    except SystemExit as stop:
+        status = exit_status(stop.code)
+    exit_quickly(status)
