@@ -126,7 +126,7 @@ def clusters():
     return x.astype(np.float32), y
 
 
-@pytest.mark.parametrize("n", [300, 1500], ids=["barnes-hut", "fft"])
+@pytest.mark.parametrize("n", [300, embed.FFT_MIN_POINTS], ids=["barnes-hut", "fft"])
 def test_embedding_keeps_clusters_as_well_as_sklearn(clusters, n):
     from sklearn.manifold import TSNE
 
@@ -211,3 +211,30 @@ def test_training_batches_are_the_shuffled_batches():
                                                        models.Workspace())]
     for a, b in zip(plain, reused, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_tsne_with_its_own_neighbour_index_gives_opentsne_s_exact_path(clusters):
+    from openTSNE import TSNEEmbedding, affinity, initialization
+
+    x = np.ascontiguousarray(clusters[0][:400], dtype=np.float64)
+    ours = embed.embed_2d(x, "tsne", perplexity=30, seed=2, n_iter=60, early_exaggeration_iter=30)
+    # openTSNE left to build the index itself (method="exact"), then the same optimisation as embed.tsne_2d
+    p = affinity.PerplexityBasedNN(x, perplexity=30, method="exact", n_jobs=embed._n_jobs(), random_state=2)
+    theirs = TSNEEmbedding(initialization.pca(x, random_state=2), p, n_jobs=embed._n_jobs(), random_state=2,
+                           negative_gradient_method="bh")
+    theirs = theirs.optimize(n_iter=30, exaggeration=embed.EARLY_EXAGGERATION, momentum=0.8,
+                             learning_rate=max(1.0, 400 / embed.EARLY_EXAGGERATION))
+    theirs = theirs.optimize(n_iter=60, momentum=0.8, learning_rate=400.0)
+    np.testing.assert_array_equal(ours, np.asarray(theirs, dtype=np.float32))
+
+
+def test_tsne_does_not_import_numba():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from aeexp import embed; "
+            "embed.embed_2d(np.random.default_rng(0).normal(size=(200, 8)), 'tsne', n_iter=10, "
+            "early_exaggeration_iter=10); print(sorted({'numba', 'pynndescent'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
