@@ -19,7 +19,7 @@ import pytest
 from idx import synthetic_images
 from PIL import Image
 
-from aeexp.explorer import explorer_html, png_data_uris
+from aeexp.explorer import THUMBNAIL_LEVELS, explorer_html, grey_png, png_data_uris
 
 N, SIDE = 3000, 28
 CLASS_NAMES = [f"class-{c}" for c in range(10)]
@@ -148,6 +148,21 @@ def test_the_page_holds_every_class_and_one_png_per_image(page_html: str, data: 
         original = data["images"][first["index"][0]].astype(int)
         assert np.abs(np.asarray(image, dtype=int) - original).max() <= 9
     assert "Explorer of a test run" in page_html
+
+
+def test_thumbnails_are_exact_pngs_of_the_grey_levels_kept() -> None:
+    images = np.random.default_rng(3).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    images[0] = 0
+    images[1] = 255
+    step = 255 / (THUMBNAIL_LEVELS - 1)
+    for image, uri in zip(images, png_data_uris(images), strict=True):
+        with Image.open(io.BytesIO(base64.b64decode(uri[len(PNG_URI):]))) as decoded:
+            assert decoded.format == "PNG" and decoded.mode == "L" and decoded.size == (28, 28)
+            kept = np.asarray(decoded)
+        np.testing.assert_array_equal(kept, (np.round(image / step) * step).round().astype(np.uint8))
+    odd = np.arange(7 * 3, dtype=np.uint8).reshape(7, 3)  # not square, any size
+    with Image.open(io.BytesIO(grey_png(odd))) as decoded:
+        np.testing.assert_array_equal(np.asarray(decoded), odd)
 
 
 def test_thumbnails_and_inputs() -> None:
