@@ -30,6 +30,7 @@ def test_glorot_init_with_zero_biases():
         assert float(layer.weight.detach().abs().max()) <= limit
 
 
+@torch.no_grad()
 def test_bce_loss_matches_the_definition():
     model = models.build((1, 8, 8), [16], 4)
     x = torch.rand(5, 1, 8, 8)
@@ -87,6 +88,7 @@ def test_batches_cover_every_image_once_per_epoch():
     assert batches[0].dtype == torch.float32
 
 
+@torch.no_grad()
 def test_evaluate_loss_weights_batches_by_size():
     model = models.build((1, 8, 8), [16], 4)
     images = (torch.rand(9, 1, 8, 8) * 255).to(torch.uint8)
