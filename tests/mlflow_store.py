@@ -8,18 +8,13 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-_template: Path | None = None
-
 
 def migrated_template(directory: Path) -> Path:
-    """An empty sqlite store created (and schema-migrated) by MLflow itself in ``directory``, made once per test
-    process: every :func:`new_store` is a copy of it, so a test does not pay MLflow's ~3 s of migrations."""
-    global _template
-    if _template is None or not _template.exists():
-        path = directory / "template.db"
-        MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the tables, runs the migrations
-        _template = path
-    return _template
+    """An empty sqlite store created (and schema-migrated) by MLflow itself in ``directory``: every
+    :func:`new_store` copied from it saves a test MLflow's ~3 s of migrations."""
+    path = directory / "template.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the tables, runs the migrations
+    return path
 
 
 def new_store(path: Path, template: Path) -> str:
