@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
+# The torchvision release made for that torch. Unpinned, pip takes the newest torchvision, which requires a newer
+# torch, and replaces the CPU torch with a CUDA build (several GB).
+TORCHVISION_VERSION := 0.28.0
 STAMP := $(VENV)/.installed
+CONSTRAINTS := $(VENV)/constraints.txt
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+CHECK_TORCH := $(BIN)/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
 
 .PHONY: setup demo test lint bench clean
 
@@ -14,8 +19,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "torch==$(TORCH_VERSION)" 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
-	$(PIP) install -e ".[dev]" 2>&1 | grep -v -e "^WARNING: Location" -e "BuildBackendWarning" || true
+	$(CHECK_TORCH)
+	printf 'torch==$(TORCH_VERSION)\ntorchvision==$(TORCHVISION_VERSION)\n' > $(CONSTRAINTS)
+	$(PIP) install -c $(CONSTRAINTS) -e ".[dev]" 2>&1 | grep -v -e "^WARNING: Location" -e "BuildBackendWarning" || true
+	$(CHECK_TORCH)
 	$(BIN)/python -c "import aeexp.cli, hydra, mlflow, sklearn, matplotlib, pytest, hypothesis"
 	$(BIN)/ruff --version >/dev/null
 	touch $(STAMP)
