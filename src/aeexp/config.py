@@ -107,7 +107,9 @@ class TrainerConfig:
     # torch.compile the forward/backward: null = auto (on CUDA only: on a 2-core CPU the compiled step was
     # slower than the eager one, after a one-off compile of ~50 s), true or false to force it.
     compile: bool | None = None
-    mixed_precision: bool = True  # bf16 autocast of the matrix products on CUDA; no effect on a CPU
+    # bf16 matrix products: autocast on CUDA; on a CPU with bf16 dot-product instructions (AVX512-BF16, AMX) the
+    # products of the dense AE's large layers (float32 everywhere else); no effect on other CPUs.
+    mixed_precision: bool = True
 
 
 @dataclass

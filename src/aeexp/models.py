@@ -72,6 +72,28 @@ def pixel_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.T
     raise ValueError(f"unknown loss {loss!r}")
 
 
+BF16_MIN_WEIGHTS = 20_000  # layers from this size up run their products in bf16 when asked (see bf16_pays)
+
+
+def bf16_pays(linear: nn.Linear) -> bool:
+    """Whether a layer is large enough for bf16 products to pay for the copies they need.
+
+    Measured at batch 256 on a Zen 4 CPU (AVX512-BF16), the three products of a layer in bf16 against float32:
+    784x128 0.39x, 400x200 0.53x, 784x32 0.36x, 200x100 0.80x, 128x128 0.93x, 128x64 2.2x (slower).
+    """
+    return linear.in_features * linear.out_features >= BF16_MIN_WEIGHTS
+
+
+def cpu_has_bf16_products() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated,
+    slower than float32."""
+    try:
+        capability = torch._C._cpu._get_cpu_capability()
+    except (AttributeError, RuntimeError):  # an older or unusual torch build: assume not
+        return False
+    return bool(capability.get("avx512_bf16") or capability.get("amx_bf16"))
+
+
 def _glorot(model: nn.Module) -> None:
     """Glorot-uniform weights and zero biases for every Linear and (transposed) convolution."""
     for module in model.modules():
@@ -180,7 +202,7 @@ class DenseAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def loss_and_grads(self, x: torch.Tensor, loss: str, workspace: Workspace | None = None,
-                       targets: torch.Tensor | None = None) -> torch.Tensor:
+                       targets: torch.Tensor | None = None, bf16: bool = False) -> torch.Tensor:
         """``reconstruction_loss(x, loss)`` and its backward pass written out: sets every parameter's ``.grad``
         and returns the loss, detached. With ``targets`` (a denoising step: ``x`` is the corrupted input) it is
         ``training_loss(x, targets, loss)`` instead.
@@ -190,6 +212,11 @@ class DenseAutoencoder(Autoencoder):
         gradient is written into buffers kept from the previous step of the same batch size (``.grad`` then
         holds such a buffer until the next call): no allocation, so no fresh pages to fault in per step. Only
         for models where ``supports_manual_backward()``.
+
+        ``bf16``: the large layers' three products (see :func:`bf16_pays`) take bf16 copies of their operands
+        (float32 accumulation inside, a bf16 result widened to float32 at once); the loss, the small layers,
+        the bias terms and the stored weights and gradients stay float32. For CPUs with bf16 dot-product
+        instructions (:func:`cpu_has_bf16_products`), where those products take a third to half the time.
         """
         layers = self._dense_layers()
         if layers is None:
@@ -198,9 +225,18 @@ class DenseAutoencoder(Autoencoder):
         batch = x.shape[0]
         inputs = [x.reshape(batch, -1)]
         h = inputs[0]
+        # Per bf16 layer i: its input and weight as bf16 copies, kept for the backward products.
+        low: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for i, (linear, relu) in enumerate(layers):
             out = ws.get(("h", i, batch), (batch, linear.out_features), h)
-            h = torch.addmm(linear.bias, h, linear.weight.t(), out=out)
+            if bf16 and bf16_pays(linear):
+                h16 = ws.get(("h16", i, batch), h.shape, h, torch.bfloat16).copy_(h)
+                w16 = ws.get(("w16", i), linear.weight.shape, h, torch.bfloat16).copy_(linear.weight)
+                low[i] = (h16, w16)
+                product = torch.mm(h16, w16.t(), out=ws.get(("p16", i, batch), out.shape, h, torch.bfloat16))
+                h = torch.add(product, linear.bias, out=out)  # widened to float32 as the bias is added
+            else:
+                h = torch.addmm(linear.bias, h, linear.weight.t(), out=out)
             if relu:
                 h.relu_()
             inputs.append(h)
@@ -227,12 +263,24 @@ class DenseAutoencoder(Autoencoder):
         for i in range(len(layers) - 1, -1, -1):
             linear, _ = layers[i]
             below = inputs[i]
-            linear.weight.grad = torch.mm(grad.t(), below, out=ws.get(("dw", i), linear.weight.shape, grad))
+            dw = ws.get(("dw", i), linear.weight.shape, grad)
             linear.bias.grad = torch.sum(grad, 0, out=ws.get(("db", i), linear.bias.shape, grad))
-            if i > 0:
-                grad = torch.mm(grad, linear.weight, out=ws.get(("dh", i, batch), below.shape, grad))
-                if layers[i - 1][1]:  # the ReLU after the layer below: its output is `below`
-                    grad = torch.ops.aten.threshold_backward.grad_input(grad, below, 0.0, grad_input=grad)
+            if i in low:
+                below16, w16 = low[i]
+                grad16 = ws.get(("g16", i, batch), grad.shape, grad, torch.bfloat16).copy_(grad)
+                dw16 = torch.mm(grad16.t(), below16, out=ws.get(("dw16", i), dw.shape, grad, torch.bfloat16))
+                linear.weight.grad = dw.copy_(dw16)
+            else:
+                linear.weight.grad = torch.mm(grad.t(), below, out=dw)
+            if i == 0:
+                break
+            dh = ws.get(("dh", i, batch), below.shape, grad)
+            if i in low:
+                grad = dh.copy_(torch.mm(grad16, w16, out=ws.get(("dh16", i, batch), dh.shape, dh, torch.bfloat16)))
+            else:
+                grad = torch.mm(grad, linear.weight, out=dh)
+            if layers[i - 1][1]:  # the ReLU after the layer below: its output is `below`
+                grad = torch.ops.aten.threshold_backward.grad_input(grad, below, 0.0, grad_input=grad)
         return value
 
 
@@ -242,10 +290,13 @@ class Workspace:
     def __init__(self) -> None:
         self.buffers: dict[tuple, torch.Tensor] = {}
 
-    def get(self, key: tuple, shape: Sequence[int] | torch.Size, like: torch.Tensor) -> torch.Tensor:
+    def get(self, key: tuple, shape: Sequence[int] | torch.Size, like: torch.Tensor,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The buffer kept under ``key``, or a new one: ``shape``, on ``like``'s device, ``dtype`` or ``like``'s."""
+        dtype = like.dtype if dtype is None else dtype
         buffer = self.buffers.get(key)
-        if buffer is None or buffer.shape != tuple(shape) or buffer.device != like.device or buffer.dtype != like.dtype:
-            buffer = self.buffers[key] = torch.empty(tuple(shape), device=like.device, dtype=like.dtype)
+        if buffer is None or buffer.shape != tuple(shape) or buffer.device != like.device or buffer.dtype != dtype:
+            buffer = self.buffers[key] = torch.empty(tuple(shape), device=like.device, dtype=dtype)
         return buffer
 
 

@@ -17,7 +17,7 @@ from aeexp import interrupt
 from aeexp import noise as noises
 from aeexp.data import Split
 from aeexp.errors import TrainingError
-from aeexp.models import Autoencoder, DenseAutoencoder, Workspace
+from aeexp.models import Autoencoder, DenseAutoencoder, Workspace, cpu_has_bf16_products
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,9 @@ def fit(
 
     The images stay where they are (move the split to the GPU for GPU training); each step gathers a batch by
     index and, on a GPU, nothing waits for the device until the epoch's end. ``compile``: see
-    ``should_compile``. ``mixed_precision``: bf16 autocast on CUDA.
+    ``should_compile``. ``mixed_precision``: bf16 autocast on CUDA; on a CPU with bf16 dot products
+    (:func:`~aeexp.models.cpu_has_bf16_products`), the dense AE's large layers multiply in bf16 (see
+    :meth:`~aeexp.models.DenseAutoencoder.loss_and_grads`); validation and test losses stay float32.
 
     To resume, pass the ``history`` of the epochs done (training continues after them, appending to it) and
     the shuffling ``generator`` in its saved state; by default a fresh history and a generator seeded with
@@ -355,6 +357,9 @@ def fit(
     # On a CPU the dense AE's backward pass written out beats autograd's (same products, no graph to build).
     manual = not compiled and device.type == "cpu" and isinstance(model, DenseAutoencoder) \
         and model.supports_manual_backward()
+    bf16 = manual and mixed_precision and cpu_has_bf16_products()
+    if bf16:
+        log.info("training the large layers' matrix products in bf16 (this CPU has bf16 dot products)")
     workspace = Workspace()  # the manual path's activations, gradients and batches, reused step after step
     for epoch in range(len(history.train_loss) + 1, epochs + 1):
         model.train()
@@ -371,7 +376,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 inputs = noises.corrupt(batch, noise, noise_level) if noisy else batch
                 if manual:
-                    batch_loss = model.loss_and_grads(inputs, loss, workspace, targets=batch if noisy else None)
+                    batch_loss = model.loss_and_grads(inputs, loss, workspace, targets=batch if noisy else None,
+                                                      bf16=bf16)
                 else:
                     with _autocast(device, mixed_precision):
                         batch_loss, parts = step_loss(inputs, batch)
