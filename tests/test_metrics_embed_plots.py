@@ -36,6 +36,45 @@ def test_trustworthiness_of_identity_and_noise(blobs):
     assert metrics.trustworthiness(x, noise) < 0.7
 
 
+@pytest.mark.parametrize("k", [5, 4])  # 4: ties in the vote, which go to the smaller label
+def test_knn_accuracy_is_scikit_learns(k):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    # Overlapping classes, more training points than one tile and more test points than one block.
+    x, y = make_blobs(n_samples=3000, centers=8, n_features=16, cluster_std=8.0, random_state=3)
+    x = x.astype(np.float32)
+    assert len(x) - 500 > metrics.REFERENCE_TILE and 500 > metrics.QUERY_BLOCK
+    train_x, train_y, test_x, test_y = x[:2500], y[:2500], x[2500:], y[2500:]
+    theirs = KNeighborsClassifier(n_neighbors=k).fit(train_x, train_y).score(test_x, test_y)
+    assert 0.3 < theirs < 0.95
+    assert metrics.knn_accuracy(train_x, train_y, test_x, test_y, k=k) == pytest.approx(theirs, abs=1e-12)
+
+
+def test_knn_accuracy_with_a_label_no_training_point_has(blobs):
+    x, y = blobs
+    test_y = y[200:].copy()
+    test_y[:10] = 99
+    assert metrics.knn_accuracy(x[:200], y[:200], x[200:], test_y) == pytest.approx(
+        metrics.knn_accuracy(x[:200], y[:200], x[200:], y[200:]) - 10 / len(test_y))
+
+
+@pytest.mark.parametrize("n", [9, 120, 700])  # 9: k clamped to 4; 700: several blocks of rows
+def test_trustworthiness_is_scikit_learns(n):
+    from sklearn.manifold import trustworthiness
+
+    rng = np.random.default_rng(n)
+    high = rng.normal(size=(n, 12))
+    low = high[:, :2] + rng.normal(scale=0.7, size=(n, 2))
+    expected = trustworthiness(high, low, n_neighbors=min(metrics.TRUST_K, (n - 1) // 2))
+    assert 0.5 < expected < 0.99
+    assert metrics.trustworthiness(high, low) == pytest.approx(expected, abs=1e-12)
+
+
+def test_trustworthiness_needs_three_points():
+    with pytest.raises(ValueError, match="at least 3 points"):
+        metrics.trustworthiness(np.zeros((2, 4)), np.zeros((2, 2)))
+
+
 def test_stratified_sample_keeps_class_proportions():
     labels = np.repeat(np.arange(4), [100, 50, 30, 20])
     chosen = metrics.stratified_sample(labels, 100, seed=0)
