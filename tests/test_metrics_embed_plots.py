@@ -36,20 +36,6 @@ def test_trustworthiness_of_identity_and_noise(blobs):
     assert metrics.trustworthiness(x, noise) < 0.7
 
 
-@pytest.mark.parametrize("k", [5, 4])  # 4: ties in the vote, which go to the smaller label
-def test_knn_accuracy_is_scikit_learns(k):
-    from sklearn.neighbors import KNeighborsClassifier
-
-    # Overlapping classes, more training points than one tile and more test points than one block.
-    x, y = make_blobs(n_samples=3000, centers=8, n_features=16, cluster_std=8.0, random_state=3)
-    x = x.astype(np.float32)
-    assert len(x) - 500 > metrics.REFERENCE_TILE and 500 > metrics.QUERY_BLOCK
-    train_x, train_y, test_x, test_y = x[:2500], y[:2500], x[2500:], y[2500:]
-    theirs = KNeighborsClassifier(n_neighbors=k).fit(train_x, train_y).score(test_x, test_y)
-    assert 0.3 < theirs < 0.95
-    assert metrics.knn_accuracy(train_x, train_y, test_x, test_y, k=k) == pytest.approx(theirs, abs=1e-12)
-
-
 def test_knn_accuracy_with_a_label_no_training_point_has(blobs):
     x, y = blobs
     test_y = y[200:].copy()
