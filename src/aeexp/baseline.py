@@ -6,14 +6,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from aeexp import metrics
+from aeexp import files, metrics
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +112,13 @@ def cached_pca_metrics(train_images: torch.Tensor, train_labels: np.ndarray, tes
     except (OSError, ValueError):
         pass
     results = pca_metrics(train_images, train_labels, test_images, test_labels, n_components)
-    _write_atomically(path, json.dumps(results))
+    _write_cache(path, json.dumps(results))
     return results
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """``text`` into ``path`` through a temporary file and a rename: readers see the whole file or none."""
-    temporary = None
+def _write_cache(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all; a cache that cannot be written is only noted in the debug log."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-            temporary = Path(f.name)
-            f.write(text)
-        os.replace(temporary, path)
+        files.write_atomically([(path, lambda file: file.write(text.encode("utf-8")))])
     except OSError as err:
         log.debug("could not cache the PCA baseline in %s: %s", path.parent, err)
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from dataclasses import asdict, dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aeexp import files
 from aeexp.errors import AeexpError
 from aeexp.train import History
 
@@ -71,18 +71,10 @@ def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: Any, gene
 
 
 def save(checkpoint: Checkpoint, path: Path) -> None:
-    """Write ``checkpoint`` to ``path`` atomically: a temporary file in the same folder, then a rename."""
+    """Write ``checkpoint`` to ``path`` whole or not at all, flushed to disk before it replaces the last one."""
     payload = asdict(checkpoint)
     payload["format_version"] = FORMAT_VERSION
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    files.write_atomically([(path, lambda file: torch.save(payload, file))], durable=True)
 
 
 def load(path: Path) -> Checkpoint:

@@ -8,17 +8,16 @@ PNG images; their size is checked against the model's before anything is compute
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from aeexp import files
 from aeexp.config import DATASET_IMAGE_SHAPES
 from aeexp.errors import AeexpError, DataError, TrackingError
 
@@ -313,29 +312,7 @@ def files_list_path(out: Path) -> Path:
     return out.with_name(f"{out.stem if out.suffix else out.name}.files.txt")
 
 
-def write_atomically(outputs: Sequence[tuple[Path, Callable[[IO[bytes]], None]]]) -> None:
-    """Write every output to a temp file in its folder (created if missing), then move them all into place:
-    a failure leaves no half-written file and replaces none of them."""
-    temps: list[tuple[str, Path]] = []
-    target = outputs[0][0] if outputs else Path()
-    try:
-        for target, write in outputs:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            temps.append((temp, target))
-            with os.fdopen(fd, "wb") as handle:
-                write(handle)
-        for temp, target in temps:
-            os.replace(temp, target)
-    except OSError as err:
-        raise EncodeError(f"cannot write {target}: {err.strerror or err}") from None
-    finally:
-        for temp, _ in temps:
-            if os.path.exists(temp):
-                os.unlink(temp)
-
-
-def _npy_writer(array: np.ndarray) -> Callable[[IO[bytes]], None]:
+def _npy_writer(array: np.ndarray) -> files.Writer:
     return lambda handle: np.save(handle, array, allow_pickle=False)
 
 
@@ -360,14 +337,17 @@ def run(model_uri: str, images_path: Path, out: Path, recon_path: Path | None, t
         raise EncodeError(mismatch_message(images, model.image_shape, model_uri))
     codes, recons = encode(model, fitted, batch_size, recon_path is not None)
 
-    outputs: list[tuple[Path, Callable[[IO[bytes]], None]]] = [(out, _npy_writer(codes))]
+    outputs: list[tuple[Path, files.Writer]] = [(out, _npy_writer(codes))]
     if recons is not None and recon_path is not None:
         outputs.append((recon_path, _npy_writer(recons)))
     order = files_list_path(out)
     if images.files is not None:
         names = "".join(f"{name}\n" for name in images.files).encode()
         outputs.append((order, lambda handle: handle.write(names)))
-    write_atomically(outputs)
+    try:
+        files.write_atomically(outputs)
+    except OSError as err:
+        raise EncodeError(f"cannot write {err.filename}: {err.strerror or err}") from None
     lines = [f"encoded {_count(codes.shape[0], 'image')} of {_hw(model.image_shape[1:])} from {images.source} with "
              f"{_model_name(model_uri)}", f"codes {codes.shape} -> {out}"]
     if recons is not None:

@@ -1,0 +1,53 @@
+"""Files written whole or not at all: each to a temporary file beside it, then renamed into place."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+Writer = Callable[[IO[bytes]], None]
+
+
+def _temporary_beside(target: Path) -> tuple[Path, IO[bytes]]:
+    """A new, open temporary file in ``target``'s folder, with the permissions of any file made there (the umask's)."""
+    while True:
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        return temporary, os.fdopen(descriptor, "wb")
+
+
+def write_atomically(outputs: Sequence[tuple[Path, Writer]], durable: bool = False) -> None:
+    """Write each ``(path, write)`` of ``outputs``: ``write(file)`` fills a temporary file in the path's folder
+    (created if missing); only when all are written are they renamed into place.
+
+    A reader sees each path's old content or its new one, never a part. An error propagates (an OSError as one
+    naming the path being written), leaves no temporary file and, when it comes before the renames, replaces no
+    path.
+    ``durable``: each file is flushed to disk (fsync) before its rename, so that a crash of the machine cannot
+    leave an empty or partial file under the path either.
+    """
+    written: list[tuple[Path, Path]] = []
+    try:
+        for target, write in outputs:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                temporary, file = _temporary_beside(target)
+                written.append((temporary, target))
+                with file:
+                    write(file)
+                    if durable:
+                        file.flush()
+                        os.fsync(file.fileno())
+            except OSError as err:  # named for the path asked for, not for a temporary file or a folder
+                raise OSError(err.errno, err.strerror or str(err), str(target)) from err
+        for temporary, target in written:
+            os.replace(temporary, target)
+    finally:
+        for temporary, _ in written:
+            temporary.unlink(missing_ok=True)
