@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -22,6 +23,15 @@ def _temporary_beside(target: Path) -> tuple[Path, IO[bytes]]:
         return temporary, os.fdopen(descriptor, "wb")
 
 
+@contextlib.contextmanager
+def _errors_naming(target: Path) -> Iterator[None]:
+    """An OSError inside re-raised as one naming ``target``, not a temporary file or a folder on the way."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(target)) from err
+
+
 def write_atomically(outputs: Sequence[tuple[Path, Writer]], durable: bool = False) -> None:
     """Write each ``(path, write)`` of ``outputs``: ``write(file)`` fills a temporary file in the path's folder
     (created if missing); only when all are written are they renamed into place.
@@ -35,7 +45,7 @@ def write_atomically(outputs: Sequence[tuple[Path, Writer]], durable: bool = Fal
     written: list[tuple[Path, Path]] = []
     try:
         for target, write in outputs:
-            try:
+            with _errors_naming(target):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 temporary, file = _temporary_beside(target)
                 written.append((temporary, target))
@@ -44,10 +54,9 @@ def write_atomically(outputs: Sequence[tuple[Path, Writer]], durable: bool = Fal
                     if durable:
                         file.flush()
                         os.fsync(file.fileno())
-            except OSError as err:  # named for the path asked for, not for a temporary file or a folder
-                raise OSError(err.errno, err.strerror or str(err), str(target)) from err
         for temporary, target in written:
-            os.replace(temporary, target)
+            with _errors_naming(target):
+                os.replace(temporary, target)
     finally:
         for temporary, _ in written:
             temporary.unlink(missing_ok=True)

@@ -48,7 +48,8 @@ class _BCEWithLogitsCPU(torch.autograd.Function):
     a CPU the built-in spends more time on ``log_sigmoid`` and its backward than a dense AE's smaller layers
     spend in matrix products. With ``s = sigmoid(z)`` (needed for the gradient anyway),
     ``softplus(z) = relu(z) - log(max(s, 1 - s))`` exactly, and accurately in float32 (the max keeps the log's
-    argument in [0.5, 1]), so the loss costs one ``log`` per element on top of the ``sigmoid``.
+    argument in [0.5, 1]), and those logs are summed as logs of products (:func:`sum_of_logs_of_halves`): the
+    loss costs little more than the ``sigmoid``.
     """
 
     @staticmethod
@@ -261,7 +262,7 @@ class DenseAutoencoder(Autoencoder):
         relu_sum = torch.clamp(z, min=0.0, out=scratch).sum()
         s = torch.sigmoid(z, out=ws.get(("sigmoid", batch), z.shape, z))
         if loss == "bce":
-            # log(1 + exp(-|z|)) = -log(max(s, 1 - s)): one log per element, its argument in [0.5, 1].
+            # log(1 + exp(-|z|)) = -log(max(s, 1 - s)), summed through products as its argument is in [0.5, 1].
             larger = torch.maximum(s, torch.sub(1.0, s, out=scratch), out=scratch)
             value = (relu_sum - sum_of_logs_of_halves(larger) - torch.dot(z, target)) / n
             grad = s.sub_(target).mul_(1.0 / n)
