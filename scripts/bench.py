@@ -258,11 +258,36 @@ class RunResult:
     train: list[float] = field(default_factory=list)
     embed: list[float] = field(default_factory=list)
     rss_gb: list[float] = field(default_factory=list)
+    imports: list[float] = field(default_factory=list)  # a process importing what a run imports, timed alongside
     command: str = ""
 
     @property
     def overhead(self) -> list[float]:
         return [w - t - e for w, t, e in zip(self.wall, self.train, self.embed, strict=True)]
+
+
+def top_level_imports(report: str) -> list[str]:
+    """The modules a process imported at top level, in order, from ``python -X importtime``'s report (nested
+    imports come with them); ``__main__`` modules left out, as importing them would run them."""
+    names = []
+    for line in report.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        if line.startswith("import time:") and len(fields) == 3 and fields[0].strip().isdigit():
+            name = fields[2]
+            if name[:1] == " " and name[1:2] != " " and not name.strip().endswith("__main__"):
+                names.append(name.strip())
+    return names
+
+
+# Imports the modules named on the command line (each as a run imported it, a failure skipped), then exits
+# at once, as a run's process does.
+IMPORT_ONLY = ("import importlib, os, sys\n"
+               "for name in sys.argv[1:]:\n"
+               "    try:\n"
+               "        importlib.import_module(name)\n"
+               "    except Exception:\n"
+               "        pass\n"
+               "sys.stdout.flush(); os._exit(0)")
 
 
 # Runs the command and reports its wall time and peak RSS. A small process in between matters: Linux counts into a
@@ -289,15 +314,17 @@ def bench_runs(args: argparse.Namespace) -> dict[str, RunResult]:
                      "trainer.progress=false", f"tracking.uri={uri}"]
         command = "python -m aeexp " + " ".join(o for o in overrides if not o.startswith("tracking.uri"))
         shared_cache = f"{tmp}/cache-shared"
+        # Untimed: fills the shared cache and tells which modules a run imports.
+        warm_up = subprocess.run([sys.executable, "-X", "importtime", "-m", "aeexp", *overrides, "trainer.epochs=1",
+                                  f"hydra.run.dir={tmp}/outputs/warm-up"], cwd=tmp, capture_output=True, text=True,
+                                 check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+                                                  "AEEXP_CACHE_DIR": shared_cache})
+        modules = top_level_imports(warm_up.stderr)
         for repeat in range(args.repeats):
             for kind, result in results.items():
                 result.command = command
                 cache = f"{tmp}/cache-{repeat}" if kind == "cold" else shared_cache
                 env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "AEEXP_CACHE_DIR": cache}
-                if kind == "cached" and not Path(shared_cache).exists():  # fill the cache, untimed
-                    subprocess.run([sys.executable, "-m", "aeexp", *overrides, "trainer.epochs=1",
-                                    f"hydra.run.dir={tmp}/outputs/warm-up"], cwd=tmp, env=env, capture_output=True,
-                                   check=True)
                 run_command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "aeexp", *overrides,
                                f"hydra.run.dir={tmp}/outputs/{kind}-{repeat}"]
                 done = subprocess.run(run_command, cwd=tmp, env=env, capture_output=True, text=True)
@@ -316,6 +343,12 @@ def bench_runs(args: argparse.Namespace) -> dict[str, RunResult]:
                 result.rss_gb.append(peak_kib / 2**20)  # KiB -> GiB
                 print(f"  run {repeat + 1} ({kind}): wall {wall:.1f}s training {result.train[-1]:.1f}s embedding "
                       f"{result.embed[-1]:.1f}s peak RSS {result.rss_gb[-1]:.2f} GB", flush=True)
+                done = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-c", IMPORT_ONLY, *modules],
+                                      cwd=tmp, env=env, capture_output=True, text=True, check=True)
+                result.imports.append(float([line.split() for line in done.stderr.splitlines()
+                                             if line.startswith("@@bench ")][-1][1]))
+                print(f"  importing what a run imports ({len(modules)} modules): {result.imports[-1]:.1f}s",
+                      flush=True)
     return results
 
 
@@ -407,14 +440,19 @@ def report(args, ds, training, embedding, runs, load_before, load_after) -> tupl
                   "the rest (imports, data loading, final metrics and the PCA baseline, MLflow, figures, the explorer "
                   "page, model logging). \"First run\": an empty cache, the PCA baseline is computed; \"baseline "
                   "cached\": it was computed by an earlier run on the same data and bottleneck size (a sweep's "
-                  "other runs, a rerun).", "",
-                  "| whole run | wall s | training s | embedding s | fixed overhead s | x (training + embedding) "
-                  "| peak RSS GB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "other runs, a rerun). \"Of which imports\": a process that only imports the modules a run "
+                  "imports (read from `python -X importtime` of an untimed run) and exits, timed after each run; "
+                  "\"after imports\" is the overhead less that.", "",
+                  "| whole run | wall s | training s | embedding s | fixed overhead s | of which imports s "
+                  "| after imports s | x (training + embedding) | peak RSS GB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         names = {"cold": "first run", "cached": "baseline cached"}
         for kind, result in runs.items():
             parts = [t + e for t, e in zip(result.train, result.embed, strict=True)]
+            after = [o - i for o, i in zip(result.overhead, result.imports, strict=True)]
             lines.append(f"| aeexp, {args.run_epochs} epochs, {names[kind]} | {fmt(result.wall, 1)} | "
                          f"{fmt(result.train, 1)} | {fmt(result.embed, 1)} | {fmt(result.overhead, 1)} | "
+                         f"{fmt(result.imports, 1)} | {fmt(after, 1)} | "
                          f"{median([w / p for w, p in zip(result.wall, parts, strict=True)]):.2f} | "
                          f"{fmt(result.rss_gb)} |")
         for kind, result in runs.items():
