@@ -296,3 +296,33 @@ def test_bf16_products_only_where_the_cpu_has_them(monkeypatch):
 def test_cpu_without_a_capability_probe_means_no_bf16(monkeypatch):
     monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")
     assert models.cpu_has_bf16_products() is False
+
+
+def test_training_with_bf16_products_resumes_bit_identical(monkeypatch, tmp_path):
+    from aeexp import checkpoint
+
+    monkeypatch.setattr(train, "cpu_has_bf16_products", lambda: True)
+    train_split, val_split = _smooth_images(640, 0), _smooth_images(128, 1)
+
+    def start() -> tuple[models.DenseAutoencoder, train.StepOptimizer, torch.Generator]:
+        model = _wide_model()
+        return model, train.make_optimizer(model, "adam", 1e-3, 0.0), torch.Generator().manual_seed(0)
+
+    def fit(model, optimizer, generator, epochs, history=None) -> train.History:
+        return train.fit(model, train_split, val_split, epochs=epochs, batch_size=64, optimizer=optimizer,
+                         loss="bce", seed=0, progress=False, history=history, generator=generator)
+
+    straight, straight_optimizer, straight_generator = start()
+    expected = fit(straight, straight_optimizer, straight_generator, 2)
+
+    first, first_optimizer, first_generator = start()
+    history = fit(first, first_optimizer, first_generator, 1)
+    path = tmp_path / checkpoint.FILENAME
+    checkpoint.save(checkpoint.capture("run", 1, "", first, first_optimizer, first_generator, history), path)
+    resumed, resumed_optimizer, resumed_generator = start()
+    history = checkpoint.restore(checkpoint.load(path), resumed, resumed_optimizer, resumed_generator)
+    got = fit(resumed, resumed_optimizer, resumed_generator, 2, history)
+
+    assert got.train_loss == expected.train_loss and got.val_loss == expected.val_loss
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
