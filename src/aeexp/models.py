@@ -87,16 +87,18 @@ def pixel_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.T
     raise ValueError(f"unknown loss {loss!r}")
 
 
-BF16_MIN_WEIGHTS = 16_384  # layers from 128x128 up run their products in bf16 when asked (see bf16_pays)
+BF16_MIN_MULTIPLIES = 2_500_000  # batch x fan-in x fan-out of a layer's products from which bf16 pays
 
 
-def bf16_pays(linear: nn.Linear) -> bool:
-    """Whether a layer is large enough for bf16 products to pay for the copies they need.
+def bf16_pays(linear: nn.Linear, batch: int) -> bool:
+    """Whether a layer's products over ``batch`` rows are large enough for bf16 to pay for the copies it needs.
 
-    Measured at batch 256 on a Zen 4 CPU (AVX512-BF16, torch 2.13), the three products of a layer in bf16
-    against float32: 784x128 0.34x, 400x200 0.47x, 784x32 0.37x, 200x100 0.67x, 128x128 0.66x, 128x64 0.97x.
+    Measured on a Zen 4 CPU (AVX512-BF16, torch 2.13), the three products of a layer in bf16 against float32, by
+    batch x fan-in x fan-out: 784x128 at batch 256 (25.7 M) 0.34x, at 64 (6.4 M) 0.43x; 400x200 at 256 0.47x;
+    200x100 at 256 (5.1 M) 0.67x, at 128 (2.6 M) 0.78x; 128x128 at 128 (2.1 M) 0.97x, at 64 (1.0 M) 1.72x;
+    128x64 at 256 (2.1 M) 0.97x.
     """
-    return linear.in_features * linear.out_features >= BF16_MIN_WEIGHTS
+    return batch * linear.in_features * linear.out_features >= BF16_MIN_MULTIPLIES
 
 
 def cpu_has_bf16_products() -> bool:
@@ -244,7 +246,7 @@ class DenseAutoencoder(Autoencoder):
         low: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for i, (linear, relu) in enumerate(layers):
             out = ws.get(("h", i, batch), (batch, linear.out_features), h)
-            if bf16 and bf16_pays(linear):
+            if bf16 and bf16_pays(linear, batch):
                 h16 = ws.get(("h16", i, batch), h.shape, h, torch.bfloat16).copy_(h)
                 w16 = ws.get(("w16", i), linear.weight.shape, h, torch.bfloat16).copy_(linear.weight)
                 low[i] = (h16, w16)
