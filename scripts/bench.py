@@ -298,6 +298,16 @@ MEASURE = ("import resource, subprocess, sys, time; started = time.perf_counter(
            "file=sys.stderr); sys.exit(code)")
 
 
+def measured(name: str, command: list[str], cwd: str, env: dict[str, str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of ``command``, run under ``MEASURE``; the bench stops if it fails."""
+    done = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=cwd, env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        sys.exit(f"{name} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
+    line = [line.split() for line in done.stderr.splitlines() if line.startswith("@@bench ")][-1]
+    return float(line[1]), int(line[2])
+
+
 def bench_runs(args: argparse.Namespace) -> dict[str, RunResult]:
     """Whole runs, interleaved: ``"cold"`` with an empty cache (the PCA baseline is computed, as in the first run
     on a dataset and bottleneck size), ``"cached"`` with the baseline of an earlier run cached (a sweep's later
@@ -325,13 +335,8 @@ def bench_runs(args: argparse.Namespace) -> dict[str, RunResult]:
                 result.command = command
                 cache = f"{tmp}/cache-{repeat}" if kind == "cold" else shared_cache
                 env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "AEEXP_CACHE_DIR": cache}
-                run_command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "aeexp", *overrides,
-                               f"hydra.run.dir={tmp}/outputs/{kind}-{repeat}"]
-                done = subprocess.run(run_command, cwd=tmp, env=env, capture_output=True, text=True)
-                if done.returncode != 0:
-                    sys.exit(f"the run failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-                measured = [line.split() for line in done.stderr.splitlines() if line.startswith("@@bench ")][-1]
-                wall, peak_kib = float(measured[1]), int(measured[2])
+                wall, peak_kib = measured("the run", [sys.executable, "-m", "aeexp", *overrides,
+                                                      f"hydra.run.dir={tmp}/outputs/{kind}-{repeat}"], tmp, env)
                 mlflow.set_tracking_uri(uri)
                 run = MlflowClient(uri).search_runs(
                     [MlflowClient(uri).get_experiment_by_name(args.dataset).experiment_id],
@@ -343,10 +348,8 @@ def bench_runs(args: argparse.Namespace) -> dict[str, RunResult]:
                 result.rss_gb.append(peak_kib / 2**20)  # KiB -> GiB
                 print(f"  run {repeat + 1} ({kind}): wall {wall:.1f}s training {result.train[-1]:.1f}s embedding "
                       f"{result.embed[-1]:.1f}s peak RSS {result.rss_gb[-1]:.2f} GB", flush=True)
-                done = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-c", IMPORT_ONLY, *modules],
-                                      cwd=tmp, env=env, capture_output=True, text=True, check=True)
-                result.imports.append(float([line.split() for line in done.stderr.splitlines()
-                                             if line.startswith("@@bench ")][-1][1]))
+                result.imports.append(measured("importing what a run imports", [sys.executable, "-c", IMPORT_ONLY,
+                                                                               *modules], tmp, env)[0])
                 print(f"  importing what a run imports ({len(modules)} modules): {result.imports[-1]:.1f}s",
                       flush=True)
     return results
