@@ -251,7 +251,9 @@ class DenseAutoencoder(Autoencoder):
                 w16 = ws.get(("w16", i), linear.weight.shape, h, torch.bfloat16).copy_(linear.weight)
                 low[i] = (h16, w16)
                 product = torch.mm(h16, w16.t(), out=ws.get(("p16", i, batch), out.shape, h, torch.bfloat16))
-                h = torch.add(product, linear.bias, out=out)  # widened to float32 as the bias is added
+                # Widened into float32, then the bias added in place (torch.add of mixed dtypes would allocate
+                # a float32 copy of the product first: fresh pages to fault in, every step).
+                h = out.copy_(product).add_(linear.bias)
             else:
                 h = torch.addmm(linear.bias, h, linear.weight.t(), out=out)
             if relu:

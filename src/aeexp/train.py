@@ -233,7 +233,9 @@ def _gather_batches(images: torch.Tensor, batch_size: int, generator: torch.Gene
         index = order[start:start + batch_size]
         shape = (len(index), *images.shape[1:])
         rows = torch.index_select(images, 0, index, out=workspace.get(("rows", len(index)), shape, images))
-        yield torch.div(rows, 255.0, out=workspace.get(("batch", len(index)), shape, like))
+        # Converted into the reused buffer, then divided in place: the same values as ``to_float``, without the
+        # float32 temporary that dividing uint8 rows straight into it would allocate.
+        yield workspace.get(("batch", len(index)), shape, like).copy_(rows).div_(255.0)
 
 
 @torch.no_grad()
