@@ -44,6 +44,48 @@ def test_knn_accuracy_with_a_label_no_training_point_has(blobs):
         metrics.knn_accuracy(x[:200], y[:200], x[200:], y[200:]) - 10 / len(test_y))
 
 
+@pytest.mark.parametrize(("n_points", "n_queries", "k"), [
+    (5, 3, 5),  # as many points as neighbours: one point per group
+    (1000, 300, 5),  # a partial last group and a partial block of queries
+    (3000, 600, 7),  # several slices of points and blocks of queries
+])
+def test_nearest_neighbours_are_scikit_learns(monkeypatch, n_points, n_queries, k):
+    from sklearn.neighbors import NearestNeighbors
+
+    monkeypatch.setattr(metrics, "KNN_SLICE", 512)  # several slices without a large test set
+    monkeypatch.setattr(metrics, "KNN_BLOCK", 128)
+    rng = np.random.default_rng(n_points)
+    centres = rng.normal(scale=5.0, size=(8, 16)) + 40.0  # far from the origin: float32 cancellation matters
+    points = (centres[rng.integers(0, 8, n_points)] + rng.normal(size=(n_points, 16))).astype(np.float32)
+    queries = (centres[rng.integers(0, 8, n_queries)] + rng.normal(size=(n_queries, 16))).astype(np.float32)
+    expected = NearestNeighbors(n_neighbors=k).fit(points).kneighbors(queries, return_distance=False)
+    found = metrics.nearest_neighbours(queries, points, k).numpy()
+    assert found.shape == (n_queries, k)
+    assert [set(row) for row in found] == [set(row) for row in expected]
+    distances = np.linalg.norm(points[found] - queries[:, None, :], axis=2)
+    assert np.all(np.diff(distances, axis=1) >= 0)  # nearest first
+
+
+def test_nearest_neighbours_refuses_more_neighbours_than_points():
+    with pytest.raises(ValueError, match="cannot find 5 nearest neighbours among 4 points"):
+        metrics.nearest_neighbours(np.zeros((2, 3)), np.zeros((4, 3)), 5)
+
+
+def test_knn_accuracy_is_scikit_learns(monkeypatch):
+    from sklearn.datasets import load_digits
+    from sklearn.neighbors import KNeighborsClassifier
+
+    monkeypatch.setattr(metrics, "KNN_SLICE", 256)
+    x, y = load_digits(return_X_y=True)
+    y = y * 3 + 7  # labels need not be 0..n-1
+    x_train, y_train, x_test, y_test = x[:1200], y[:1200], x[1200:], y[1200:]
+    for k in (1, 5, 8):  # an even k has ties, which go to the smallest label as in scikit-learn
+        expected = KNeighborsClassifier(n_neighbors=k).fit(x_train, y_train).score(x_test, y_test)
+        assert metrics.knn_accuracy(x_train, y_train, x_test, y_test, k=k) == pytest.approx(expected, abs=1e-12)
+    assert metrics.knn_accuracy(x[:3], y[:3], x_test, y_test) == pytest.approx(
+        KNeighborsClassifier(n_neighbors=3).fit(x[:3], y[:3]).score(x_test, y_test))  # k clamped to the points
+
+
 @pytest.mark.parametrize("n", [9, 120, 700])  # 9: k clamped to 4; 700: several blocks of rows
 def test_trustworthiness_is_scikit_learns(n):
     from sklearn.manifold import trustworthiness
