@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from idx import idx_bytes, synthetic_images, write_dataset, write_idx
 
+from aeexp import data as data_module
 from aeexp.config import input_size
 from aeexp.data import (
     _IDX_DTYPES,
@@ -192,6 +193,69 @@ def test_load_mixed_gzip_and_plain_files(tmp_path, gz):
     assert len(ds.train) + len(ds.val) == N_TRAIN and len(ds.test) == N_TEST
     assert _rows(ds.train) + _rows(ds.val) == _original_rows(N_TRAIN, 3)
     assert _rows(ds.test) == _original_rows(N_TEST, 4)
+
+
+# ------------------------------------------------------------------------------------------- read_ahead
+
+
+@pytest.fixture
+def fresh_read_ahead(monkeypatch):
+    """No files read ahead by an earlier test; the test's own ``read_ahead`` finished before it goes on."""
+    monkeypatch.setattr(data_module, "_read_ahead", None)
+
+    def read_ahead_and_wait(name, root):
+        data_module.read_ahead(name, root)
+        data_module._read_ahead.thread.join()
+    return read_ahead_and_wait
+
+
+def _same_dataset(a: Dataset, b: Dataset) -> bool:
+    return all(torch.equal(getattr(a, s).images, getattr(b, s).images)
+               and torch.equal(getattr(a, s).labels, getattr(b, s).labels) for s in ("train", "val", "test"))
+
+
+def test_load_takes_the_files_read_ahead_without_reading_them_again(tmp_path, monkeypatch, fresh_read_ahead):
+    write_dataset(tmp_path / "MNIST" / "raw", n_train=N_TRAIN, n_test=N_TEST, gz={"train_images": True}, seed=3)
+    expected = load("mnist", tmp_path, download=False, seed=1)
+    fresh_read_ahead("mnist", tmp_path)
+
+    def read_again(path):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(data_module, "_file_bytes", read_again)
+    assert _same_dataset(load("mnist", tmp_path, download=False, seed=1), expected)
+    assert data_module._read_ahead.done == {}  # handed over, not kept for the rest of the process
+    with pytest.raises(AssertionError, match="read again"):  # a second load reads the files itself
+        load("mnist", tmp_path, download=False, seed=1)
+
+
+def test_a_file_changed_after_reading_ahead_is_read_again(tmp_path, fresh_read_ahead):
+    paths = write_dataset(tmp_path, n_train=N_TRAIN, n_test=N_TEST, seed=3)
+    fresh_read_ahead("mnist", tmp_path)
+    write_dataset(tmp_path, n_train=N_TRAIN, n_test=N_TEST, seed=8)  # same sizes, other images
+    for path in paths.values():  # a whole second later: the clock may not have ticked since the first write
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    ds = load("mnist", tmp_path, download=False, seed=0)
+    assert _rows(ds.train) + _rows(ds.val) == _original_rows(N_TRAIN, 8)
+    assert _rows(ds.test) == _original_rows(N_TEST, 9)
+
+
+def test_a_corrupt_file_read_ahead_is_still_reported_by_load(tmp_path, fresh_read_ahead):
+    path = write_dataset(tmp_path, n_train=N_TRAIN, n_test=N_TEST, gz={"test_images": True})["test_images"]
+    corrupt = bytearray(path.read_bytes())
+    corrupt[-8] ^= 0xFF  # CRC32 in the gzip trailer
+    path.write_bytes(bytes(corrupt))
+    fresh_read_ahead("mnist", tmp_path)
+    with pytest.raises(IdxFormatError, match="corrupt or truncated gzip"):
+        load("mnist", tmp_path, download=False)
+
+
+def test_read_ahead_of_what_it_cannot_find_does_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "_read_ahead", None)
+    data_module.read_ahead("digits", tmp_path)  # not from files
+    data_module.read_ahead("mnist", tmp_path / "nothing here")
+    assert data_module._read_ahead is None
 
 
 def test_load_prefers_torchvision_raw_folder_over_flat_root(tmp_path):

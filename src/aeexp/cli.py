@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from aeexp import interrupt
+from aeexp import data, interrupt
 from aeexp import sweep as sweeps
 from aeexp.config import register_configs, validate
 from aeexp.errors import AeexpError
@@ -30,6 +30,8 @@ def _ui_hint(tracking_uri: str) -> str:
 def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     interrupt.check()  # a stop requested between a sweep's jobs
     validate(cfg)  # before the heavy imports below: a bad value is refused in a second
+    if not cfg.get("resume"):  # (a resumed run takes its dataset from its stored config)
+        data.read_ahead(cfg.dataset.name, cfg.dataset.root)  # while the imports below keep one core busy
     from aeexp import experiment
 
     if sweep is not None:
