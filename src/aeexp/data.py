@@ -150,7 +150,8 @@ def read_ahead(name: str, root: str | Path) -> None:
 
     For the command line, which calls it before importing torch, MLflow and the rest (5-6 s on one core while
     the other idles; gunzipping, most of reading, lets go of Python's lock): a Fashion-MNIST run then finds its
-    files read, ~0.3 s sooner. Best effort: files it cannot find or read are left for ``load`` to report.
+    files read, their 0.3-0.5 s done meanwhile. Best effort: files it cannot find or read are left for ``load``
+    to report.
     """
     global _read_ahead
     if name not in IDX_DATASETS:
