@@ -11,10 +11,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from aeexp import data, interrupt
+from aeexp import data
 from aeexp import sweep as sweeps
 from aeexp.config import register_configs, validate
 from aeexp.errors import AeexpError
+from aeexp.training import interrupt
 
 log = logging.getLogger("aeexp")
 
@@ -31,7 +32,7 @@ def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     interrupt.check()  # a stop requested between a sweep's jobs
     validate(cfg)  # before the heavy imports below: a bad value is refused in a second
     if not cfg.get("resume"):  # (a resumed run takes its dataset from its stored config)
-        data.read_ahead(cfg.dataset.name, cfg.dataset.root)  # while the imports below keep one core busy
+        data.build(cfg.dataset).read_ahead()  # its files are read while the imports below keep one core busy
     from aeexp import experiment
 
     if sweep is not None:

@@ -1,4 +1,5 @@
-"""Structured-config schema (dataclasses registered in Hydra's ConfigStore) and value checks."""
+"""The config's schema (dataclasses registered in Hydra's ConfigStore) for what is not built from a ``_target_``
+(trainer, embed, tracking, the top level), and the checks of its values."""
 
 from __future__ import annotations
 
@@ -12,32 +13,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from aeexp.errors import ConfigError
 
 
-class Optimizer(str, Enum):
-    adam = "adam"
-    sgd = "sgd"
-
-
-class Loss(str, Enum):
-    bce = "bce"
-    mse = "mse"
-
-
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class ModelKind(str, Enum):
-    dense = "dense"
-    conv = "conv"
-
-
-class Noise(str, Enum):
-    none = "none"
-    gaussian = "gaussian"
-    masking = "masking"
-    salt_pepper = "salt_pepper"
 
 
 class EmbedMethod(str, Enum):
@@ -46,62 +25,14 @@ class EmbedMethod(str, Enum):
     umap = "umap"
 
 
-# The datasets aeexp knows and their image shapes (C, H, W): known without reading any file, so that a
-# config can be checked (bottleneck < input size) before data is loaded.
-DATASET_IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
-    "digits": (1, 8, 8),
-    "mnist": (1, 28, 28),
-    "fashion_mnist": (1, 28, 28),
-    "kmnist": (1, 28, 28),
-}
-
-
-def input_size(dataset: str) -> int:
-    """Pixels per image of a dataset (the autoencoder's input size)."""
-    channels, height, width = DATASET_IMAGE_SHAPES[dataset]
-    return channels * height * width
-
-
-@dataclass
-class DatasetConfig:
-    """Which images to load, from where, and how much of the training split to hold out."""
-
-    name: str = MISSING
-    root: str = "./data"
-    download: bool = True
-    val_fraction: float = 0.1
-
-
-@dataclass
-class ModelConfig:
-    """An autoencoder: encoder widths (decoder mirrored), code size, kind, VAE and denoising settings.
-
-    ``kind``: ``dense`` (``widths`` = hidden layer sizes) or ``conv`` (``widths`` = channels of the stride-2
-    3x3 convolutions). ``variational``: a VAE whose loss adds ``beta`` times the KL term. ``noise``: corrupt
-    the training inputs (``gaussian``: std ``noise_level``; ``masking``/``salt_pepper``: probability
-    ``noise_level`` per pixel); the loss compares with the clean images.
-    """
-
-    name: str = MISSING
-    widths: list[int] = field(default_factory=lambda: [128, 64])
-    bottleneck: int = 32
-    kind: ModelKind = ModelKind.dense
-    variational: bool = False
-    beta: float = 1.0
-    noise: Noise = Noise.none
-    noise_level: float = 0.0
-
-
 @dataclass
 class TrainerConfig:
-    """The optimisation loop."""
+    """The optimisation loop (the optimizer and its schedule are the ``optimizer`` and ``scheduler`` groups)."""
 
     epochs: int = 20
     batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: Optimizer = Optimizer.adam
-    momentum: float = 0.0
-    loss: Loss = Loss.bce
+    # Clip the gradients' total norm to this before each optimizer step; None: no clipping.
+    grad_clip: float | None = None
     device: Device = Device.auto
     progress: bool = True
     # torch.compile the forward/backward: null = auto (on CUDA only: on a 2-core CPU the compiled step was
@@ -110,6 +41,20 @@ class TrainerConfig:
     # bf16 matrix products: autocast on CUDA; on a CPU with bf16 dot-product instructions (AVX512-BF16, AMX) the
     # products of the dense AE's large layers (float32 everywhere else); no effect on other CPUs.
     mixed_precision: bool = True
+    # Keys that moved: kept only to say where they went (validate refuses them, naming the new key).
+    lr: Any = None
+    optimizer: Any = None
+    momentum: Any = None
+    loss: Any = None
+
+
+# trainer.<key> that moved -> the override to give instead.
+MOVED = {
+    "lr": "optimizer.lr={value}",
+    "optimizer": "optimizer={value}",
+    "momentum": "optimizer=sgd optimizer.momentum={value}",
+    "loss": "model.loss={value}",
+}
 
 
 @dataclass
@@ -141,8 +86,11 @@ class TrackingConfig:
 class Config:
     """The whole experiment."""
 
-    dataset: DatasetConfig = MISSING
-    model: ModelConfig = MISSING
+    # Built from their _target_ (aeexp.components): each class's parameters are its keys.
+    dataset: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -156,8 +104,6 @@ def register_configs() -> None:
     """Register the schema so that every YAML in conf/ is validated against it at compose time."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="embed", name="embed_schema", node=EmbedConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
@@ -169,40 +115,22 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check values a type cannot express; raise ConfigError naming the first offending key."""
-    _require(cfg.dataset.name in DATASET_IMAGE_SHAPES, "dataset.name", cfg.dataset.name,
-             f"choose one of {', '.join(DATASET_IMAGE_SHAPES)} (e.g. dataset=mnist)")
-    input_dim = input_size(cfg.dataset.name)
-    _require(0.0 < cfg.dataset.val_fraction < 1.0, "dataset.val_fraction", cfg.dataset.val_fraction,
-             "it must lie strictly between 0 and 1")
-    widths = list(cfg.model.widths)
-    _require(len(widths) > 0, "model.widths", widths, "give at least one hidden width, e.g. [128,64]")
-    for i, width in enumerate(widths):
-        _require(width > 0, f"model.widths[{i}]", width, "widths must be positive integers")
-    _require(cfg.model.bottleneck > 0, "model.bottleneck", cfg.model.bottleneck, "it must be positive")
-    _require(cfg.model.bottleneck < input_dim, "model.bottleneck", cfg.model.bottleneck,
-             f"it must be smaller than the input size {input_dim} of dataset {cfg.dataset.name}")
-    kind = str(getattr(cfg.model.get("kind", "dense"), "value", cfg.model.get("kind", "dense")))
-    if kind == "conv":  # each stride-2 layer halves the image (rounding up) and needs a side of 2 or more
-        _, height, width = DATASET_IMAGE_SHAPES[cfg.dataset.name]
-        most = (min(height, width) - 1).bit_length()
-        _require(len(widths) <= most, "model.widths", widths,
-                 f"a conv model has one stride-2 layer per width and {height}x{width} images of dataset "
-                 f"{cfg.dataset.name} allow at most {most}")
-    beta = cfg.model.get("beta", 1.0)
-    _require(beta >= 0, "model.beta", beta, "it must be >= 0")
-    noise = str(getattr(cfg.model.get("noise", "none"), "value", cfg.model.get("noise", "none")))
-    level = cfg.model.get("noise_level", 0.0)
-    _require(level >= 0, "model.noise_level", level, "it must be >= 0")
-    _require(noise == "none" or level > 0, "model.noise_level", level,
-             f"model.noise={noise} needs a noise level > 0 (e.g. model.noise_level=0.2)")
-    _require(noise not in ("masking", "salt_pepper") or level <= 1, "model.noise_level", level,
-             f"with model.noise={noise} it is a probability: it must lie in [0, 1]")
+    """Check the values of the schema's groups that a type cannot express; raise ConfigError naming the first
+    offending key. (Models, datasets, optimizers and schedulers check their own parameters when built.)"""
+    for key, instead in MOVED.items():
+        value = cfg.trainer.get(key)
+        if value is not None:
+            raise ConfigError(f"trainer.{key} is no longer a setting: give {instead.format(value=plain(value))} "
+                              "instead.")
+    for group in ("dataset", "model", "optimizer"):
+        _require(OmegaConf.is_dict(cfg.get(group)) and bool(cfg[group].get("_target_")), f"{group}._target_",
+                 OmegaConf.select(cfg, f"{group}._target_", default=None),
+                 f"name the class to build, e.g. with a preset: {group}=...")
     _require(cfg.trainer.epochs > 0, "trainer.epochs", cfg.trainer.epochs, "it must be positive")
     _require(cfg.trainer.batch_size > 0, "trainer.batch_size", cfg.trainer.batch_size, "it must be positive")
-    _require(cfg.trainer.lr > 0, "trainer.lr", cfg.trainer.lr, "it must be positive")
-    _require(cfg.trainer.momentum >= 0, "trainer.momentum", cfg.trainer.momentum, "it must be >= 0")
-    methods = [m.value if isinstance(m, Enum) else str(m) for m in cfg.embed.methods]
+    _require(cfg.trainer.grad_clip is None or cfg.trainer.grad_clip > 0, "trainer.grad_clip", cfg.trainer.grad_clip,
+             "it must be positive (or null: no clipping)")
+    methods = plain(cfg.embed.methods)
     _require(len(methods) > 0 and len(set(methods)) == len(methods), "embed.methods", methods,
              "give one or more different methods, e.g. [tsne,pca,umap]")
     _require(cfg.embed.n_neighbors >= 2, "embed.n_neighbors", cfg.embed.n_neighbors, "it must be at least 2")
@@ -218,6 +146,15 @@ def validate(cfg: DictConfig) -> None:
              "give a run id or resume=last")
 
 
+def plain(value: Any) -> Any:
+    """A config value as plain Python (lists, dicts, enum values): for messages and comparisons."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
 def flatten(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as ``{"model.bottleneck": "32", ...}`` for MLflow params."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -231,4 +168,6 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
             flat[prefix] = str(node)
 
     walk("", container)
+    for key in MOVED:  # never set in a config that validate() accepted
+        flat.pop(f"trainer.{key}", None)
     return flat

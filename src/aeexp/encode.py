@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from aeexp import files
-from aeexp.config import DATASET_IMAGE_SHAPES
 from aeexp.errors import AeexpError, DataError, TrackingError
+from aeexp.training import EVAL_BATCH_SIZE
 
-DEFAULT_BATCH_SIZE = 4096  # as aeexp.train.EVAL_BATCH_SIZE
 SUPPORTED = "an IDX file (plain or .gz), a .npy array, a PNG image or a folder of PNG images"
 _NPY_MAGIC = b"\x93NUMPY"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -144,7 +143,9 @@ def _hw(shape: Sequence[int]) -> str:
 
 
 def _datasets_of(height_width: tuple[int, ...]) -> str:
-    names = [name for name, shape in DATASET_IMAGE_SHAPES.items() if shape[1:] == tuple(height_width)]
+    from aeexp.data import known_image_shapes
+
+    names = [name for name, shape in known_image_shapes().items() if shape[1:] == tuple(height_width)]
     return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
 
 
@@ -270,7 +271,7 @@ def _batches(images: Any, batch_size: int) -> Iterator[Any]:
     """Float batches in [0, 1]: uint8 images divided by 255 (as in training), float images as they are."""
     import torch
 
-    from aeexp.train import iterate_batches
+    from aeexp.training.loop import iterate_batches
 
     if images.dtype == torch.uint8:
         yield from iterate_batches(images, batch_size, None)
@@ -381,8 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLflow's default, MLFLOW_TRACKING_URI or "
                              "sqlite:///mlflow.db in the current folder)")
-    parser.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per forward pass (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--batch-size", type=_positive, default=EVAL_BATCH_SIZE,
+                        help=f"images per forward pass (default {EVAL_BATCH_SIZE})")
     args = parser.parse_args(argv)
     try:
         lines = run(args.model_uri, args.images, args.out, args.reconstructions, args.tracking_uri,

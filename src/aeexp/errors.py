@@ -19,3 +19,17 @@ class TrackingError(AeexpError):
 
 class TrainingError(AeexpError):
     """Training cannot go on (e.g. the loss became NaN); the message says which setting to look at."""
+
+
+class InvalidParameter(ValueError):
+    """A component (model, dataset, ...) refuses one of its own parameters; the builder names its config key."""
+
+    def __init__(self, name: str, value: object, expected: str) -> None:
+        super().__init__(f"{name}={value!r} is invalid: {expected}")
+        self.name, self.value, self.expected = name, value, expected
+
+
+def require(ok: bool, name: str, value: object, expected: str) -> None:
+    """Raise :class:`InvalidParameter` for parameter ``name`` unless ``ok``; ``expected`` says what it must be."""
+    if not ok:
+        raise InvalidParameter(name, value, expected)

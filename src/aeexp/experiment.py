@@ -1,8 +1,9 @@
-"""One experiment from a composed config: validate, load data, train, measure, embed, log to MLflow."""
+"""One run as a pipeline: config -> data -> model -> fit -> evaluate -> log to MLflow."""
 
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import tempfile
 import time
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp import baseline, checkpoint, data, embed, interrupt, metrics, models, noise, plots, resume, tracking, train
+from aeexp import baseline, data, embed, metrics, models, plots, tracking
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.sweep import Sweep, job_run_name, job_tags
+from aeexp.training import checkpoint, interrupt, loop, optim, resume
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +41,19 @@ def _device(cfg: DictConfig) -> torch.device:
     wanted = cfg.trainer.device.value
     if wanted == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
-    return train.resolve_device(wanted)
+    return loop.resolve_device(wanted)
+
+
+def model_label(cfg: DictConfig) -> str:
+    """The model's name: ``model.name``, else its class's (a YAML of one's own may leave the name out)."""
+    return str(cfg.model.get("name") or str(cfg.model.get("_target_", "model")).rsplit(".", 1)[-1])
 
 
 def run_name(cfg: DictConfig) -> str:
     """The run's name in MLflow, e.g. ``ae25-b8-mnist``."""
-    return cfg.tracking.run_name or f"{cfg.model.name}-b{cfg.model.bottleneck}-{cfg.dataset.name}"
+    bottleneck = cfg.model.get("bottleneck")
+    return cfg.tracking.run_name or "-".join(
+        [model_label(cfg), *([f"b{bottleneck}"] if bottleneck is not None else []), str(cfg.dataset.name)])
 
 
 def _seed_everything(seed: int) -> None:
@@ -52,17 +61,17 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _final_metrics(model: models.Autoencoder, dataset: data.Dataset, loss: str
+def _final_metrics(model: models.Autoencoder, dataset: data.Dataset
                    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Test-split losses and kNN accuracy of the codes; also return the test codes and labels."""
     test_images = dataset.test.images
-    train_codes = train.encode_all(model, dataset.train.images).numpy()
-    test_codes = train.encode_all(model, test_images).numpy()
+    train_codes = loop.encode_all(model, dataset.train.images).numpy()
+    test_codes = loop.encode_all(model, test_images).numpy()
     train_labels = dataset.train.labels.cpu().numpy()
     test_labels = dataset.test.labels.cpu().numpy()
     results = {
-        "test_loss": train.evaluate_loss(model, test_images, loss),
-        "test_mse": train.evaluate_loss(model, test_images, "mse", objective=False),  # comparable to PCA's
+        "test_loss": loop.evaluate_loss(model, test_images),
+        "test_mse": loop.reconstruction_mse(model, test_images),  # comparable to PCA's
         "test_knn_acc": metrics.knn_accuracy(train_codes, train_labels, test_codes, test_labels),
     }
     return results, test_codes, test_labels
@@ -123,19 +132,20 @@ def _git_commit() -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
 
-def _run_tags(cfg: DictConfig, device: torch.device) -> dict[str, str]:
+def _run_tags(cfg: DictConfig, device: torch.device, step: loop.TrainingStep) -> dict[str, str]:
     import hydra
-    import mlflow
 
     import aeexp
 
     return {
         "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
+        "model": model_label(cfg),
         "device": str(device),
+        "train.path": step.path,
+        "train.bf16": str(step.bf16).lower(),
         "versions.aeexp": aeexp.__version__,
         "versions.torch": torch.__version__,
-        "versions.mlflow": mlflow.__version__,
+        "versions.mlflow": tracking.MLFLOW_VERSION,
         "versions.hydra": hydra.__version__,
         "host.python": platform.python_version(),
         **_git_commit(),
@@ -181,6 +191,25 @@ def resume_command(run_id: str, tracking_uri: str | None) -> str:
     return f"python -m aeexp resume={run_id}{uri}"
 
 
+@dataclass
+class _Parts:
+    """What a run trains: the dataset's source (nothing read yet), the model, its optimizer."""
+
+    source: data.ImageDataset
+    model: models.Autoencoder
+    optimizer: torch.optim.Optimizer
+
+
+def _build(cfg: DictConfig, device: torch.device) -> _Parts:
+    """The configured dataset source, model (seeded) and optimizer, each checked; no file is read yet."""
+    source = data.build(cfg.dataset)
+    _seed_everything(cfg.seed)
+    model = models.build(cfg.model, source.image_shape).to(device)
+    optimizer = optim.build_optimizer(cfg.optimizer, model)
+    optim.check_scheduler(cfg.scheduler, cfg.trainer.epochs)
+    return _Parts(source, model, optimizer)
+
+
 def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = None,
         overrides: Sequence[str] = ()) -> RunResult:
     """Run the experiment ``cfg`` describes; checkpoints and figures go to ``output_dir`` (a temporary folder
@@ -188,34 +217,71 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
 
     In a ``sweep`` the run is a child of the sweep's parent run, in the sweep's experiment. With ``cfg.resume``
     the named run continues from its checkpoint, with its own config and the changeable command-line
-    ``overrides`` (see :mod:`aeexp.resume`).
+    ``overrides`` (see :mod:`aeexp.training.resume`).
     """
     config_schema.validate(cfg)
     if output_dir is None:
         output_dir = Path(tempfile.mkdtemp(prefix="aeexp-"))
-    start = _resumed_start(cfg, sweep, overrides, output_dir) if cfg.get("resume") else _fresh_start(cfg, sweep)
+    if cfg.get("resume"):
+        start = _resumed_start(cfg, sweep, overrides, output_dir)
+        parts = _build(start.cfg, _device(start.cfg))
+    else:
+        parts = _build(cfg, _device(cfg))  # a bad setting is refused before the tracking store is touched
+        start = _fresh_start(cfg, sweep)
     cfg = start.cfg
     device = _device(cfg)
-    dataset_name = cfg.dataset.name
     interrupt.check()
-    _seed_everything(cfg.seed)
-    dataset = data.load(dataset_name, cfg.dataset.root, cfg.dataset.download, cfg.dataset.val_fraction,
-                        cfg.seed).to(device)
-    log.info("%s: %d train, %d val, %d test images of shape %s on %s", dataset_name, len(dataset.train),
+    dataset = data.load(parts.source, cfg.seed).to(device)
+    log.info("%s: %d train, %d val, %d test images of shape %s on %s", dataset.name, len(dataset.train),
              len(dataset.val), len(dataset.test), dataset.image_shape, device)
-    model = models.build(dataset.image_shape, cfg.model.widths, cfg.model.bottleneck, kind=cfg.model.kind,
-                         variational=cfg.model.variational, beta=cfg.model.beta).to(device)
-    loss = cfg.trainer.loss.value
-    optimizer = train.make_optimizer(model, cfg.trainer.optimizer.value, cfg.trainer.lr, cfg.trainer.momentum)
+    model, optimizer = parts.model, parts.optimizer
+    schedule = optim.build_schedule(cfg.scheduler, optimizer, cfg.trainer.epochs,
+                                    math.ceil(len(dataset.train) / cfg.trainer.batch_size))
     generator = torch.Generator().manual_seed(cfg.seed)
-    history = train.History()
+    history = loop.History()
     if start.resumed is not None:
-        history = checkpoint.restore(start.resumed, model, optimizer, generator)
+        history = checkpoint.restore(start.resumed, model, optimizer, schedule, generator)
+    step = loop.make_step(model, optimizer, device, cfg.trainer.compile, cfg.trainer.mixed_precision)
+    log.info("training on the %s path%s", step.path, " with bf16 matrix products" if step.bf16 else "")
+    interrupt.check()
+    training = _Training(cfg, dataset, model, optimizer, schedule, generator, history, step)
+    return _tracked_run(training, start, sweep, output_dir)
+
+
+@dataclass
+class _Training:
+    """Everything a run's training needs, made and (on resume) restored."""
+
+    cfg: DictConfig
+    dataset: data.Dataset
+    model: models.Autoencoder
+    optimizer: torch.optim.Optimizer
+    schedule: optim.Schedule
+    generator: torch.Generator
+    history: loop.History
+    step: loop.TrainingStep
+
+    def fit(self, on_epoch_end: loop.EpochHook) -> loop.History:
+        trainer = self.cfg.trainer
+        return loop.fit(self.model, self.dataset.train, self.dataset.val, epochs=trainer.epochs,
+                        batch_size=trainer.batch_size, optimizer=self.optimizer, seed=self.cfg.seed,
+                        schedule=self.schedule, step=self.step, grad_clip=trainer.grad_clip,
+                        progress=trainer.progress, on_epoch_end=on_epoch_end, history=self.history,
+                        generator=self.generator)
+
+    def checkpoint(self, run_id: str, epoch: int, config_yaml: str) -> checkpoint.Checkpoint:
+        return checkpoint.capture(run_id, epoch, config_yaml, self.model, self.optimizer, self.schedule,
+                                  self.generator, self.history)
+
+
+def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output_dir: Path) -> RunResult:
+    """Train, evaluate and log inside the MLflow run (a new one, or the resumed one)."""
+    cfg, model = training.cfg, training.model
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     checkpoint_path = output_dir / checkpoint.FILENAME
-    interrupt.check()
-
-    tags = _run_tags(cfg, device) | (job_tags() if sweep else {}) | {tracking.CHECKPOINT_TAG: str(checkpoint_path)}
+    device = next(model.parameters()).device
+    tags = (_run_tags(cfg, device, training.step) | (job_tags() if sweep else {})
+            | {tracking.CHECKPOINT_TAG: str(checkpoint_path)})
     name = job_run_name(run_name(cfg), sweep, cfg) if sweep else run_name(cfg)
     resumed_id = start.resumed.run_id if start.resumed else None
     with tracking.start_run(name, tags, sweep.parent_run_id if sweep else None, run_id=resumed_id) as run_id:
@@ -229,8 +295,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
 
         def end_of_epoch(epoch: int, values: dict[str, float]) -> None:
             # The checkpoint first: whatever happens to MLflow next, the epoch is not lost.
-            checkpoint.save(checkpoint.capture(run_id, epoch, config_yaml, model, optimizer, generator, history),
-                            checkpoint_path)
+            checkpoint.save(training.checkpoint(run_id, epoch, config_yaml), checkpoint_path)
             try:
                 tracking.log_metrics(values, step=epoch)
             except Exception as err:
@@ -240,20 +305,13 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
                     f"`{resume_command(run_id, cfg.tracking.uri)}`") from None
 
         try:
-            history = train.fit(
-                model, dataset.train, dataset.val,
-                epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size, optimizer=optimizer, loss=loss,
-                seed=cfg.seed, progress=cfg.trainer.progress, on_epoch_end=end_of_epoch,
-                compile=cfg.trainer.compile, mixed_precision=cfg.trainer.mixed_precision,
-                history=history, generator=generator, noise=cfg.model.noise, noise_level=cfg.model.noise_level,
-            )
-            results = _finish(cfg, model, dataset, history, output_dir, loss)
+            history = training.fit(end_of_epoch)
+            results = _finish(cfg, model, training.dataset, history, output_dir)
         except interrupt.Interrupted as err:
             _log_checkpoint(checkpoint_path)
-            done = len(history.train_loss)
             raise interrupt.RunInterrupted(
-                f"interrupted ({err}) after epoch {done} of {cfg.trainer.epochs}; the MLflow run {run_id} was "
-                f"marked KILLED; continue with `{resume_command(run_id, cfg.tracking.uri)}`") from None
+                f"interrupted ({err}) after epoch {len(training.history)} of {cfg.trainer.epochs}; the MLflow run "
+                f"{run_id} was marked KILLED; continue with `{resume_command(run_id, cfg.tracking.uri)}`") from None
         except TrackingError:
             raise
         except BaseException:
@@ -261,7 +319,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
             raise
         _log_checkpoint(checkpoint_path)
         model.cpu()
-        tracking.log_model(model, train.to_float(dataset.test.images[:4]).cpu().numpy())
+        tracking.log_model(model, loop.to_float(training.dataset.test.images[:4]).cpu().numpy())
     log.info("test_loss %.4f  test_mse %.4f (PCA %.4f)  test_knn_acc %.3f (PCA %.3f)  embed_knn_acc %.3f  "
              "embed_trust %.3f", results["test_loss"], results["test_mse"], results["pca_test_mse"],
              results["test_knn_acc"], results["pca_knn_acc"], results["embed_knn_acc"], results["embed_trust"])
@@ -283,30 +341,33 @@ def _interpolations(model: models.Autoencoder, dataset: data.Dataset, examples: 
     rows, names = [], []
     weights = torch.linspace(0.0, 1.0, INTERPOLATION_STEPS, device=dataset.test.images.device)[:, None]
     for a, b in pairs:
-        codes = model.encode(train.to_float(dataset.test.images[[a, b]]))
+        codes = model.encode(loop.to_float(dataset.test.images[[a, b]]))
         line = (1 - weights) * codes[0] + weights * codes[1]
         rows.append(model.decode(line).cpu().numpy())
         names.append(f"{dataset.class_names[labels[a]]} -> {dataset.class_names[labels[b]]}")
     return np.stack(rows), names
 
 
-def _noisy_examples(cfg: DictConfig, originals: torch.Tensor) -> torch.Tensor | None:
-    """The examples as a denoising model sees them in training (seeded, leaving the global RNG as it was)."""
-    if cfg.model.noise.value == "none":
-        return None
+@torch.no_grad()
+def _noisy_examples(model: models.Autoencoder, originals: torch.Tensor, seed: int) -> torch.Tensor | None:
+    """The examples as the model sees them in training (seeded, leaving the global RNG as it was); None when it
+    trains on them as they are."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return noise.corrupt(originals, cfg.model.noise.value, cfg.model.noise_level)
+        torch.manual_seed(seed)
+        noisy = model.corrupt(originals)
+    return None if noisy is originals else noisy
 
 
 @torch.no_grad()
-def _prior_samples(model: models.Autoencoder, seed: int) -> np.ndarray:
-    """Decoded codes drawn from a VAE's prior, ``(rows, columns, C, H, W)``."""
+def _prior_samples(model: models.Autoencoder, seed: int) -> np.ndarray | None:
+    """Decoded draws from the model's prior, ``(rows, columns, C, H, W)``, for models that can draw them (a
+    ``sample(n, generator)`` method); else None."""
+    sample = getattr(model, "sample", None)
+    if not callable(sample):
+        return None
     model.eval()
     rows, columns = PRIOR_SAMPLES
-    device = next(model.parameters()).device
-    codes = torch.randn(rows * columns, model.bottleneck, generator=torch.Generator().manual_seed(seed))
-    images = model.decode(codes.to(device)).cpu().numpy()
+    images = sample(rows * columns, torch.Generator().manual_seed(seed)).float().cpu().numpy()
     return images.reshape(rows, columns, *images.shape[1:])
 
 
@@ -320,52 +381,56 @@ def _log_checkpoint(path: Path) -> None:
         log.warning("could not log the checkpoint to MLflow (%s); it stays in %s", err, path)
 
 
-def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, history: train.History,
-            output_dir: Path, loss: str) -> dict[str, float]:
+def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, history: loop.History,
+            output_dir: Path) -> dict[str, float]:
     """Final metrics, the embedding and the figures, logged to the active run."""
     interrupt.check()
-    results, codes, labels = _final_metrics(model, dataset, loss)
+    results, codes, labels = _final_metrics(model, dataset)
     interrupt.check()
     results.update(baseline.cached_pca_metrics(dataset.train.images, dataset.train.labels.cpu().numpy(),
-                                               dataset.test.images, labels, cfg.model.bottleneck))
+                                               dataset.test.images, labels, model.bottleneck))
     interrupt.check()
     embedding, views = _embedding_metrics(cfg, codes, labels, cfg.seed)
     results.update(embedding)
     tracking.log_metrics(results)
     interrupt.check()
-
-    examples = plots.pick_one_per_class(dataset.test.labels.cpu().numpy(), RECONSTRUCTION_EXAMPLES)
-    originals = train.to_float(dataset.test.images[examples])
-    noisy = _noisy_examples(cfg, originals)
-    interpolations, pair_names = _interpolations(model, dataset, examples)
-    with torch.no_grad():
-        model.eval()
-        outputs = model(noisy if noisy is not None else originals).cpu().numpy()
-    figures = {
-        "reconstructions.png": plots.reconstruction_grid(
-            originals.cpu().numpy(), outputs, [dataset.class_names[int(dataset.test.labels[i])] for i in examples],
-            noisy=None if noisy is None else noisy.cpu().numpy()),
-        "loss_curves.png": plots.loss_curves(history.train_loss, history.val_loss, loss),
-        "interpolation.png": plots.image_grid(
-            interpolations, f"{cfg.model.name} (bottleneck {cfg.model.bottleneck}): decoded codes between two test "
-            "images", pair_names),
-    }
-    for method, points in views.points.items():
-        figures[f"{method}.png"] = plots.embedding_scatter(
-            points, views.labels, dataset.class_names,
-            f"{VIEW_NAMES[method]} of {cfg.model.name} codes (bottleneck {cfg.model.bottleneck}) on "
-            f"{cfg.dataset.name} test images\n5-NN acc in 2-D {results[f'embed_{method}_knn_acc']:.3f}, "
-            f"trustworthiness {results[f'embed_{method}_trust']:.3f}")
-    if cfg.model.variational:
-        figures["prior_samples.png"] = plots.image_grid(
-            _prior_samples(model, cfg.seed), f"{cfg.model.name}: decoded samples of the prior N(0, I)")
-    for filename, figure in figures.items():  # drawn once, into the output folder; MLflow copies the file
-        figure.savefig(output_dir / filename, dpi=100)
+    for filename, figure in _figures(cfg, model, dataset, history, views, results).items():
+        figure.savefig(output_dir / filename, dpi=100)  # drawn once, into the output folder; MLflow copies it
         plots.plt.close(figure)
         tracking.log_artifact(output_dir / filename)
     interrupt.check()
     _log_explorer(cfg, model, dataset, views, output_dir)
     return results
+
+
+def _figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, history: loop.History,
+             views: _Views, results: dict[str, float]) -> dict[str, plots.Figure]:
+    """Every figure of a run, by file name."""
+    label = f"{model_label(cfg)} (bottleneck {model.bottleneck})"
+    examples = plots.pick_one_per_class(dataset.test.labels.cpu().numpy(), RECONSTRUCTION_EXAMPLES)
+    originals = loop.to_float(dataset.test.images[examples])
+    noisy = _noisy_examples(model, originals, cfg.seed)
+    interpolations, pair_names = _interpolations(model, dataset, examples)
+    with torch.no_grad():
+        model.eval()
+        outputs = model(noisy if noisy is not None else originals).float().cpu().numpy()
+    figures = {
+        "reconstructions.png": plots.reconstruction_grid(
+            originals.cpu().numpy(), outputs, [dataset.class_names[int(dataset.test.labels[i])] for i in examples],
+            noisy=None if noisy is None else noisy.cpu().numpy()),
+        "loss_curves.png": plots.loss_curves(history.train_loss, history.val_loss, getattr(model, "loss", "")),
+        "interpolation.png": plots.image_grid(interpolations, f"{label}: decoded codes between two test images",
+                                              pair_names),
+    }
+    for method, points in views.points.items():
+        figures[f"{method}.png"] = plots.embedding_scatter(
+            points, views.labels, dataset.class_names,
+            f"{VIEW_NAMES[method]} of {label} codes on {dataset.name} test images\n5-NN acc in 2-D "
+            f"{results[f'embed_{method}_knn_acc']:.3f}, trustworthiness {results[f'embed_{method}_trust']:.3f}")
+    samples = _prior_samples(model, cfg.seed)
+    if samples is not None:
+        figures["prior_samples.png"] = plots.image_grid(samples, f"{model_label(cfg)}: decoded samples of its prior")
+    return figures
 
 
 def _log_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, views: _Views,
@@ -375,11 +440,10 @@ def _log_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Data
 
     method, points = next(iter(views.points.items()))
     images = dataset.test.images[torch.as_tensor(views.chosen, device=dataset.test.images.device)]
-    reconstructions = torch.cat([train.reconstruct(model, images[start:start + train.EVAL_BATCH_SIZE])
-                                 for start in range(0, len(images), train.EVAL_BATCH_SIZE)])
+    reconstructions = loop.reconstruct(model, images)
     html = explorer_html(points, views.labels, dataset.class_names, images.cpu().numpy(), reconstructions.numpy(),
-                         f"{VIEW_NAMES[method]} of {cfg.model.name} codes (bottleneck {cfg.model.bottleneck}) on "
-                         f"{cfg.dataset.name}: hover a point for its image and reconstruction, click the legend "
+                         f"{VIEW_NAMES[method]} of {model_label(cfg)} codes (bottleneck {model.bottleneck}) on "
+                         f"{dataset.name}: hover a point for its image and reconstruction, click the legend "
                          "to hide a class")
     (output_dir / "explorer.html").write_text(html, encoding="utf-8")
     tracking.log_artifact(output_dir / "explorer.html")

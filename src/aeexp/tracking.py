@@ -26,6 +26,7 @@ from aeexp.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
+MLFLOW_VERSION = mlflow.__version__
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 SERVER_CHECK_TIMEOUT_S = 5.0

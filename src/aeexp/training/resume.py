@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp import checkpoint, tracking
-from aeexp.config import Config
+from aeexp import tracking
+from aeexp.config import Config, plain
 from aeexp.errors import ConfigError
+from aeexp.training import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +59,6 @@ def _changeable(key: str) -> bool:
     return any(key == allowed or key.startswith(allowed + ".") for allowed in CHANGEABLE)
 
 
-def _plain(value: Any) -> Any:
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
-    if isinstance(value, Enum):
-        return value.value
-    return value
-
-
 def resumed_config(cfg: DictConfig, stored_yaml: str, overrides: Sequence[str], run_id: str,
                    epochs_done: int) -> DictConfig:
     """The stored config of run ``run_id`` with the command line's changeable ``overrides`` applied.
@@ -84,9 +75,9 @@ def resumed_config(cfg: DictConfig, stored_yaml: str, overrides: Sequence[str], 
             OmegaConf.update(stored, key, wanted, merge=False)
             continue
         have = OmegaConf.select(stored, key, default=None)
-        if _plain(wanted) != _plain(have):
+        if plain(wanted) != plain(have):
             raise ConfigError(
-                f"resume: {override} would change run {run_id}, which has {key}={_plain(have)}; a resumed run "
+                f"resume: {override} would change run {run_id}, which has {key}={plain(have)}; a resumed run "
                 f"keeps its config (only {', '.join(CHANGEABLE)} may change). Drop it, or start a new run "
                 "without resume=")
     stored.tracking.uri = cfg.tracking.uri  # where the run was found

@@ -13,10 +13,11 @@ import torch
 
 from aeexp import files
 from aeexp.errors import AeexpError
-from aeexp.train import History
+from aeexp.training.loop import History
+from aeexp.training.optim import Schedule
 
 FILENAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the optimizer is a torch.optim one, with a schedule; the history is per-epoch dicts
 
 
 class CheckpointError(AeexpError):
@@ -32,6 +33,7 @@ class Checkpoint:
     config: str
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
+    schedule: dict[str, Any]
     generator: torch.Tensor
     history: History
     torch_rng: torch.Tensor
@@ -39,26 +41,29 @@ class Checkpoint:
     cuda_rng: list[torch.Tensor] | None = None
 
 
-def capture(run_id: str, epoch: int, config: str, model: torch.nn.Module, optimizer: Any,
-            generator: torch.Generator, history: History) -> Checkpoint:
+def capture(run_id: str, epoch: int, config: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            schedule: Schedule, generator: torch.Generator, history: History) -> Checkpoint:
     """A checkpoint of the current state (tensors copied to the CPU)."""
     return Checkpoint(
         run_id=run_id, epoch=epoch, config=config,
         model={key: value.detach().cpu().clone() for key, value in model.state_dict().items()},
         optimizer=_to_cpu(optimizer.state_dict()),
+        schedule=_to_cpu(schedule.state_dict()),
         generator=generator.get_state(),
-        history=History(list(history.train_loss), list(history.val_loss), list(history.epoch_time)),
+        history=History([dict(metrics) for metrics in history.epochs]),
         torch_rng=torch.get_rng_state(),
         numpy_rng=_numpy_state(),
         cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     )
 
 
-def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: Any, generator: torch.Generator) -> History:
-    """Put a checkpoint's state back into ``model``, ``optimizer``, ``generator`` and the global RNGs."""
+def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+            generator: torch.Generator) -> History:
+    """Put a checkpoint's state back into ``model``, ``optimizer``, ``schedule``, ``generator`` and the global RNGs
+    (the optimizer and schedule freshly made from the run's config)."""
     model.load_state_dict(checkpoint.model)
-    device = next(model.parameters()).device
-    optimizer.load_state_dict(_to_device(checkpoint.optimizer, device))
+    optimizer.load_state_dict(checkpoint.optimizer)  # moves the state to the parameters' device
+    schedule.load_state_dict(checkpoint.schedule)
     generator.set_state(checkpoint.generator)
     torch.set_rng_state(checkpoint.torch_rng)
     if checkpoint.cuda_rng is not None and torch.cuda.is_available():
@@ -66,8 +71,7 @@ def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: Any, gene
     state = checkpoint.numpy_rng
     np.random.set_state((state["kind"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
                          state["has_gauss"], state["cached_gaussian"]))
-    history = checkpoint.history
-    return History(list(history.train_loss), list(history.val_loss), list(history.epoch_time))
+    return History([dict(metrics) for metrics in checkpoint.history.epochs])
 
 
 def save(checkpoint: Checkpoint, path: Path) -> None:
@@ -110,7 +114,3 @@ def _map_tensors(value: Any, move: Any) -> Any:
 
 def _to_cpu(value: Any) -> Any:
     return _map_tensors(value, lambda tensor: tensor.detach().cpu().clone())
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    return _map_tensors(value, lambda tensor: tensor.to(device))

@@ -1,0 +1,33 @@
+"""Autoencoders behind one contract (:class:`Autoencoder`, in :mod:`aeexp.models.base`), one file per family.
+
+A config's ``model._target_`` names the class; :func:`build` makes it for the dataset's image shape, with its
+parameters checked before any data is read. A model of your own is a subclass of :class:`Autoencoder` (or of one
+of the families here) in any importable module, named by ``_target_`` in a YAML of your ``--config-dir``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from aeexp.models.base import Autoencoder, glorot_, pixel_loss
+from aeexp.models.conv import ConvAutoencoder
+from aeexp.models.dense import DenseAutoencoder
+from aeexp.models.sparse import SparseAutoencoder
+from aeexp.models.vae import VariationalAutoencoder
+from aeexp.models.vqvae import VQVAE
+
+__all__ = ["VQVAE", "Autoencoder", "ConvAutoencoder", "DenseAutoencoder", "SparseAutoencoder",
+           "VariationalAutoencoder", "build", "glorot_", "pixel_loss"]
+
+# Keys of a model config that are not parameters of its class.
+NOT_PARAMETERS = ("name",)
+
+
+def build(config: Any, image_shape: Sequence[int]) -> Autoencoder:
+    """The model a ``model`` config describes, for images of ``image_shape`` (C, H, W); ConfigError naming the key
+    of a bad or unknown parameter, or of a ``_target_`` that is not an :class:`Autoencoder`."""
+    from aeexp import components
+
+    return components.build(config, "model", exclude=NOT_PARAMETERS, base=Autoencoder,
+                            image_shape=tuple(int(s) for s in image_shape))

@@ -1,0 +1,270 @@
+"""The training loop: seeded shuffles, index-sliced batches of device-resident uint8 images, a step, per-epoch hooks.
+
+One step is ``optimizer.zero_grad``, the model's ``training_loss`` on ``model.corrupt(batch)`` against the clean
+batch and its backward pass, optional gradient clipping, ``optimizer.step`` and the schedule's step. It runs on
+autograd (:class:`AutogradStep`, optionally ``torch.compile``d, bf16 autocast on CUDA) or, where it computes the
+same thing, on the CPU fast path (:mod:`aeexp.training.fastpath`); :func:`make_step` chooses, and says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from aeexp.data import Split
+from aeexp.errors import TrainingError
+from aeexp.models import Autoencoder
+from aeexp.training import EVAL_BATCH_SIZE, fastpath, interrupt
+from aeexp.training.optim import Schedule
+
+log = logging.getLogger(__name__)
+
+# trainer.compile=null (auto) compiles on CUDA only. On this project's 2-core CPUs torch.compile made the dense
+# AE's epoch slower (1.4-1.7 s against 1.0 s eager, after a one-off compile of ~50 s): see BENCHMARKS.md.
+
+
+class NonFiniteLossError(TrainingError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class History:
+    """The metrics of each epoch done, in order (``train_loss``, ``val_loss``, ``epoch_time``, ``lr``, parts)."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def series(self, name: str) -> list[float]:
+        """One metric over the epochs (epochs without it left out)."""
+        return [metrics[name] for metrics in self.epochs if name in metrics]
+
+    @property
+    def train_loss(self) -> list[float]:
+        return self.series("train_loss")
+
+    @property
+    def val_loss(self) -> list[float]:
+        return self.series("val_loss")
+
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1], on the images' device (the division promotes to float32; on a CPU
+    through a float32 temporary, which the fast path's ``gather_batches`` avoids)."""
+    return torch.div(images, 255.0)
+
+
+def iterate_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator | None
+                    ) -> Iterator[torch.Tensor]:
+    """Float batches of ``images``: shuffled with ``generator``, or in order when it is None."""
+    n = images.shape[0]
+    if generator is None:
+        for start in range(0, n, batch_size):
+            yield to_float(images[start:start + batch_size])
+        return
+    order = torch.randperm(n, generator=generator).to(images.device)
+    for start in range(0, n, batch_size):
+        # Gather the uint8 rows, then convert: a quarter of the bytes of gathering float rows.
+        yield to_float(images.index_select(0, order[start:start + batch_size]))
+
+
+@torch.no_grad()
+def evaluate_loss(model: Autoencoder, images: torch.Tensor) -> float:
+    """The model's deterministic objective (``evaluation_loss``) over all ``images``, weighted by batch size."""
+    model.eval()
+    total = torch.zeros((), device=images.device, dtype=torch.float64)
+    for batch in iterate_batches(images, EVAL_BATCH_SIZE, None):
+        total += model.evaluation_loss(batch).double() * batch.shape[0]
+    return float(total) / images.shape[0]
+
+
+@torch.no_grad()
+def reconstruction_mse(model: Autoencoder, images: torch.Tensor) -> float:
+    """Mean squared error per pixel of the model's reconstructions (``model(x)``) of all ``images``."""
+    model.eval()
+    total = torch.zeros((), device=images.device, dtype=torch.float64)
+    for batch in iterate_batches(images, EVAL_BATCH_SIZE, None):
+        total += (model(batch).float() - batch).square().sum(dtype=torch.float64)
+    return float(total) / images.numel()
+
+
+@torch.no_grad()
+def encode_all(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
+    """Codes of all ``images``, on the CPU."""
+    model.eval()
+    return torch.cat([model.encode(batch).float().cpu()
+                      for batch in iterate_batches(images, EVAL_BATCH_SIZE, None)])
+
+
+@torch.no_grad()
+def reconstruct(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
+    """Reconstructions in [0, 1] of uint8 ``images``, on the CPU."""
+    model.eval()
+    return torch.cat([model(batch).float().cpu() for batch in iterate_batches(images, EVAL_BATCH_SIZE, None)])
+
+
+def should_compile(setting: bool | None, device: torch.device) -> bool:
+    """``trainer.compile``: true/false as said; null (auto) -> on CUDA only."""
+    if setting is not None:
+        return bool(setting)
+    return device.type == "cuda"
+
+
+class TrainingStep(Protocol):
+    """One way of training: where its batches come from, forward and backward, the optimizer's update."""
+
+    path: str  # "fast" or "autograd": tagged on the run as train.path
+    bf16: bool  # whether matrix products run in bf16: tagged as train.bf16
+
+    def batches(self, images: torch.Tensor, batch_size: int, generator: torch.Generator
+                ) -> Iterator[torch.Tensor]: ...
+
+    def backward(self, inputs: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def update(self) -> object: ...
+
+
+class AutogradStep:
+    """The model's own ``training_loss`` and autograd's backward, then ``optimizer.step()``; optionally a
+    ``torch.compile``d loss (same math, fused kernels) and bf16 autocast on CUDA (the loss stays float32)."""
+
+    path = "autograd"
+
+    def __init__(self, model: Autoencoder, optimizer: torch.optim.Optimizer, device: torch.device,
+                 compiled: bool, mixed_precision: bool) -> None:
+        self.loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+        # dynamic=False: one graph for the full batches; the epoch's last, smaller batch gets a second one.
+        self.loss = torch.compile(model.training_loss, dynamic=False) if compiled else model.training_loss
+        self.bf16 = mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.update = optimizer.step
+
+    def batches(self, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        return iterate_batches(images, batch_size, generator)
+
+    def backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with autocast:
+            loss, parts = self.loss(inputs, targets)
+        loss.backward()
+        return loss.detach(), {name: part.detach() for name, part in parts.items()}
+
+
+def make_step(model: Autoencoder, optimizer: torch.optim.Optimizer, device: torch.device,
+              compile: bool | None = False, mixed_precision: bool = True) -> TrainingStep:
+    """The fast path where it computes what autograd would (see :mod:`~aeexp.training.fastpath`), else autograd.
+    ``compile``: see :func:`should_compile`; ``mixed_precision``: bf16 products (autocast on CUDA, the fast path's
+    large layers on CPUs with bf16 dot products)."""
+    compiled = should_compile(compile, device)
+    return (fastpath.select(model, optimizer, device, compiled, mixed_precision)
+            or AutogradStep(model, optimizer, device, compiled, mixed_precision))
+
+
+def _non_finite(value: float, epoch: int, step: int | None, steps: int, lr: float) -> NonFiniteLossError:
+    where = f"epoch {epoch}, step {step} of {steps}" if step is not None else f"epoch {epoch}"
+    return NonFiniteLossError(f"training loss became {value} at {where}; lower optimizer.lr (now {lr:g}), set "
+                              "trainer.grad_clip, or try model.loss=bce")
+
+
+def fit(
+    model: Autoencoder,
+    train: Split,
+    val: Split,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    seed: int,
+    schedule: Schedule | None = None,
+    step: TrainingStep | None = None,
+    grad_clip: float | None = None,
+    progress: bool = True,
+    on_epoch_end: EpochHook | None = None,
+    history: History | None = None,
+    generator: torch.Generator | None = None,
+) -> History:
+    """Train ``model`` up to epoch ``epochs``; call ``on_epoch_end(epoch, metrics)`` after each (from 1).
+
+    The images stay where they are (move the split to the GPU for GPU training); each step gathers a batch by
+    index and, on a GPU, nothing waits for the device until the epoch's end. ``step``: how to train (default
+    :func:`make_step`'s choice); ``schedule``: the learning-rate schedule (default none); ``grad_clip``: the
+    largest total gradient norm.
+
+    To resume, pass the ``history`` of the epochs done (training continues after them, appending to it) and
+    the shuffling ``generator`` in its saved state; by default a fresh history and a generator seeded with
+    ``seed``. Between steps a stop requested by Ctrl-C/SIGTERM (see :mod:`aeexp.training.interrupt`) raises
+    :class:`~aeexp.training.interrupt.Interrupted`; the epoch under way is abandoned.
+
+    The hook's metrics are ``train_loss``, ``val_loss`` (clean images), ``epoch_time``, ``lr`` (the first group's,
+    at the epoch's last step) and ``train_<part>`` (epoch means) for every part of the model's loss.
+    """
+    history = History() if history is None else history
+    generator = torch.Generator().manual_seed(seed) if generator is None else generator
+    schedule = Schedule(optimizer) if schedule is None else schedule
+    device = train.images.device
+    step = make_step(model, optimizer, device) if step is None else step
+    steps = math.ceil(len(train) / batch_size)
+    check_each_step = device.type == "cpu"  # reading a CPU loss costs nothing; on a GPU it would be a sync
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for epoch in range(len(history) + 1, epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        running = torch.zeros((), device=device)
+        part_sums: dict[str, torch.Tensor] = {}
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, disable=not progress,
+                   dynamic_ncols=True)
+        lr = schedule.lr()
+        try:
+            for i, batch in enumerate(step.batches(train.images, batch_size, generator), start=1):
+                interrupt.check()
+                optimizer.zero_grad(set_to_none=True)
+                loss, parts = step.backward(model.corrupt(batch), batch)
+                if check_each_step and not math.isfinite(value := float(loss)):
+                    raise _non_finite(value, epoch, i, steps, schedule.lr())
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+                lr = schedule.lr()
+                step.update()
+                schedule.after_step()
+                running += loss * batch.shape[0]
+                for name, part in parts.items():
+                    part_sums[name] = part_sums.get(name, 0.0) + part.float() * batch.shape[0]
+                if progress:
+                    bar.update(1)
+            train_loss = float(running) / len(train)  # the epoch's one host sync
+            if not math.isfinite(train_loss):
+                raise _non_finite(train_loss, epoch, None, steps, lr)
+            epoch_time = time.perf_counter() - started
+            val_loss = evaluate_loss(model, val.images)
+            bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
+        finally:
+            bar.close()
+        schedule.after_epoch(val_loss)
+        metrics = {"train_loss": train_loss, "val_loss": val_loss, "epoch_time": epoch_time, "lr": lr}
+        metrics.update({f"train_{name}": float(total) / len(train) for name, total in part_sums.items()})
+        history.epochs.append(metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+        if not progress:  # a line per epoch instead of the bar (logs of batch jobs), once the hook has run
+            log.info("epoch %d/%d: train_loss %.4f  val_loss %.4f  (%.2f s)", epoch, epochs, train_loss, val_loss,
+                     epoch_time)
+    return history
