@@ -28,11 +28,25 @@ def _ui_hint(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)"
 
 
+def _check_components(cfg: DictConfig) -> None:
+    """Build the dataset source (it starts reading its files meanwhile), the model on the meta device and the
+    optimizer and schedule over a stand-in, so that a bad value of theirs is refused within ~2 s, before MLflow and
+    the rest are imported (~5 s) and before any run exists."""
+    source = data.build(cfg.dataset)
+    source.read_ahead()
+    from aeexp import models
+    from aeexp.training import optim
+
+    models.check(cfg.model, source.image_shape)
+    optim.check_optimizer(cfg.optimizer)
+    optim.check_scheduler(cfg.scheduler, cfg.trainer.epochs)
+
+
 def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     interrupt.check()  # a stop requested between a sweep's jobs
     validate(cfg)  # before the heavy imports below: a bad value is refused in a second
-    if not cfg.get("resume"):  # (a resumed run takes its dataset from its stored config)
-        data.build(cfg.dataset).read_ahead()  # its files are read while the imports below keep one core busy
+    if not cfg.get("resume"):  # (a resumed run takes its config, checked there, from its checkpoint)
+        _check_components(cfg)
     from aeexp import experiment
 
     if sweep is not None:

@@ -45,9 +45,16 @@ def _locate(path: str, key: str) -> Callable[..., Any]:
         if found is None:
             raise ConfigError(f"{key}._target_={path!r} cannot be imported ({err}); put its module on PYTHONPATH"
                               ) from None
+    except Exception as err:  # the module itself fails (a syntax error, an exception at import): one line too
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise ConfigError(f"{key}._target_={path!r} cannot be imported: importing {module_name} raised {reason}"
+                          ) from None
     target = getattr(found, attribute, None)
-    if target is None or not callable(target):
+    if target is None:
         raise ConfigError(f"{key}._target_={path!r} is invalid: {module_name} has no class or function {attribute}")
+    if not callable(target):
+        raise ConfigError(f"{key}._target_={path!r} is invalid: {attribute} is not a class or function (its type "
+                          f"is {type(target).__name__})")
     return target
 
 
@@ -98,6 +105,11 @@ def _parameters(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter
     return parameters, hints, open_ended
 
 
+def _runtime_only(hint: Any) -> bool:
+    """Whether ``hint`` is a type no config value can be: a tensor (torch.optim's ``lr: float | Tensor``)."""
+    return inspect.isclass(hint) and f"{hint.__module__}.{hint.__qualname__}" == "torch.Tensor"
+
+
 def _expected(value: Any, hint: Any) -> str | None:
     """None when ``value`` fits type hint ``hint``, else what it should be (``an integer``)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -106,12 +118,12 @@ def _expected(value: Any, hint: Any) -> str | None:
     if hint is type(None):
         return None if value is None else "null"
     if origin in (typing.Union, types.UnionType):
-        wanted = [_expected(value, arg) for arg in args]
-        return None if None in wanted else " or ".join(w for w in wanted if w)
+        wanted = [_expected(value, arg) for arg in args if not _runtime_only(arg)]
+        return None if None in wanted or not wanted else " or ".join(w for w in wanted if w)
     if origin is typing.Literal:
         return None if value in args else f"choose one of {', '.join(str(a) for a in args)}"
     if hint is bool:
-        return None if isinstance(value, bool) else "true or false"
+        return None if isinstance(value, bool) else "expected true or false"
     if hint is int:
         return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
     if hint is float:
@@ -131,7 +143,7 @@ def _expected(value: Any, hint: Any) -> str | None:
         for item, item_hint in items:
             wrong = _expected(item, item_hint)
             if wrong:
-                return f"expected a list of values each {wrong.removeprefix('expected ')}"
+                return f"expected a list, each item {wrong.removeprefix('expected ')}"
         return None
     return None  # a type this check does not know (a tensor, a class of the user's): the target will judge
 
@@ -206,8 +218,12 @@ def build(config: DictConfig | Mapping[str, Any], key: str, *args: Any, exclude:
         if isinstance(cause, ConfigError):
             raise cause from None
         reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
-        raise ConfigError(f"{key}: {_target_name(target)} refused its parameters ({reason.splitlines()[0]})"
-                          ) from None
+        raise ConstructionError(f"{key}: {_target_name(target)} refused its parameters ({reason.splitlines()[0]})"
+                                ) from None
+
+
+class ConstructionError(ConfigError):
+    """A target raised something else than :class:`~aeexp.errors.InvalidParameter` while being built."""
 
 
 def _required(target: Callable[..., Any]) -> list[str]:

@@ -125,7 +125,7 @@ def validate(cfg: DictConfig) -> None:
     for group in ("dataset", "model", "optimizer"):
         _require(OmegaConf.is_dict(cfg.get(group)) and bool(cfg[group].get("_target_")), f"{group}._target_",
                  OmegaConf.select(cfg, f"{group}._target_", default=None),
-                 f"name the class to build, e.g. with a preset: {group}=...")
+                 f"choose a preset ({group}=<name>) or name a class with {group}._target_")
     _require(cfg.trainer.epochs > 0, "trainer.epochs", cfg.trainer.epochs, "it must be positive")
     _require(cfg.trainer.batch_size > 0, "trainer.batch_size", cfg.trainer.batch_size, "it must be positive")
     _require(cfg.trainer.grad_clip is None or cfg.trainer.grad_clip > 0, "trainer.grad_clip", cfg.trainer.grad_clip,

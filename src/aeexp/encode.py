@@ -142,10 +142,11 @@ def _hw(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def _datasets_of(height_width: tuple[int, ...]) -> str:
+def _datasets_of(image_shape: tuple[int, ...]) -> str:
+    """The shipped datasets of images ``(C, H, W)``, as ``mnist, fashion_mnist or kmnist``."""
     from aeexp.data import known_image_shapes
 
-    names = [name for name, shape in known_image_shapes().items() if shape[1:] == tuple(height_width)]
+    names = [name for name, shape in known_image_shapes().items() if tuple(shape) == tuple(image_shape)]
     return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
 
 
@@ -218,10 +219,10 @@ def mismatch_message(images: Images, image_shape: Sequence[int], model_uri: str)
     """One line naming both shapes, the model's dataset and what to do."""
     model_hw = _hw(image_shape[1:]) if int(image_shape[0]) == 1 else _hw(image_shape)
     trained_on = _trained_on(model_uri)
-    same_size = _datasets_of(tuple(int(s) for s in image_shape[1:]))
+    same_size = _datasets_of(tuple(int(s) for s in image_shape))
     origin = f" (trained on {trained_on})" if trained_on else f" (the size of {same_size})" if same_size else ""
     height_width = _stored_hw(images.array.shape)
-    theirs = _datasets_of(height_width) if height_width is not None else ""
+    theirs = _datasets_of((1, *height_width)) if height_width is not None else ""  # one-channel images
     other = f"a model trained on {theirs}" if theirs else "a model trained on images of their size"
     return (f"images in {images.source} are {_describe(images.array.shape)} but {_model_name(model_uri)} takes "
             f"{model_hw} images{origin}; give {model_hw} images, or use {other}")
@@ -236,13 +237,10 @@ def _uses_store(model_uri: str) -> bool:
 
 def load_model(model_uri: str, tracking_uri: str | None) -> Any:
     """The autoencoder at ``model_uri`` on the CPU; a missing store, run or model is one clear line."""
-    import mlflow
-
     from aeexp import tracking
 
     if _uses_store(model_uri) or tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri or None)
-        resolved = mlflow.get_tracking_uri()
+        resolved = tracking.use_uri(tracking_uri)
         store = Path(resolved[len("sqlite:///"):]) if resolved.startswith("sqlite:///") else None
         if store is not None and not store.exists():
             # MLflow would create an empty store here and then not find the run in it.

@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 from urllib.parse import urlparse
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -64,6 +63,12 @@ def _check_sqlite(uri: str) -> None:
             connection.execute("PRAGMA schema_version").fetchone()
     except sqlite3.Error as err:
         raise TrackingError(f"tracking.uri={uri}: cannot open {path} as SQLite ({err})") from None
+
+
+def use_uri(uri: str | None) -> str:
+    """Point MLflow at ``uri`` (None: its default) without checking it; return the URI in force."""
+    mlflow.set_tracking_uri(uri or None)
+    return mlflow.get_tracking_uri()
 
 
 def configure_uri(uri: str | None) -> str:
@@ -213,13 +218,32 @@ def log_model(model: Any, example_input: Any) -> None:
     level = pytorch_logger.level
     pytorch_logger.setLevel(logging.ERROR)  # its pickle-safety warning is noise for our own models
     try:
-        # MLflow would check the requirements against the installed packages by scanning every distribution
-        # (~0.5 s); they were just read from the running torch and mlflow, so the check cannot fail.
-        with mock.patch("mlflow.utils.environment.warn_dependency_requirement_mismatches", lambda _: None):
+        with _requirements_unchecked():
             mlflow.pytorch.log_model(model, name="model", signature=signature, pip_requirements=requirements,
                                      serialization_format="pickle")
     finally:
         pytorch_logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _requirements_unchecked() -> Iterator[None]:
+    """Skip MLflow's check of a logged model's requirements against the installed packages, inside the block.
+
+    The check reads the file list of every installed distribution (0.5 s a run on 2 cores), and ours were just read
+    from the running torch and MLflow, so it cannot fail. MLflow has no switch for it: this swaps its private
+    checker for a no-op and puts it back after; where that checker is not found (another MLflow), nothing changes.
+    """
+    from mlflow.utils import environment
+
+    checker = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if checker is None:
+        yield
+        return
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = checker
 
 
 def load_model(model_uri: str) -> Any:

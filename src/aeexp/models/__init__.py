@@ -18,7 +18,7 @@ from aeexp.models.vae import VariationalAutoencoder
 from aeexp.models.vqvae import VQVAE
 
 __all__ = ["VQVAE", "Autoencoder", "ConvAutoencoder", "DenseAutoencoder", "SparseAutoencoder",
-           "VariationalAutoencoder", "build", "glorot_", "pixel_loss"]
+           "VariationalAutoencoder", "build", "check", "glorot_", "pixel_loss"]
 
 # Keys of a model config that are not parameters of its class.
 NOT_PARAMETERS = ("name",)
@@ -31,3 +31,19 @@ def build(config: Any, image_shape: Sequence[int]) -> Autoencoder:
 
     return components.build(config, "model", exclude=NOT_PARAMETERS, base=Autoencoder,
                             image_shape=tuple(int(s) for s in image_shape))
+
+
+def check(config: Any, image_shape: Sequence[int]) -> int | None:
+    """Check a ``model`` config as :func:`build` does, on PyTorch's meta device (no memory, no arithmetic: a
+    fraction of a second even for a huge model); return the model's parameter count. A model that cannot be made on
+    the meta device (one that reads its own values in ``__init__``) is left to :func:`build`: None."""
+    import torch
+
+    from aeexp.components import ConstructionError
+
+    try:
+        with torch.device("meta"):
+            model = build(config, image_shape)
+    except ConstructionError:
+        return None
+    return sum(p.numel() for p in model.parameters())

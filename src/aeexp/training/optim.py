@@ -10,8 +10,11 @@ needs and the config leaves null (``T_max``, ``total_steps``, ``total_iters``) i
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +23,11 @@ from omegaconf import DictConfig
 from aeexp import components
 from aeexp.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
+# How torch runs an optimizer's update, not what it computes: left out (with a log line) for a class that does not
+# take them, so that optimizer._target_=torch.optim.RAdam works on the adam preset's fused: true.
+SPEED_KEYS = ("fused", "foreach")
 SCHEDULE_KEYS = ("interval", "warmup_epochs")  # aeexp's keys of a scheduler config, not the class's
 LENGTH_PARAMETERS = ("T_max", "total_steps", "total_iters")  # filled with the run's length when null
 INTERVALS = ("step", "epoch")
@@ -39,14 +47,18 @@ def parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
     return groups
 
 
-def build_optimizer(config: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer an ``optimizer`` config describes, over ``model``'s :func:`parameter_groups`."""
-    factory = components.build(config, "optimizer")
+def _optimizer_factory(config: DictConfig) -> tuple[Callable[..., Any], list[str]]:
+    """The ``_partial_`` optimizer a config describes, and the speed keys left out for a class without them."""
+    parameters = inspect.signature(components.target_of(config, "optimizer")).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    left_out = [key for key in SPEED_KEYS if key in config and key not in parameters and not takes_any]
+    factory = components.build(config, "optimizer", exclude=left_out)
     if not callable(factory):
         raise ConfigError("optimizer: set _partial_: true, so that the optimizer is made for the model's parameters")
-    groups = parameter_groups(model)
-    if not groups:
-        raise ConfigError("optimizer: the model has no parameters to train")
+    return factory, left_out
+
+
+def _made(factory: Callable[..., Any], config: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     try:
         optimizer = factory(groups)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -54,6 +66,24 @@ def build_optimizer(config: DictConfig, model: torch.nn.Module) -> torch.optim.O
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(f"optimizer._target_={config.get('_target_')} is not a torch.optim.Optimizer")
     return optimizer
+
+
+def check_optimizer(config: DictConfig) -> None:
+    """Refuse a bad ``optimizer`` config (one ConfigError) before the model exists: the optimizer is made over a
+    stand-in weight and bias, so that the class checks its values too."""
+    factory, _ = _optimizer_factory(config)
+    _made(factory, config, parameter_groups(torch.nn.Linear(1, 1)))
+
+
+def build_optimizer(config: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer an ``optimizer`` config describes, over ``model``'s :func:`parameter_groups`."""
+    factory, left_out = _optimizer_factory(config)
+    if left_out:
+        log.info("optimizer: %s takes no %s; left out", config.get("_target_"), " or ".join(left_out))
+    groups = parameter_groups(model)
+    if not groups:
+        raise ConfigError("optimizer: the model has no parameters to train")
+    return _made(factory, config, groups)
 
 
 class Schedule:
@@ -87,10 +117,13 @@ class Schedule:
     def _step_scheduler(self, *args: float) -> None:
         if self.scheduler is None or (self.length is not None and self.scheduled >= self.length):
             return
-        with warnings.catch_warnings():
-            # The fast path's direct kernel call updates the parameters without optimizer.step(), which torch's
-            # schedulers take as being stepped first.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+        if self.scheduled == 0:
+            with warnings.catch_warnings():
+                # torch warns at a scheduler's first step if optimizer.step() was never called, which the fast
+                # path's direct kernel call (fastpath.fused_adam_update) does not: it updates the parameters alike.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                self.scheduler.step(*args)
+        else:
             self.scheduler.step(*args)
         self.scheduled += 1
 
@@ -104,7 +137,8 @@ class Schedule:
 
     def after_epoch(self, val_loss: float) -> None:
         """Call after each epoch, with its validation loss."""
-        if self.steps < self.warmup_steps or self.interval != "epoch":
+        # An epoch of warm-up steps only (the last one too: it ends at the start lr) does not step the scheduler.
+        if (self.warmup_steps and self.steps <= self.warmup_steps) or self.interval != "epoch":
             return
         if self.plateau:
             self._step_scheduler(val_loss)
@@ -163,7 +197,8 @@ def build_schedule(config: DictConfig | None, optimizer: torch.optim.Optimizer, 
     if not config.get("_target_"):
         return Schedule(optimizer, warmup_steps=warmup_steps)
     remaining_steps = epochs * steps_per_epoch - warmup_steps
-    length = remaining_steps if interval == "step" else epochs - math.ceil(warmup_epochs)
+    # In epochs: those the scheduler runs in, a part-warm-up one included (stepped at its end).
+    length = remaining_steps if interval == "step" else epochs - math.floor(warmup_epochs)
     filled = {name: max(1, length) for name in LENGTH_PARAMETERS if name in config and config.get(name) is None}
     factory = components.build(config, "scheduler", exclude=(*SCHEDULE_KEYS, *filled), **filled)
     if not callable(factory):
@@ -172,6 +207,8 @@ def build_schedule(config: DictConfig | None, optimizer: torch.optim.Optimizer, 
         scheduler = factory(optimizer)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"scheduler: {config.get('_target_')} refused its settings ({err})") from None
-    # Stepped at most as far as planned: OneCycleLR refuses to go past its total_steps.
-    planned = getattr(scheduler, "total_steps", None) or (length if filled else None)
+    # Stepped at most as far as planned. OneCycleLR took its first step when made: its last lr is after
+    # total_steps - 1 more (past them it rises again, and it refuses to go past total_steps).
+    total_steps = getattr(scheduler, "total_steps", None)
+    planned = total_steps - 1 if total_steps else (length if filled else None)
     return Schedule(optimizer, scheduler, interval, warmup_steps, planned)

@@ -1,0 +1,127 @@
+"""A dataset as aeexp trains on it: a source of images (:class:`ImageDataset`) and its train/val/test splits.
+
+A source knows its name, image shape and class names when it is made, before any file is read, so that a config is
+checked against them first; ``read`` then gives the train and test arrays, and :func:`load` holds out a seeded
+validation share of the training split and makes uint8 tensors of it all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from aeexp.errors import DataError, require
+
+if TYPE_CHECKING:
+    import torch
+# torch itself is imported where tensors are made: the CLI starts reading a dataset's files before its slow imports.
+
+
+@dataclass
+class Arrays:
+    """What a source reads: uint8 images ``(N, C, H, W)`` and integer labels ``(N,)`` of its train and test splits."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+class ImageDataset:
+    """The base of every dataset source: ``name``, ``val_fraction``, and what subclasses declare in ``__init__``
+    without reading a file, ``image_shape`` (C, H, W) and ``class_names``; ``read()`` gives the :class:`Arrays`.
+
+    Optional: ``read_ahead()``, called by the command line before its slow imports, may start reading the files.
+    """
+
+    image_shape: tuple[int, int, int]
+    class_names: list[str]
+
+    def __init__(self, name: str, val_fraction: float = 0.1) -> None:
+        require(bool(str(name).strip()), "name", name, "give the dataset a name")
+        require(0.0 < val_fraction < 1.0, "val_fraction", val_fraction, "it must lie strictly between 0 and 1")
+        self.name = str(name)
+        self.val_fraction = float(val_fraction)
+
+    def read(self) -> Arrays:
+        """The train and test images and labels."""
+        raise NotImplementedError
+
+    def read_ahead(self) -> None:
+        """Start reading the files in the background (optional; nothing by default)."""
+
+
+@dataclass
+class Split:
+    """Images as uint8 ``(N, C, H, W)`` and integer labels ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    """The three splits of one dataset, its class names and image shape."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def input_dim(self) -> int:
+        return math.prod(self.image_shape)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.class_names)
+
+
+def _as_split(images: np.ndarray, labels: np.ndarray) -> Split:
+    import torch
+
+    return Split(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
+                 torch.from_numpy(np.asarray(labels).astype(np.int64)))
+
+
+def _check(source: ImageDataset, arrays: Arrays) -> None:
+    """The arrays a source read agree with what it declared; DataError otherwise (a bug in the source)."""
+    for split in ("train", "test"):
+        images, labels = getattr(arrays, f"{split}_images"), getattr(arrays, f"{split}_labels")
+        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(source.image_shape):
+            raise DataError(f"dataset {source.name}: its {split} images are {images.shape}, not (N, "
+                            f"{', '.join(str(s) for s in source.image_shape)}) as it declares")
+        if len(labels) != len(images):
+            raise DataError(f"dataset {source.name}: {len(images)} {split} images but {len(labels)} labels")
+
+
+def load(source: ImageDataset, seed: int = 0) -> Dataset:
+    """Read ``source`` and hold out a seeded ``source.val_fraction`` of its training split for validation."""
+    import torch
+
+    arrays = source.read()
+    _check(source, arrays)
+    n = len(arrays.train_labels)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    n_val = max(1, round(n * source.val_fraction))
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return Dataset(
+        name=source.name,
+        train=_as_split(arrays.train_images[train_idx], arrays.train_labels[train_idx]),
+        val=_as_split(arrays.train_images[val_idx], arrays.train_labels[val_idx]),
+        test=_as_split(arrays.test_images, arrays.test_labels),
+        class_names=list(source.class_names),
+    )
