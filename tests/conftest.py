@@ -71,10 +71,12 @@ def make_config() -> Callable[..., DictConfig]:
 
 @pytest.fixture
 def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run ``python -m aeexp ARGS`` in a temp working dir, as a user would; returns the finished process."""
+    """Run ``python -m aeexp ARGS`` in a temp working dir, as a user would; returns the finished process. ``env``:
+    variables to set (or override) in the process's environment, e.g. ``{"PYTHONPATH": folder}``."""
 
-    def _run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    def _run(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
         return subprocess.run([sys.executable, "-m", "aeexp", *args], cwd=cwd or tmp_path, env=env,
                               capture_output=True, text=True, timeout=timeout)
 

@@ -1,36 +1,64 @@
-"""The config schema: composition from the packaged YAML, type checks at compose time, value checks."""
+"""The config: composition from the packaged YAML, type checks at compose time (trainer, embed, tracking), value
+checks in ``config.validate``, and the checks of what is built from a ``_target_`` (dataset, model, optimizer)."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from aeexp.config import flatten, validate
+from aeexp import data, models
+from aeexp.config import MOVED, flatten, validate
 from aeexp.errors import ConfigError
+from aeexp.training import optim
+
+
+def _build(cfg):
+    """What a run builds before reading any data: the dataset source, the model for its images, the optimizer."""
+    source = data.build(cfg.dataset)
+    model = models.build(cfg.model, source.image_shape)
+    return source, model, optim.build_optimizer(cfg.optimizer, model)
 
 
 def test_defaults_run_offline_on_digits(make_config):
     cfg = make_config()
-    assert cfg.dataset.name == "digits"
+    assert cfg.dataset.name == "digits" and cfg.dataset._target_ == "aeexp.data.Digits"
     assert cfg.model.name == "ae32" and list(cfg.model.widths) == [128, 64] and cfg.model.bottleneck == 32
+    assert cfg.model._target_ == "aeexp.models.DenseAutoencoder"
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == pytest.approx(1e-3)
+    assert cfg.scheduler._target_ is None
     assert cfg.tracking.uri is None
     assert cfg.tracking.experiment == "digits"
     validate(cfg)
+    source, model, optimizer = _build(cfg)
+    assert isinstance(source, data.Digits) and source.image_shape == (1, 8, 8)
+    assert type(model) is models.DenseAutoencoder and model.widths == [128, 64] and model.bottleneck == 32
+    assert type(optimizer) is torch.optim.Adam and optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
 def test_seed_models_and_overrides(make_config):
     cfg = make_config("dataset=mnist", "model=ae25")
     assert list(cfg.model.widths) == [400, 200, 100, 50] and cfg.model.bottleneck == 25
     assert cfg.tracking.experiment == "mnist"
-    cfg = make_config("model=ae32", "model.bottleneck=8", "model.widths=[256,64]", "trainer.lr=3e-3", "seed=1")
+    cfg = make_config("model=ae32", "model.bottleneck=8", "model.widths=[256,64]", "optimizer.lr=3e-3", "seed=1")
     assert list(cfg.model.widths) == [256, 64] and cfg.model.bottleneck == 8
-    assert cfg.trainer.lr == pytest.approx(3e-3) and cfg.seed == 1
+    assert cfg.optimizer.lr == pytest.approx(3e-3) and cfg.seed == 1
+    validate(cfg)
+    _, model, optimizer = _build(cfg)
+    assert model.widths == [256, 64] and model.bottleneck == 8
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-3)
+    cfg = make_config("optimizer=sgd", "optimizer.momentum=0.9", "model.loss=mse")
+    validate(cfg)
+    _, model, optimizer = _build(cfg)
+    assert type(optimizer) is torch.optim.SGD and optimizer.param_groups[0]["momentum"] == 0.9
+    assert model.loss == "mse"
 
 
-@pytest.mark.parametrize("override", ["trainer.epochs=ten", "model.bottleneck=1.5", "trainer.device=tpu",
-                                      "trainer.optimizer=adamw", "model.widths=[a,b]"])
-def test_wrong_types_fail_at_compose_naming_the_key(make_config, override):
+@pytest.mark.parametrize("override", ["trainer.epochs=ten", "trainer.device=tpu", "trainer.grad_clip=big",
+                                      "trainer.progress=maybe", "embed.n_samples=many", "embed.methods=[tsne,bogus]",
+                                      "tracking.uri=[1,2]", "seed=first"])
+def test_wrong_types_of_the_schema_fail_at_compose_naming_the_key(make_config, override):
     key = override.split("=")[0]
     with pytest.raises(ConfigCompositionException) as info:
         make_config(override)
@@ -39,9 +67,42 @@ def test_wrong_types_fail_at_compose_naming_the_key(make_config, override):
     assert key in str(info.value) + str(cause)
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.bottleneck=1.5", "model.bottleneck=1.5 is invalid: expected an integer."),
+    ("model.widths=[a,b]", "model.widths=['a', 'b'] is invalid: expected a list, each item an integer."),
+    ("model.loss=l1", "model.loss='l1' is invalid: choose one of bce, mse."),
+    ("model.noise_level=high", "model.noise_level='high' is invalid: expected a number or null."),
+    ("+model.foo=3", "model.foo is not a parameter of aeexp.models.dense.DenseAutoencoder (its parameters: widths, "
+                     "bottleneck, loss, noise, noise_level); remove it or fix its name"),
+    ("dataset.val_fraction=half", "dataset.val_fraction='half' is invalid: expected a number."),
+])
+def test_wrong_types_of_built_components_compose_and_fail_at_build(make_config, override, message):
+    cfg = make_config(override)  # no schema for what a _target_ names: its class checks its parameters
+    validate(cfg)
+    with pytest.raises(ConfigError) as info:
+        _build(cfg)
+    assert str(info.value) == message
+
+
 def test_unknown_key_fails_at_compose(make_config):
     with pytest.raises(ConfigCompositionException, match=r"trainer\.epoch"):
         make_config("trainer.epoch=3")
+    with pytest.raises(ConfigCompositionException, match=r"model\.foo"):  # a new key of a model needs the +
+        make_config("model.foo=3")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.lr=0.01", "trainer.lr is no longer a setting: give optimizer.lr=0.01 instead."),
+    ("trainer.optimizer=adamw", "trainer.optimizer is no longer a setting: give optimizer=adamw instead."),
+    ("trainer.momentum=0.9", "trainer.momentum is no longer a setting: give optimizer=sgd optimizer.momentum=0.9 "
+                             "instead."),
+    ("trainer.loss=mse", "trainer.loss is no longer a setting: give model.loss=mse instead."),
+])
+def test_moved_trainer_keys_are_refused_naming_the_new_key(make_config, override, message):
+    with pytest.raises(ConfigError) as info:
+        validate(make_config(override))
+    assert str(info.value) == message
+    assert set(MOVED) == {"lr", "optimizer", "momentum", "loss"}
 
 
 @pytest.mark.parametrize(
@@ -49,39 +110,83 @@ def test_unknown_key_fails_at_compose(make_config):
     [
         ("trainer.epochs=0", "trainer.epochs=0 is invalid"),
         ("trainer.batch_size=0", "trainer.batch_size=0"),
-        ("trainer.lr=0", "trainer.lr=0"),
-        ("trainer.momentum=-1", "trainer.momentum=-1"),
-        ("model.bottleneck=0", "model.bottleneck=0"),
-        ("model.bottleneck=64", "smaller than the input size 64 of dataset digits"),
-        ("model.widths=[]", "model.widths=[]"),
-        ("model.widths=[8,-2]", "model.widths[1]=-2"),
-        ("dataset.val_fraction=0", "dataset.val_fraction=0"),
-        ("dataset.val_fraction=1", "dataset.val_fraction=1"),
+        ("trainer.grad_clip=0", "trainer.grad_clip=0.0 is invalid: it must be positive (or null: no clipping)."),
         ("embed.n_samples=-5", "embed.n_samples=-5"),
         ("embed.perplexity=0", "embed.perplexity=0"),
         ("embed.n_iter=0", "embed.n_iter=0"),
         ("embed.early_exaggeration_iter=-1", "embed.early_exaggeration_iter=-1"),
-        ("dataset.name=cifar", "dataset.name='cifar' is invalid: choose one of digits, mnist"),
+        ("embed.n_neighbors=1", "embed.n_neighbors=1 is invalid: it must be at least 2."),
+        ("embed.methods=[pca,pca]", "embed.methods=['pca', 'pca'] is invalid"),
+        ("tracking.experiment=''", "tracking.experiment='' is invalid"),
+        ("model._target_=null", "model._target_=None is invalid: choose a preset"),
+        ("optimizer._target_=null", "optimizer._target_=None is invalid: choose a preset"),
     ],
 )
 def test_invalid_values_name_the_key(make_config, override, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError) as info:
         validate(make_config(override))
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.bottleneck=0", "model.bottleneck=0 is invalid: it must be positive."),
+        ("model.bottleneck=64", "model.bottleneck=64 is invalid: it must be smaller than the input size 64 of the "
+                                "dataset's 1x8x8 images."),
+        ("model.widths=[]", "model.widths=[] is invalid"),
+        ("model.widths=[8,-2]", "model.widths[1]=-2 is invalid"),
+        ("model.noise=masking model.noise_level=1.5", "model.noise_level=1.5 is invalid: with model.noise=masking "
+                                                      "it is a probability: it must lie in [0, 1]."),
+        ("model.noise=gaussian model.noise_level=-0.1", "model.noise_level=-0.1 is invalid: it must be >= 0."),
+        ("dataset.val_fraction=0", "dataset.val_fraction=0 is invalid: it must lie strictly between 0 and 1."),
+        ("dataset.val_fraction=1", "dataset.val_fraction=1 is invalid: it must lie strictly between 0 and 1."),
+        ("dataset.val_fraction=1.5", "dataset.val_fraction=1.5 is invalid: it must lie strictly between 0 and 1."),
+        ("dataset._target_=aeexp.data.Cifar", "dataset._target_='aeexp.data.Cifar' is invalid: aeexp.data has no "
+                                              "class or function Cifar"),
+        ("optimizer.lr=-1", "optimizer: torch.optim.Adam refused its settings (Invalid learning rate: -1)"),
+    ],
+)
+def test_invalid_values_of_built_components_name_the_key(make_config, override, message):
+    cfg = make_config(*override.split())
+    validate(cfg)  # these are the classes' to judge
+    with pytest.raises(ConfigError) as info:
+        _build(cfg)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_invalid_sgd_momentum_is_refused_when_the_optimizer_is_built(make_config):
+    cfg = make_config("optimizer=sgd", "optimizer.momentum=-1")
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"^optimizer: torch\.optim\.SGD refused its settings \(Invalid momentum "
+                                          r"value: -1"):
+        _build(cfg)
 
 
 def test_bottleneck_bound_uses_the_dataset_input_size(make_config):
-    validate(make_config("dataset=mnist", "model.bottleneck=64"))  # 64 < 784
-    with pytest.raises(ConfigError, match="784"):
-        validate(make_config("dataset=mnist", "model.bottleneck=784"))
+    _, model, _ = _build(make_config("dataset=mnist", "model.bottleneck=64"))  # 64 < 784
+    assert model.image_shape == (1, 28, 28) and model.bottleneck == 64
+    with pytest.raises(ConfigError, match="smaller than the input size 784 of the dataset's 1x28x28 images"):
+        _build(make_config("dataset=mnist", "model.bottleneck=784"))
 
 
 def test_flatten_gives_dotted_resolved_keys(make_config):
-    flat = flatten(make_config("dataset=fashion_mnist", "+tags.owner=me"))
+    flat = flatten(make_config("dataset=fashion_mnist", "optimizer=adamw", "scheduler=onecycle", "+tags.owner=me"))
     assert flat["model.bottleneck"] == "32"
     assert flat["model.widths"] == "[128, 64]"
-    assert flat["trainer.optimizer"] == "adam"  # enum as its value
+    assert flat["model._target_"] == "aeexp.models.DenseAutoencoder"
+    assert flat["model.loss"] == "bce"
+    assert flat["optimizer._target_"] == "torch.optim.AdamW"
+    assert flat["optimizer.lr"] == "0.001"
+    assert flat["scheduler._target_"] == "torch.optim.lr_scheduler.OneCycleLR"
+    assert flat["scheduler.max_lr"] == "0.001"  # interpolation of optimizer.lr resolved
+    assert flat["dataset._target_"] == "aeexp.data.IdxDataset"
+    assert flat["trainer.device"] == "auto"  # enum as its value
     assert flat["tracking.experiment"] == "fashion_mnist"  # interpolation resolved
     assert flat["tracking.uri"] == "None"
     assert flat["tags.owner"] == "me"
+    for key in MOVED:  # the moved keys are no settings: not logged as params
+        assert f"trainer.{key}" not in flat
+    assert "trainer.epochs" in flat and "trainer.grad_clip" in flat
     assert all("." in key or key in ("seed", "resume") for key in flat)
     assert flat["resume"] == "None"

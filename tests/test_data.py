@@ -1,4 +1,5 @@
-"""aeexp.data on real IDX files written to tmp dirs (plain and gzipped), sklearn digits and the Debian Fashion-MNIST."""
+"""aeexp.data on real IDX files written to tmp dirs (plain and gzipped), sklearn digits, the Debian Fashion-MNIST
+and a dataset class of a user's own, built from a ``_target_`` config."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 import os
 import shutil
 import struct
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from idx import idx_bytes, synthetic_images, write_dataset, write_idx
 
-from aeexp import data as data_module
-from aeexp.config import input_size
-from aeexp.data import (
-    _IDX_DTYPES,
-    DEBIAN_FASHION_MNIST,
-    IDX_FILES,
-    Dataset,
-    IdxFormatError,
-    load,
-    read_idx,
-)
-from aeexp.errors import AeexpError, DataError
+from aeexp import data
+from aeexp.data import IDX_FILES, Dataset, IdxDataset, IdxFormatError, read_idx
+from aeexp.data import idx as idx_module
+from aeexp.data.idx import _IDX_DTYPES
+from aeexp.errors import AeexpError, ConfigError, DataError
 
 N_TRAIN, N_TEST = 60, 20
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -37,6 +33,19 @@ FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal"
 KMNIST_NAMES = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
 CLASS_NAMES = {"mnist": [str(d) for d in range(10)], "fashion_mnist": FASHION_NAMES, "kmnist": KMNIST_NAMES}
 TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def source(name: str, root: str | Path, download: bool = False, val_fraction: float = 0.1) -> IdxDataset:
+    """The shipped config of IDX dataset ``name`` (``dataset=<name>``) with the test's root and settings."""
+    built = data.preset(name, root=str(root), download=download, val_fraction=val_fraction)
+    assert isinstance(built, IdxDataset)
+    return built
+
+
+def load(name: str, root: str | Path, download: bool = False, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """Read the shipped IDX dataset ``name`` from ``root``, as a run with ``dataset=<name> dataset.root=...``."""
+    return data.load(source(name, root, download, val_fraction), seed)
 
 
 def _idx_header(code: int, dims: tuple[int, ...] | list[int]) -> bytes:
@@ -162,8 +171,8 @@ def test_load_idx_dataset_from_each_layout(tmp_path, name, layout):
         assert split.labels.dtype == torch.int64
         assert tuple(split.images.shape[1:]) == (1, 28, 28)
         assert split.images.shape[0] == split.labels.shape[0]
-    assert ds.image_shape == (1, 28, 28)
-    assert ds.input_dim == 784 == input_size(name)
+    assert ds.image_shape == (1, 28, 28) == source(name, root).image_shape == data.known_image_shapes()[name]
+    assert ds.input_dim == 784
     assert ds.class_names == CLASS_NAMES[name]
     test_x, test_y = synthetic_images(N_TEST, 6)  # write_dataset's test set uses seed + 1
     np.testing.assert_array_equal(ds.test.images[:, 0].numpy(), test_x)
@@ -201,11 +210,11 @@ def test_load_mixed_gzip_and_plain_files(tmp_path, gz):
 @pytest.fixture
 def fresh_read_ahead(monkeypatch):
     """No files read ahead by an earlier test; the test's own ``read_ahead`` finished before it goes on."""
-    monkeypatch.setattr(data_module, "_read_ahead", None)
+    monkeypatch.setattr(idx_module, "_read_ahead", None)
 
     def read_ahead_and_wait(name, root):
-        data_module.read_ahead(name, root)
-        data_module._read_ahead.thread.join()
+        source(name, root).read_ahead()
+        idx_module._read_ahead.thread.join()
     return read_ahead_and_wait
 
 
@@ -222,9 +231,9 @@ def test_load_takes_the_files_read_ahead_without_reading_them_again(tmp_path, mo
     def read_again(path):
         raise AssertionError(f"{path} was read again")
 
-    monkeypatch.setattr(data_module, "_file_bytes", read_again)
+    monkeypatch.setattr(idx_module, "_file_bytes", read_again)
     assert _same_dataset(load("mnist", tmp_path, download=False, seed=1), expected)
-    assert data_module._read_ahead.done == {}  # handed over, not kept for the rest of the process
+    assert idx_module._read_ahead.done == {}  # handed over, not kept for the rest of the process
     with pytest.raises(AssertionError, match="read again"):  # a second load reads the files itself
         load("mnist", tmp_path, download=False, seed=1)
 
@@ -252,10 +261,25 @@ def test_a_corrupt_file_read_ahead_is_still_reported_by_load(tmp_path, fresh_rea
 
 
 def test_read_ahead_of_what_it_cannot_find_does_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "_read_ahead", None)
-    data_module.read_ahead("digits", tmp_path)  # not from files
-    data_module.read_ahead("mnist", tmp_path / "nothing here")
-    assert data_module._read_ahead is None
+    monkeypatch.setattr(idx_module, "_read_ahead", None)
+    data.preset("digits").read_ahead()  # not from files
+    source("mnist", tmp_path / "nothing here").read_ahead()
+    write_dataset(tmp_path / "MNIST" / "raw", n_train=20, n_test=10)["test_labels"].unlink()
+    source("mnist", tmp_path).read_ahead()  # three of the four files: nothing to read ahead
+    idx_module.read_ahead([])
+    assert idx_module._read_ahead is None
+
+
+def test_read_ahead_of_paths_reads_them_for_read_idx(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx_module, "_read_ahead", None)
+    paths = write_dataset(tmp_path, n_train=N_TRAIN, n_test=N_TEST, gz={"test_images": True}, seed=3)
+    idx_module.read_ahead([paths["test_images"], paths["train_labels"]])
+    idx_module._read_ahead.thread.join()
+    monkeypatch.setattr(idx_module, "_file_bytes", lambda path: pytest.fail(f"{path} was read again"))
+    np.testing.assert_array_equal(read_idx(paths["test_images"]), synthetic_images(N_TEST, 4)[0])
+    np.testing.assert_array_equal(read_idx(paths["train_labels"]), synthetic_images(N_TRAIN, 3)[1])
+    with pytest.raises(pytest.fail.Exception, match="was read again"):  # not read ahead: read now
+        read_idx(paths["train_images"])
 
 
 def test_load_prefers_torchvision_raw_folder_over_flat_root(tmp_path):
@@ -336,13 +360,14 @@ def test_val_and_train_keep_the_file_order(split_root):
 # --------------------------------------------------------------------------------------------- digits
 
 
-def test_digits_sizes_shape_and_range(tmp_path):
-    ds = load("digits", tmp_path / "never-created", download=False, val_fraction=0.1, seed=0)
-    assert not (tmp_path / "never-created").exists()
+def test_digits_sizes_shape_and_range(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = data.load(data.preset("digits", val_fraction=0.1), seed=0)
+    assert not any(tmp_path.iterdir())  # embedded in the package: no ./data folder, no download
     assert len(ds.train) + len(ds.val) + len(ds.test) == 1797
     assert len(ds.test) == 360
     assert len(ds.val) == round(1437 * 0.1) and len(ds.train) == 1437 - len(ds.val)
-    assert ds.image_shape == (1, 8, 8) and ds.input_dim == 64 == input_size("digits")
+    assert ds.image_shape == (1, 8, 8) == data.Digits().image_shape and ds.input_dim == 64
     for split in (ds.train, ds.val, ds.test):
         assert split.images.dtype == torch.uint8 and tuple(split.images.shape[1:]) == (1, 8, 8)
     all_images = torch.cat([ds.train.images, ds.val.images, ds.test.images])
@@ -352,18 +377,80 @@ def test_digits_sizes_shape_and_range(tmp_path):
 
 
 def test_digits_test_split_is_fixed_regardless_of_seed():
-    a = load("digits", seed=0, download=False)
-    b = load("digits", seed=123, download=False)
+    a = data.load(data.Digits(), seed=0)
+    b = data.load(data.preset("digits"), seed=123)
     assert torch.equal(a.test.images, b.test.images) and torch.equal(a.test.labels, b.test.labels)
     assert _rows(a.train) + _rows(a.val) == _rows(b.train) + _rows(b.val)
     assert _rows(a.val) != _rows(b.val)
 
 
-def test_unknown_dataset_name_is_data_error(tmp_path):
-    with pytest.raises(DataError, match="unknown dataset 'cifar'") as info:
-        load("cifar", tmp_path, download=False)
-    for name in ("digits", "mnist", "fashion_mnist", "kmnist"):
-        assert name in str(info.value)
+@pytest.mark.parametrize(("target", "expected"), [
+    ("aeexp.data.Cifar", "dataset._target_='aeexp.data.Cifar' is invalid: aeexp.data has no class or function Cifar"),
+    ("aeexp_no_such_package.Cifar", "dataset._target_='aeexp_no_such_package.Cifar' cannot be imported (No module "
+                                    "named 'aeexp_no_such_package'); put its module on PYTHONPATH"),
+    ("aeexp.models.DenseAutoencoder", "dataset._target_=aeexp.models.DenseAutoencoder is invalid: it must be a "
+                                      "subclass of aeexp.data.dataset.ImageDataset"),
+    ("aeexp.data.dataset.Arrays", "dataset._target_=aeexp.data.dataset.Arrays is invalid: it must be a subclass of "
+                                  "aeexp.data.dataset.ImageDataset"),
+    ("aeexp.data.load", "dataset._target_=aeexp.data.load is invalid: it must be a subclass of "
+                        "aeexp.data.dataset.ImageDataset"),
+])
+def test_a_dataset_target_that_is_no_image_dataset_is_one_config_error(target, expected):
+    with pytest.raises(ConfigError) as info:
+        data.build({"_target_": target, "name": "cifar"})
+    assert str(info.value) == expected
+
+
+def test_a_preset_that_is_not_shipped_lists_the_shipped_ones():
+    with pytest.raises(KeyError, match="no dataset config 'cifar'; shipped: digits, fashion_mnist, kmnist, mnist"):
+        data.preset("cifar")
+
+
+def test_known_image_shapes_come_from_the_shipped_configs():
+    shapes = data.known_image_shapes()
+    assert shapes == {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+                      "kmnist": (1, 28, 28)}
+    assert list(shapes) == ["digits", "mnist", "fashion_mnist", "kmnist"]  # the order messages list them in
+
+
+def test_preset_is_the_shipped_config_with_overrides(tmp_path):
+    default = data.preset("fashion_mnist")
+    assert isinstance(default, IdxDataset) and default.name == "fashion_mnist" and default.folder == "FashionMNIST"
+    assert default.root == Path("data") and default.download is True and default.val_fraction == 0.1
+    assert default.also_in == [DEBIAN_FASHION_MNIST] and default.class_names == FASHION_NAMES
+    assert default.image_shape == (1, 28, 28)
+    changed = data.preset("fashion_mnist", root=str(tmp_path), download=False, val_fraction=0.25,
+                          image_size=[20, 24], also_in=[])
+    assert (changed.root, changed.download, changed.val_fraction) == (tmp_path, False, 0.25)
+    assert changed.image_shape == (1, 20, 24) and changed.also_in == []
+    assert data.preset("kmnist").also_in == [] and data.preset("kmnist").class_names == KMNIST_NAMES
+    assert data.preset("digits", name="my digits").name == "my digits"
+    with pytest.raises(ConfigError, match=r"^dataset\.root is not a parameter of aeexp\.data\.digits\.Digits"):
+        data.preset("digits", root=str(tmp_path))
+
+
+@pytest.mark.parametrize("value", [1.5, 0, 1, -0.1])
+def test_val_fraction_outside_zero_and_one_is_refused_when_built(value):
+    for config in ({"_target_": "aeexp.data.Digits"}, {"_target_": "aeexp.data.IdxDataset", "name": "mnist",
+                                                       "folder": "MNIST", "class_names": ["a", "b"]}):
+        with pytest.raises(ConfigError) as info:
+            data.build({**config, "val_fraction": value})
+        assert str(info.value) == f"dataset.val_fraction={value!r} is invalid: it must lie strictly between 0 and 1."
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"image_size": [28]}, "dataset.image_size=[28] is invalid: give [height, width]."),
+    ({"image_size": [0, 28]}, "dataset.image_size=[0, 28] is invalid: give [height, width]."),
+    ({"image_size": ["a", 28]}, "dataset.image_size=['a', 28] is invalid: expected a list, each item an integer."),
+    ({"class_names": []}, "dataset.class_names=[] is invalid: give the name of each class."),
+    ({"download": "yes"}, "dataset.download='yes' is invalid: expected true or false."),
+    ({"name": " "}, "dataset.name=' ' is invalid: give the dataset a name."),
+    ({"colour": "red"}, "dataset.colour is not a parameter of aeexp.data.idx.IdxDataset"),
+])
+def test_bad_idx_dataset_settings_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        data.preset("mnist", **overrides)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -519,6 +606,7 @@ def test_header_shorter_than_its_dims(tmp_path):
 
 
 def test_fashion_mnist_from_debian_folder_when_root_is_empty(tmp_path):
+    assert DEBIAN_FASHION_MNIST in source("fashion_mnist", tmp_path).also_in  # from the shipped config's also_in
     if not DEBIAN_FASHION_MNIST.is_dir():
         reason = f"{DEBIAN_FASHION_MNIST} is missing (apt-get install dataset-fashion-mnist)"
         if os.environ.get("CI"):
@@ -536,8 +624,26 @@ def test_fashion_mnist_from_debian_folder_when_root_is_empty(tmp_path):
                                                                                     minlength=10)
     assert train_counts.tolist() == [6000] * 10
     # the Debian folder is for Fashion-MNIST only
-    with pytest.raises(DataError, match="files not found"):
+    with pytest.raises(DataError, match="files not found") as info:
         load("mnist", root, download=False)
+    assert str(DEBIAN_FASHION_MNIST) not in str(info.value)
+
+
+def test_also_in_folders_are_searched_after_the_root(tmp_path):
+    elsewhere = tmp_path / "shared" / "mnist-files"
+    write_dataset(elsewhere, n_train=N_TRAIN, n_test=N_TEST, seed=2)
+    root = tmp_path / "empty"
+    root.mkdir()
+    with pytest.raises(DataError, match="files not found"):
+        load("mnist", root)
+    ds = data.load(data.preset("mnist", root=str(root), download=False, also_in=[str(elsewhere)]), seed=0)
+    assert _rows(ds.train) + _rows(ds.val) == _original_rows(N_TRAIN, 2)
+    write_dataset(root / "MNIST", n_train=30, n_test=10, seed=5)  # the root's files come first
+    ds = data.load(data.preset("mnist", root=str(root), download=False, also_in=[str(elsewhere)]), seed=0)
+    assert _rows(ds.test) == _original_rows(10, 6)
+    mine = IdxDataset("mine", "MINE", ["a"], root=str(root), download=False, also_in=[str(elsewhere)])
+    assert mine.candidates() == [root / "MINE" / "raw", root / "MINE", root / "mine" / "raw", root / "mine", root,
+                                 elsewhere]
 
 
 # --------------------------------------------------------------------------------------------- fuzzing read_idx
@@ -662,3 +768,136 @@ def test_labels_beyond_the_classes_are_refused(tmp_path):
     write_idx(files["test_labels"], np.full(10, 200, dtype=np.uint8))
     with pytest.raises(IdxFormatError, match="label 200"):
         load("mnist", root=tmp_path, download=False)
+
+
+# --------------------------------------------------------------------------------------------- IdxDataset
+
+
+def test_idx_dataset_reads_images_with_a_channel_axis(tmp_path):
+    write_dataset(tmp_path / "KMNIST" / "raw", n_train=N_TRAIN, n_test=N_TEST, gz={"test_images": True}, seed=3)
+    arrays = source("kmnist", tmp_path).read()
+    assert arrays.train_images.shape == (N_TRAIN, 1, 28, 28) and arrays.test_images.shape == (N_TEST, 1, 28, 28)
+    assert arrays.train_images.dtype == np.uint8 and arrays.train_labels.shape == (N_TRAIN,)
+    np.testing.assert_array_equal(arrays.train_images[:, 0], synthetic_images(N_TRAIN, 3)[0])
+    np.testing.assert_array_equal(arrays.test_images[:, 0], synthetic_images(N_TEST, 4)[0])
+    np.testing.assert_array_equal(arrays.test_labels, synthetic_images(N_TEST, 4)[1])
+
+
+def test_an_idx_dataset_of_another_image_size_and_class_count(tmp_path):
+    """A dataset that is one YAML: IdxDataset with its own folder, classes and image size (here 20x20, 4 classes)."""
+    folder = tmp_path / "Shapes" / "raw"
+    train_x, train_y = synthetic_images(40, 1, size=20, classes=4)
+    test_x, test_y = synthetic_images(12, 2, size=20, classes=4)
+    for key, array in (("train_images", train_x), ("train_labels", train_y), ("test_images", test_x),
+                       ("test_labels", test_y)):
+        write_idx(folder / IDX_FILES[key], array, gz=key.endswith("images"))
+    config = {"_target_": "aeexp.data.IdxDataset", "name": "shapes", "folder": "Shapes", "root": str(tmp_path),
+              "download": False, "class_names": ["square", "circle", "star", "cross"], "image_size": [20, 20],
+              "val_fraction": 0.25}
+    shapes = data.build(config)
+    assert isinstance(shapes, IdxDataset) and shapes.image_shape == (1, 20, 20)
+    ds = data.load(shapes, seed=0)
+    assert ds.name == "shapes" and ds.image_shape == (1, 20, 20) and ds.class_names == config["class_names"]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (30, 10, 12)
+    np.testing.assert_array_equal(ds.test.images[:, 0].numpy(), test_x)
+    with pytest.raises(IdxFormatError, match="label 3; shapes has 3 classes"):
+        data.load(data.build({**config, "class_names": ["square", "circle", "star"]}))
+    with pytest.raises(IdxFormatError, match=r"holds \(20, 20\) images, expected \(28, 28\) for shapes"):
+        data.load(data.build({**config, "image_size": [28, 28]}))
+
+
+# --------------------------------------------------------------------------------------------- a dataset of your own
+
+OWN = "aeexp_test_own_dataset"
+OWN_SOURCE = '''
+"""A user's dataset: an ImageDataset subclass in a module of their own, named by a YAML's _target_."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aeexp.data import Arrays, ImageDataset
+from aeexp.errors import require
+
+
+class Bars(ImageDataset):
+    """Images of one bright bar, class = the bar's row; ``side`` x ``side``; ``lie`` makes read() disagree."""
+
+    def __init__(self, name: str = "bars", side: int = 6, n_train: int = 30, n_test: int = 12,
+                 lie: str = "", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        require(side >= 2, "side", side, "it must be at least 2")
+        self.side, self.n_train, self.n_test, self.lie = side, n_train, n_test, lie
+        self.image_shape = (1, side, side)
+        self.class_names = [f"row {r}" for r in range(side)]
+
+    def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % self.side
+        images = np.zeros((n, 1, self.side, self.side), dtype=np.uint8)
+        images[np.arange(n), 0, labels] = 255
+        images[:, 0, :, 0] = np.arange(n)[:, None] % 256  # a column telling the images apart
+        return images, labels
+
+    def read(self) -> Arrays:
+        train_x, train_y = self._split(self.n_train)
+        test_x, test_y = self._split(self.n_test)
+        if self.lie == "size":
+            train_x = train_x[:, :, 1:, 1:]
+        elif self.lie == "no channel":
+            test_x = test_x[:, 0]
+        elif self.lie == "labels":
+            test_y = test_y[:-1]
+        return Arrays(train_x, train_y, test_x, test_y)
+'''
+
+
+@pytest.fixture
+def own_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The ``_target_`` of a dataset class in a module of the user's own, on sys.path for this test."""
+    (tmp_path / f"{OWN}.py").write_text(OWN_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, OWN, raising=False)
+    yield f"{OWN}.Bars"
+    sys.modules.pop(OWN, None)
+
+
+def test_a_dataset_of_your_own_is_built_and_loaded_from_its_config(own_dataset):
+    bars = data.build({"_target_": own_dataset, "side": 5, "val_fraction": 0.2})
+    assert isinstance(bars, data.ImageDataset) and type(bars).__name__ == "Bars"
+    assert bars.name == "bars" and bars.image_shape == (1, 5, 5) and bars.val_fraction == 0.2
+    ds = data.load(bars, seed=0)
+    assert ds.name == "bars" and ds.image_shape == (1, 5, 5) and ds.class_names == [f"row {r}" for r in range(5)]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (24, 6, 12)
+    for split in (ds.train, ds.val, ds.test):
+        assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
+        rows = split.images[:, 0, :, 1:].amax(dim=2).argmax(dim=1)  # the bright row, right of the id column
+        assert torch.equal(rows, split.labels)
+    ids = torch.cat([ds.train.images[:, 0, 0, 0], ds.val.images[:, 0, 0, 0]])
+    assert sorted(ids.tolist()) == list(range(30))  # train and val together are the training split
+
+
+def test_a_dataset_of_your_own_has_its_parameters_checked(own_dataset):
+    def refused(**params) -> str:
+        with pytest.raises(ConfigError) as info:
+            data.build({"_target_": own_dataset, **params})
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    assert refused(side=1) == "dataset.side=1 is invalid: it must be at least 2."
+    assert refused(side="big") == "dataset.side='big' is invalid: expected an integer."
+    assert refused(val_fraction=1.5) == "dataset.val_fraction=1.5 is invalid: it must lie strictly between 0 and 1."
+    assert refused(val_fraction="a") == "dataset.val_fraction='a' is invalid: expected a number."  # the base's hint
+    assert refused(root="/data").startswith(f"dataset.root is not a parameter of {own_dataset} (its parameters: name, "
+                                            "side, n_train, n_test, lie, val_fraction)")
+
+
+@pytest.mark.parametrize(("lie", "message"), [
+    ("size", r"dataset bars: its train images are \(30, 1, 5, 5\), not \(N, 1, 6, 6\) as it declares"),
+    ("no channel", r"dataset bars: its test images are \(12, 6, 6\), not \(N, 1, 6, 6\) as it declares"),
+    ("labels", "dataset bars: 12 test images but 11 labels"),
+])
+def test_what_a_dataset_reads_must_match_what_it_declares(own_dataset, lie, message):
+    with pytest.raises(DataError, match=message):
+        data.load(data.build({"_target_": own_dataset, "lie": lie}))

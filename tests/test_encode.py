@@ -18,7 +18,7 @@ from mlflow_store import runs_in
 from PIL import Image
 
 from aeexp import data, encode, tracking
-from aeexp.train import encode_all
+from aeexp.training.loop import encode_all
 
 N_IMAGES = 40
 BOTTLENECK = 4
@@ -71,7 +71,7 @@ def _reset_tracking_uri() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     """Real 8x8 digits as uint8 (N, 8, 8), 0..255, as aeexp trains on them."""
-    return data.load("digits").test.images[:N_IMAGES, 0].numpy()
+    return data.load(data.preset("digits")).test.images[:N_IMAGES, 0].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +301,25 @@ def test_failure_leaves_existing_outputs_untouched(trained, digits, tmp_path):
     np.testing.assert_array_equal(np.load(out), np.arange(3.0))
     np.testing.assert_array_equal(np.load(recon), np.arange(2.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy", "blocked", "codes.npy", "ok.npy", "recon.npy"]
+
+
+@pytest.mark.parametrize(("stored", "model_shape", "expected"), [
+    ((5, 8, 8), (1, 28, 28), "images in x.npy are 8x8 (5 images) but the model models:/ae/1 takes 28x28 images (the "
+                             "size of mnist, fashion_mnist or kmnist); give 28x28 images, or use a model trained on "
+                             "digits"),
+    ((3, 28, 28, 1), (1, 8, 8), "images in x.npy are 28x28 (3 images) but the model models:/ae/1 takes 8x8 images "
+                                "(the size of digits); give 8x8 images, or use a model trained on mnist, fashion_mnist "
+                                "or kmnist"),
+    ((2, 1, 5, 5), (1, 12, 12), "images in x.npy are 5x5 (2 images) but the model models:/ae/1 takes 12x12 images; "
+                                "give 12x12 images, or use a model trained on images of their size"),
+    ((4, 3, 8, 8), (3, 28, 28), "images in x.npy are an array of shape (4, 3, 8, 8) but the model models:/ae/1 takes "
+                                "3x28x28 images; give 3x28x28 images, or use a model trained on images of their size"),
+])
+def test_a_mismatch_names_the_shipped_datasets_of_each_size(stored, model_shape, expected):
+    """Without a run to ask, the hint comes from the image shapes of the shipped dataset configs."""
+    images = encode.Images(np.zeros(stored, dtype=np.uint8), Path("x.npy"))
+    assert encode.fit_to_model(images.array, model_shape) is None
+    assert encode.mismatch_message(images, model_shape, "models:/ae/1") == expected
 
 
 def test_batch_size_must_be_positive(tmp_path, capsys):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aeexp import data, models, train
+from aeexp import data, models
+from aeexp.training import loop, optim
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
 def test_shapes_follow_the_dataset(shape):
-    model = models.build(shape, [32, 16], 4)
+    model = models.DenseAutoencoder(shape, widths=[32, 16], bottleneck=4)
     x = torch.rand(3, *shape)
     with torch.no_grad():
         assert model.encode(x).shape == (3, 4)
@@ -23,7 +24,7 @@ def test_shapes_follow_the_dataset(shape):
 
 
 def test_glorot_init_with_zero_biases():
-    model = models.build((1, 28, 28), [400, 200], 25)
+    model = models.DenseAutoencoder((1, 28, 28), widths=[400, 200], bottleneck=25)
     for layer in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
         assert torch.count_nonzero(layer.bias) == 0
         limit = (6 / (layer.in_features + layer.out_features)) ** 0.5
@@ -32,35 +33,42 @@ def test_glorot_init_with_zero_biases():
 
 @torch.no_grad()
 def test_bce_loss_matches_the_definition():
-    model = models.build((1, 8, 8), [16], 4)
+    torch.manual_seed(0)
+    model = models.DenseAutoencoder((1, 8, 8), widths=[16], bottleneck=4, loss="bce")
+    twin = models.DenseAutoencoder((1, 8, 8), widths=[16], bottleneck=4, loss="mse")
+    twin.load_state_dict(model.state_dict())
     x = torch.rand(5, 1, 8, 8)
     out = model(x).clamp(1e-7, 1 - 1e-7)
     expected = -(x * out.log() + (1 - x) * (1 - out).log()).mean()
-    assert float(model.reconstruction_loss(x, "bce")) == pytest.approx(float(expected), rel=1e-4)
-    assert float(model.reconstruction_loss(x, "mse")) == pytest.approx(float(((model(x) - x) ** 2).mean()), rel=1e-5)
+    assert float(model.evaluation_loss(x)) == pytest.approx(float(expected), rel=1e-4)
+    assert float(model.training_loss(x, x)[0]) == pytest.approx(float(expected), rel=1e-4)
+    assert float(twin.evaluation_loss(x)) == pytest.approx(float(((model(x) - x) ** 2).mean()), rel=1e-5)
+    assert float(twin.training_loss(x, x)[0]) == pytest.approx(float(((model(x) - x) ** 2).mean()), rel=1e-5)
 
 
 def _fit(dataset: data.Dataset, seed: int, epochs: int = 3, lr: float = 1e-3, loss: str = "bce"):
     torch.manual_seed(seed)
-    model = models.build(dataset.image_shape, [64, 32], 8)
-    optimizer = train.make_optimizer(model, "adam", lr, 0.0)
+    model = models.DenseAutoencoder(dataset.image_shape, widths=[64, 32], bottleneck=8, loss=loss)
+    optimizer = torch.optim.Adam(optim.parameter_groups(model), lr=lr, fused=True)
     seen = []
-    history = train.fit(model, dataset.train, dataset.val, epochs=epochs, batch_size=64, optimizer=optimizer,
-                        loss=loss, seed=seed, progress=False, on_epoch_end=lambda e, m: seen.append((e, m)))
+    history = loop.fit(model, dataset.train, dataset.val, epochs=epochs, batch_size=64, optimizer=optimizer,
+                       seed=seed, progress=False, on_epoch_end=lambda e, m: seen.append((e, m)))
     return model, history, seen
 
 
 def test_fit_lowers_the_loss_and_calls_the_hook_each_epoch():
-    digits = data.load("digits")
+    digits = data.load(data.Digits())
     _, history, seen = _fit(digits, seed=0, epochs=4)
     assert [epoch for epoch, _ in seen] == [1, 2, 3, 4]
-    assert set(seen[0][1]) == {"train_loss", "val_loss", "epoch_time"}
+    assert set(seen[0][1]) == {"train_loss", "val_loss", "epoch_time", "lr"}
+    assert [metrics for _, metrics in seen] == history.epochs and len(history) == 4
+    assert history.series("lr") == [1e-3] * 4
     assert history.train_loss[-1] < history.train_loss[0]
     assert history.val_loss[-1] < history.val_loss[0]
 
 
 def test_fit_is_deterministic_for_a_seed():
-    digits = data.load("digits")
+    digits = data.load(data.Digits())
     first, h1, _ = _fit(digits, seed=5)
     second, h2, _ = _fit(digits, seed=5)
     _, h3, _ = _fit(digits, seed=6)
@@ -71,17 +79,17 @@ def test_fit_is_deterministic_for_a_seed():
 
 
 def test_non_finite_loss_stops_with_the_setting_to_look_at():
-    digits = data.load("digits")
-    model = models.build(digits.image_shape, [16], 4)
-    optimizer = train.make_optimizer(model, "sgd", 1e20, 0.0)
-    with pytest.raises(train.NonFiniteLossError, match=r"epoch 1.*trainer\.lr"):
-        train.fit(model, digits.train, digits.val, epochs=3, batch_size=64, optimizer=optimizer, loss="bce",
-                  seed=0, progress=False)
+    digits = data.load(data.Digits())
+    model = models.DenseAutoencoder(digits.image_shape, widths=[16], bottleneck=4)
+    optimizer = torch.optim.SGD(optim.parameter_groups(model), lr=1e20)
+    with pytest.raises(loop.NonFiniteLossError, match=r"epoch 1.*optimizer\.lr \(now 1e\+20\)"):
+        loop.fit(model, digits.train, digits.val, epochs=3, batch_size=64, optimizer=optimizer, seed=0,
+                 progress=False)
 
 
 def test_batches_cover_every_image_once_per_epoch():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
-    batches = list(train.iterate_batches(images, 4, torch.Generator().manual_seed(0)))
+    batches = list(loop.iterate_batches(images, 4, torch.Generator().manual_seed(0)))
     assert [len(b) for b in batches] == [4, 4, 2]
     values = sorted(round(float(v) * 255) for b in batches for v in b.flatten())
     assert values == list(range(10))
@@ -89,12 +97,13 @@ def test_batches_cover_every_image_once_per_epoch():
 
 
 @torch.no_grad()
-def test_evaluate_loss_weights_batches_by_size():
-    model = models.build((1, 8, 8), [16], 4)
+def test_evaluate_loss_weights_batches_by_size(monkeypatch):
+    model = models.DenseAutoencoder((1, 8, 8), widths=[16], bottleneck=4, loss="mse")
     images = (torch.rand(9, 1, 8, 8) * 255).to(torch.uint8)
-    whole = float(model.reconstruction_loss(train.to_float(images), "mse"))
-    old, train.EVAL_BATCH_SIZE = train.EVAL_BATCH_SIZE, 4
-    try:
-        assert train.evaluate_loss(model, images, "mse") == pytest.approx(whole, rel=1e-5)
-    finally:
-        train.EVAL_BATCH_SIZE = old
+    whole = float(model.evaluation_loss(loop.to_float(images)))
+    monkeypatch.setattr(loop, "EVAL_BATCH_SIZE", 4)
+    sizes: list[int] = []
+    own = model.evaluation_loss
+    monkeypatch.setattr(model, "evaluation_loss", lambda x: (sizes.append(len(x)), own(x))[1])
+    assert loop.evaluate_loss(model, images) == pytest.approx(whole, rel=1e-5)
+    assert sizes == [4, 4, 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -13,11 +14,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from mlflow_store import artifact_paths, assert_no_running, metric_history, new_store, runs_in
 
-from aeexp import checkpoint
+from aeexp.training import checkpoint
 
 # Small, many-step epochs on digits: long enough to interrupt mid-run, quick to finish.
 RUN = ["model.widths=[64]", "model.bottleneck=8", "trainer.batch_size=16", "trainer.progress=false",
        "embed.n_samples=200", "embed.n_iter=100", "embed.early_exaggeration_iter=50", "seed=5"]
+# AdamW, a linear warm-up over the first epoch, then a cosine decay stepped every batch over the planned epochs.
+SCHEDULED = ["optimizer=adamw", "scheduler=cosine", "scheduler.warmup_epochs=1", "embed=pca"]
 FINAL_METRICS = ("test_loss", "test_mse", "test_knn_acc", "embed_knn_acc", "embed_trust", "pca_test_mse", "pca_knn_acc")
 
 
@@ -25,10 +28,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 
 
-def _start_and_stop(cwd: Path, tracking_uri: str, sig: signal.Signals, after_epoch: int
-                    ) -> tuple[subprocess.Popen[str], str]:
-    """Start a long run, send ``sig`` once it has logged epoch ``after_epoch``; the process and its output."""
-    process = subprocess.Popen([sys.executable, "-m", "aeexp", *RUN, "trainer.epochs=100000",
+def _start_and_stop(cwd: Path, tracking_uri: str, sig: signal.Signals, after_epoch: int, *overrides: str,
+                    epochs: int = 100000) -> tuple[subprocess.Popen[str], str]:
+    """Start a run of ``epochs``, send ``sig`` once it has logged epoch ``after_epoch``; the process and its
+    output."""
+    process = subprocess.Popen([sys.executable, "-m", "aeexp", *RUN, *overrides, f"trainer.epochs={epochs}",
                                 f"tracking.uri={tracking_uri}"], cwd=cwd, env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
@@ -46,8 +50,35 @@ def _start_and_stop(cwd: Path, tracking_uri: str, sig: signal.Signals, after_epo
     return process, "".join(seen) + rest
 
 
-def _model_state(path: Path) -> dict[str, torch.Tensor]:
-    return checkpoint.load(path).model
+def _final_state(run) -> checkpoint.Checkpoint:
+    return checkpoint.load(Path(run.data.tags[checkpoint_tag()]))
+
+
+def _assert_identical(resumed, straight, where: str = "state") -> None:
+    """Two (nested) state dicts hold the same keys and bit-identical tensors and values."""
+    if isinstance(straight, torch.Tensor):
+        assert isinstance(resumed, torch.Tensor) and resumed.dtype == straight.dtype, where
+        assert torch.equal(resumed, straight), where
+    elif isinstance(straight, dict):
+        assert resumed.keys() == straight.keys(), where
+        for key in straight:
+            _assert_identical(resumed[key], straight[key], f"{where}[{key!r}]")
+    elif isinstance(straight, list | tuple):
+        assert len(resumed) == len(straight), where
+        for i, (a, b) in enumerate(zip(resumed, straight, strict=True)):
+            _assert_identical(a, b, f"{where}[{i}]")
+    else:
+        assert resumed == straight, where
+
+
+def _assert_same_history(resumed_uri: str, resumed_id: str, straight_uri: str, straight_id: str, metric: str,
+                         killed: bool) -> None:
+    resumed = metric_history(resumed_uri, resumed_id, metric)
+    straight = metric_history(straight_uri, straight_id, metric)
+    if not killed:  # every epoch logged once, at its step, with the uninterrupted run's values
+        assert resumed == straight, metric
+    else:  # a kill between an epoch's checkpoint and its metrics may cost that epoch's points, nothing else
+        assert set(resumed) <= set(straight) and resumed[-2:] == straight[-2:], metric
 
 
 def _only_run(tracking_uri: str):
@@ -87,18 +118,64 @@ def test_interrupted_run_resumes_bit_identical_to_an_uninterrupted_one(tmp_path,
     assert again.info.run_id == run_id and again.info.status == "FINISHED"
     for key in FINAL_METRICS:
         assert again.data.metrics[key] == straight.data.metrics[key], key
-    resumed_state = _model_state(Path(again.data.tags[checkpoint_tag()]))
-    straight_state = _model_state(Path(straight.data.tags[checkpoint_tag()]))
-    assert resumed_state.keys() == straight_state.keys()
-    assert all(torch.equal(resumed_state[k], straight_state[k]) for k in straight_state)
-    assert checkpoint.load(Path(again.data.tags[checkpoint_tag()])).epoch == total
+    resumed_state, straight_state = _final_state(again), _final_state(straight)
+    assert resumed_state.epoch == straight_state.epoch == total
+    _assert_identical(resumed_state.model, straight_state.model, "model")
+    _assert_identical(resumed_state.optimizer, straight_state.optimizer, "optimizer")
+    for metric in ("train_loss", "val_loss", "lr"):
+        _assert_same_history(interrupted_uri, run_id, reference_uri, straight.info.run_id, metric,
+                             killed=sig == signal.SIGKILL)
+    assert_no_running(interrupted_uri)
 
-    val_loss = metric_history(interrupted_uri, run_id, "val_loss")
-    reference_val_loss = metric_history(reference_uri, straight.info.run_id, "val_loss")
-    if sig == signal.SIGTERM:  # every epoch logged once, at its step, with the uninterrupted run's values
-        assert val_loss == reference_val_loss
-    else:  # a kill between an epoch's checkpoint and its metrics may cost that epoch's points, nothing else
-        assert set(val_loss) <= set(reference_val_loss) and val_loss[-2:] == reference_val_loss[-2:]
+
+# (signal, model overrides, train.path): a scheduled run on each training path, one stopped each way.
+SCHEDULED_CASES = [(signal.SIGTERM, [], "fast"), (signal.SIGKILL, ["model=vae"], "autograd")]
+
+
+@pytest.mark.parametrize(("sig", "model", "path"), SCHEDULED_CASES, ids=["fast-sigterm", "autograd-vae-sigkill"])
+def test_a_scheduled_run_resumes_bit_identical_to_an_uninterrupted_one(tmp_path, run_cli, new_sqlite_store, sig,
+                                                                       model, path):
+    """AdamW with a warm-up and a cosine schedule planned over 8 epochs, stopped after epoch 3 and resumed: the same
+    weights, optimizer state and per-epoch train_loss and lr as a run that was never stopped. (The VAE also draws
+    from the global RNG at every step.)"""
+    epochs = 8
+    interrupted_uri = new_sqlite_store(tmp_path / "interrupted.db")
+    reference_uri = new_sqlite_store(tmp_path / "reference.db")
+    process, output = _start_and_stop(tmp_path, interrupted_uri, sig, 3, *SCHEDULED, *model, epochs=epochs)
+    run = _only_run(interrupted_uri)
+    run_id = run.info.run_id
+    stopped = _final_state(run)
+    assert stopped.run_id == run_id and 3 <= stopped.epoch < epochs, output[-3000:]
+    assert process.returncode == (130 if sig == signal.SIGTERM else -signal.SIGKILL), output[-3000:]
+    assert run.info.status == ("KILLED" if sig == signal.SIGTERM else "RUNNING")
+    assert run.data.tags["train.path"] == path
+
+    resumed = run_cli(f"resume={run_id}", "trainer.progress=false", f"tracking.uri={interrupted_uri}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = run_cli(*RUN, *SCHEDULED, *model, f"trainer.epochs={epochs}", f"tracking.uri={reference_uri}")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    again, straight = _only_run(interrupted_uri), _only_run(reference_uri)
+    assert again.info.run_id == run_id and again.info.status == "FINISHED"
+    assert again.data.tags["resumed_from_epoch"] == str(stopped.epoch)
+    assert again.data.tags["train.path"] == straight.data.tags["train.path"] == path
+    assert straight.data.params["optimizer._target_"] == "torch.optim.AdamW"
+    assert straight.data.params["scheduler._target_"] == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    resumed_state, straight_state = _final_state(again), _final_state(straight)
+    assert resumed_state.epoch == straight_state.epoch == epochs
+    _assert_identical(resumed_state.model, straight_state.model, "model")
+    _assert_identical(resumed_state.optimizer, straight_state.optimizer, "optimizer")
+    _assert_identical(resumed_state.schedule, straight_state.schedule, "schedule")
+    for key in FINAL_METRICS:
+        assert again.data.metrics[key] == straight.data.metrics[key], key
+    for metric in ("train_loss", "val_loss", "lr"):
+        _assert_same_history(interrupted_uri, run_id, reference_uri, straight.info.run_id, metric,
+                             killed=sig == signal.SIGKILL)
+    # The schedule did run: the lr peaks at the warm-up's end (epoch 1's last step), then falls towards 0.
+    lr = [value for _, value in metric_history(reference_uri, straight.info.run_id, "lr")]
+    assert lr[0] == pytest.approx(0.001, rel=1e-6) and all(a > b for a, b in itertools.pairwise(lr)) and lr[-1] < 1e-5
+    if "model=vae" in model:
+        assert [s for s, _ in metric_history(interrupted_uri, run_id, "train_kl")][-2:] == [epochs - 1, epochs]
     assert_no_running(interrupted_uri)
 
 
@@ -148,10 +225,14 @@ def test_resume_last_trains_a_finished_run_further_from_the_logged_checkpoint(fi
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model.bottleneck=4"], "model.bottleneck=4 would change run"),
     (["dataset=mnist"], "dataset=mnist would change run"),
-    (["trainer.lr=0.1"], "trainer.lr=0.1 would change run"),
+    (["optimizer.lr=0.1"], "optimizer.lr=0.1 would change run"),
+    (["optimizer=sgd"], "optimizer=sgd would change run"),
+    (["scheduler=cosine", "trainer.epochs=3"], "scheduler=cosine would change run"),
+    (["model.loss=mse"], "model.loss=mse would change run"),
+    (["trainer.lr=0.1"], "trainer.lr is no longer a setting: give optimizer.lr=0.1 instead."),
     (["trainer.epochs=1"], "trainer.epochs=1 is below the 2 epochs"),
     ([], "already finished its 2 epochs"),
-], ids=["bottleneck", "dataset", "lr", "fewer-epochs", "nothing-to-do"])
+], ids=["bottleneck", "dataset", "lr", "optimizer", "scheduler", "loss", "moved-lr", "fewer-epochs", "nothing-to-do"])
 def test_resume_refuses_what_would_change_the_run(shared_finished_run, run_cli, overrides, message):
     uri, run_id = shared_finished_run
     done = run_cli(f"resume={run_id}", f"tracking.uri={uri}", *overrides)
@@ -173,15 +254,18 @@ def test_resume_of_an_unknown_run_says_so(run_cli, tracking_uri):
 
 
 def test_checkpoint_write_is_atomic_and_a_corrupt_one_is_refused(tmp_path):
-    from aeexp import models, train
+    from aeexp import models
+    from aeexp.training import loop, optim
 
-    model = models.build((1, 8, 8), [16], 4)
-    optimizer = train.make_optimizer(model, "adam", 1e-3, 0.0)
+    model = models.DenseAutoencoder((1, 8, 8), widths=[16], bottleneck=4)
+    optimizer = torch.optim.Adam(optim.parameter_groups(model), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     path = tmp_path / checkpoint.FILENAME
-    state = checkpoint.capture("run", 1, "seed: 0\n", model, optimizer, generator, train.History([1.0], [1.0], [0.1]))
+    history = loop.History([{"train_loss": 1.0, "val_loss": 1.0, "epoch_time": 0.1, "lr": 1e-3}])
+    state = checkpoint.capture("run", 1, "seed: 0\n", model, optimizer, optim.Schedule(optimizer), generator, history)
     checkpoint.save(state, path)
     before = path.read_bytes()
+    assert checkpoint.load(path).history == history  # what was saved comes back
 
     class Unsaveable:  # torch.save fails half-way: the previous checkpoint must survive untouched
         def __reduce__(self):
@@ -198,7 +282,7 @@ def test_checkpoint_write_is_atomic_and_a_corrupt_one_is_refused(tmp_path):
 
 
 def test_a_signal_inside_a_run_waits_for_the_next_safe_point_outside_it_stops_at_once():
-    from aeexp import interrupt
+    from aeexp.training import interrupt
 
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     interrupt.install()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -10,83 +11,195 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import make_blobs
 
-from aeexp import data, embed, metrics, models, train
+from aeexp import data, embed, metrics, models
+from aeexp.training import checkpoint, fastpath, loop, optim
+
+CPU = torch.device("cpu")
+
+
+def _dense(shape=(1, 8, 8), widths=(16,), bottleneck=4, loss="bce", seed=0) -> models.DenseAutoencoder:
+    torch.manual_seed(seed)
+    return models.DenseAutoencoder(shape, widths=list(widths), bottleneck=bottleneck, loss=loss)
+
+
+def _adam(model: torch.nn.Module, lr: float = 1e-3, **kwargs) -> torch.optim.Adam:
+    """The optimizer the shipped ``optimizer=adam`` config builds: fused Adam over the two parameter groups."""
+    return torch.optim.Adam(optim.parameter_groups(model), lr=lr, fused=True, **kwargs)
 
 
 @pytest.mark.parametrize("scale", [0.1, 3.0, 50.0, 500.0])
-def test_fused_bce_matches_torch_in_value_and_gradient(scale):
-    generator = torch.Generator().manual_seed(0)
-    logits = (torch.randn(64, 1, 8, 8, generator=generator) * scale).requires_grad_()
-    target = torch.rand(64, 1, 8, 8, generator=generator)
-    target[:16] = 0.0  # blank pixels, as in real images
-    target[16:24] = 1.0
-    reference = logits.detach().clone().requires_grad_()
-    ours = models.bce_with_logits(logits, target)
-    theirs = F.binary_cross_entropy_with_logits(reference, target)
-    ours.backward()
+def test_fast_path_bce_matches_torch_in_value_and_gradient(scale):
+    # Logits of every size, up to saturated ones (the fast path's BCE sums logs of products of sigmoids).
+    model = _dense()
+    with torch.no_grad():
+        model.decoder[-1].weight.mul_(scale)
+        model.decoder[-1].bias.normal_(generator=torch.Generator().manual_seed(1)).mul_(scale)
+    twin = copy.deepcopy(model)
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x[:16] = 0.0  # blank pixels, as in real images
+    x[16:24] = 1.0
+    theirs = F.binary_cross_entropy_with_logits(model.decode_logits(model.encode(x)), x)
     theirs.backward()
+    ours = fastpath.loss_and_grads(twin, x, x)
     assert torch.isfinite(ours)
-    assert float(ours.detach()) == pytest.approx(float(theirs.detach()), rel=1e-5, abs=1e-7)
-    torch.testing.assert_close(logits.grad, reference.grad, rtol=1e-5, atol=1e-9)
+    assert float(ours) == pytest.approx(float(theirs.detach()), rel=1e-5, abs=1e-7)
+    for a, b in zip(twin.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-9)
 
 
-def test_fused_bce_without_grad_and_off_the_fast_path():
+def test_sum_of_logs_of_halves_and_the_pixel_loss_off_the_fast_path():
+    g = torch.Generator().manual_seed(0)
+    for n in (64 * 5, 64 * 5 + 17, 13):  # whole chunks, a tail, only a tail
+        values = 0.5 + 0.5 * torch.rand(n, generator=g, dtype=torch.float64)
+        values[:8] = 0.5  # the smallest values a chunk's product can take
+        got = fastpath.sum_of_logs_of_halves(values.float())
+        assert float(got) == pytest.approx(float(values.log().sum()), rel=1e-5)
     x = torch.rand(8, 1, 8, 8)
     z = torch.randn(8, 1, 8, 8)
     expected = float(F.binary_cross_entropy_with_logits(z, x))
     with torch.no_grad():
-        assert float(models.bce_with_logits(z, x)) == pytest.approx(expected, rel=1e-5)
-    strided = torch.randn(8, 1, 8, 16)[..., ::2]  # not contiguous: falls back to torch's own
-    assert float(models.bce_with_logits(strided, x)) == pytest.approx(
+        assert float(models.pixel_loss(z, x, "bce")) == pytest.approx(expected, rel=1e-5)
+    strided = torch.randn(8, 1, 8, 16)[..., ::2]  # not contiguous
+    assert float(models.pixel_loss(strided, x, "bce")) == pytest.approx(
         float(F.binary_cross_entropy_with_logits(strided, x)), rel=1e-6)
-    assert float(models.bce_with_logits(z.double(), x.double())) == pytest.approx(expected, rel=1e-5)
+    assert float(models.pixel_loss(z.double(), x.double(), "bce")) == pytest.approx(expected, rel=1e-5)
+    assert float(models.pixel_loss(z, x, "mse")) == pytest.approx(float(F.mse_loss(torch.sigmoid(z), x)), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown loss"):
+        models.pixel_loss(z, x, "l1")
 
 
-def _train_pair(ours, theirs, model, twin, steps=25, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.rand(32, 1, 8, 8, generator=generator)
-        for m, optimizer in ((model, ours), (twin, theirs)):
-            optimizer.zero_grad(set_to_none=True)
-            m.reconstruction_loss(x, "bce").backward()
-            optimizer.step()
+def _grads_into(model: torch.nn.Module, twin: torch.nn.Module, x: torch.Tensor) -> None:
+    """Autograd's gradients of ``model``'s loss on ``x``, and the very same values as ``twin``'s gradients."""
+    model.zero_grad(set_to_none=True)
+    model.training_loss(x, x)[0].backward()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        q.grad = p.grad.clone()
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "foreach-fallback"])
-def test_adam_matches_torch_optim_adam(fused):
-    torch.manual_seed(0)
-    model = models.build((1, 8, 8), [16], 4)
+def _assert_same(a, b, where: str = "state") -> None:
+    """``a`` and ``b`` (nested dicts/lists of tensors and values) identical: same types, dtypes, bits."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.device == b.device, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("scheduled", [False, True], ids=["constant-lr", "cosine-lr"])
+@pytest.mark.parametrize(("kind", "weight_decay"),
+                         [(torch.optim.Adam, 0.0), (torch.optim.Adam, 0.05), (torch.optim.AdamW, 0.01),
+                          (torch.optim.AdamW, 0.2)], ids=["adam", "adam-l2", "adamw", "adamw-strong"])
+def test_fused_adam_update_is_optimizer_step_bit_for_bit(kind, weight_decay, scheduled):
+    """The direct kernel call gives the parameters and the whole state_dict that ``optimizer.step()`` gives: over
+    many steps, two parameter groups (weights with decay, biases without), a learning rate a torch scheduler
+    changes between steps, and a later ``optimizer.step()`` that carries on from its state."""
+    model = _dense(widths=(16, 8))
     twin = copy.deepcopy(model)
-    ours = train.make_optimizer(model, "adam", 1e-2, 0.0)
-    ours._fused = fused and ours._fused
-    _train_pair(ours, torch.optim.Adam(twin.parameters(), lr=1e-2), model, twin)
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    ours = kind(optim.parameter_groups(model), lr=3e-2, weight_decay=weight_decay, fused=True)
+    theirs = kind(optim.parameter_groups(twin), lr=3e-2, weight_decay=weight_decay, fused=True)
+    assert len(ours.param_groups) == 2 and ours.param_groups[1]["weight_decay"] == 0.0
+    update = fastpath.fused_adam_update(ours)
+    assert update is not None
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=40, eta_min=1e-4) for o in (ours, theirs)]
+    generator = torch.Generator().manual_seed(0)
+    lrs = set()
+    for step in range(50):
+        x = torch.rand(32, 1, 8, 8, generator=generator)
+        _grads_into(twin, model, x)
+        if step < 40:
+            update()
+        else:  # the optimizer's own step carries on from the state the kernel call left
+            ours.step()
+        theirs.step()
+        if scheduled:
+            with warnings.catch_warnings():  # `ours` saw no optimizer.step() before: torch warns, harmlessly
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                for scheduler in schedulers:
+                    scheduler.step()
+        lrs.add(ours.param_groups[0]["lr"])
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(a, b), f"step {step}"
+    assert (len(lrs) > 40) == scheduled and (len(lrs) == 1) != scheduled
+    _assert_same(ours.state_dict(), theirs.state_dict())
+    assert float(ours.state_dict()["state"][0]["step"]) == 50
+    if scheduled:
+        _assert_same(schedulers[0].state_dict(), schedulers[1].state_dict())
+    start = _dense(widths=(16, 8))
+    assert all(not torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters(), strict=True))
+
+
+class _OwnAdam(torch.optim.Adam):
+    """A subclass may step differently: never replaced by the kernel call."""
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.Adam(ps, lr=1e-3),
+    lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+    lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=False),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=False),
+    lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True, amsgrad=True),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True, amsgrad=True),
+    lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True, maximize=True),
+    lambda ps: torch.optim.Adam(ps, lr=torch.tensor(1e-3), fused=True),
+    lambda ps: _OwnAdam(ps, lr=1e-3, fused=True),
+    lambda ps: torch.optim.SGD(ps, lr=0.1),
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+    lambda ps: torch.optim.RAdam(ps, lr=1e-3),
+], ids=["adam-default", "adam-foreach", "adam-for-loop", "adamw-unfused", "adam-amsgrad", "adamw-amsgrad",
+        "adam-maximize", "adam-tensor-lr", "adam-subclass", "sgd", "sgd-momentum", "radam"])
+def test_fused_adam_update_only_for_exact_fused_adam(make):
+    model = _dense()
+    optimizer = make(optim.parameter_groups(model))
+    assert fastpath.fused_adam_update(optimizer) is None
+    step = loop.make_step(model, optimizer, CPU)
+    assert step.path == "fast" and step.update == optimizer.step  # the fast path, with optimizer.step()
+    fused = _adam(model)
+    assert fastpath.fused_adam_update(fused) is not None
+    assert loop.make_step(model, fused, CPU).update != fused.step
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_sgd_matches_torch_optim_sgd(momentum):
-    torch.manual_seed(0)
-    model = models.build((1, 8, 8), [16], 4)
-    twin = copy.deepcopy(model)
-    ours = train.make_optimizer(model, "sgd", 0.1, momentum)
-    _train_pair(ours, torch.optim.SGD(twin.parameters(), lr=0.1, momentum=momentum), model, twin)
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+def test_fast_path_with_torch_sgd_trains_like_autograd(momentum):
+    digits = data.load(data.Digits())
+
+    def fit_once(fast: bool):
+        model = _dense(digits.image_shape, (32,), 8)
+        optimizer = torch.optim.SGD(optim.parameter_groups(model), lr=0.5, momentum=momentum)
+        step = (loop.make_step(model, optimizer, CPU) if fast
+                else loop.AutogradStep(model, optimizer, CPU, compiled=False, mixed_precision=False))
+        assert step.path == ("fast" if fast else "autograd")
+        history = loop.fit(model, digits.train, digits.val, epochs=2, batch_size=64, optimizer=optimizer, seed=0,
+                           step=step, progress=False)
+        return model, history
+
+    fast_model, fast = fit_once(True)
+    autograd_model, autograd = fit_once(False)
+    assert fast.train_loss[1] < fast.train_loss[0]
+    np.testing.assert_allclose(fast.train_loss, autograd.train_loss, rtol=1e-5)
+    for a, b in zip(fast_model.parameters(), autograd_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_fit_still_takes_a_torch_optim_optimizer():
-    digits = data.load("digits")
-    torch.manual_seed(0)
-    model = models.build(digits.image_shape, [32], 8)
-    history = train.fit(model, digits.train, digits.val, epochs=2, batch_size=64,
-                        optimizer=torch.optim.Adam(model.parameters(), lr=1e-3), loss="bce", seed=0, progress=False)
+def test_fit_still_takes_any_torch_optim_optimizer():
+    digits = data.load(data.Digits())
+    model = _dense(digits.image_shape, (32,), 8)
+    history = loop.fit(model, digits.train, digits.val, epochs=2, batch_size=64,
+                       optimizer=torch.optim.Adam(model.parameters(), lr=1e-3), seed=0, progress=False)
     assert history.train_loss[1] < history.train_loss[0]
 
 
 def test_uint8_gather_gives_the_float_batches_of_the_images():
     images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
-    batches = list(train.iterate_batches(images, 16, torch.Generator().manual_seed(3)))
+    batches = list(loop.iterate_batches(images, 16, torch.Generator().manual_seed(3)))
     order = torch.randperm(50, generator=torch.Generator().manual_seed(3))
     expected = images.float()[order] / 255.0
     torch.testing.assert_close(torch.cat(batches), expected)
@@ -94,20 +207,21 @@ def test_uint8_gather_gives_the_float_batches_of_the_images():
 
 def test_compile_setting():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not train.should_compile(None, cpu)
-    assert train.should_compile(None, cuda)
-    assert train.should_compile(True, cpu)
-    assert not train.should_compile(False, cuda)
+    assert not loop.should_compile(None, cpu)
+    assert loop.should_compile(None, cuda)
+    assert loop.should_compile(True, cpu)
+    assert not loop.should_compile(False, cuda)
 
 
 def _fit_tiny(compile_: bool):
-    digits = data.load("digits")
+    digits = data.load(data.Digits())
     tiny = data.Split(digits.train.images[:256], digits.train.labels[:256])  # 4 full batches: one graph
-    torch.manual_seed(0)
-    model = models.build(digits.image_shape, [16], 4)
-    optimizer = train.make_optimizer(model, "adam", 1e-2, 0.0)
-    history = train.fit(model, tiny, digits.val, epochs=2, batch_size=64, optimizer=optimizer, loss="bce", seed=0,
-                        progress=False, compile=compile_)
+    model = _dense(digits.image_shape, (16,), 4)
+    optimizer = _adam(model, 1e-2)
+    step = loop.make_step(model, optimizer, CPU, compile=compile_)
+    assert step.path == ("autograd" if compile_ else "fast")  # the fast path is never compiled
+    history = loop.fit(model, tiny, digits.val, epochs=2, batch_size=64, optimizer=optimizer, seed=0, step=step,
+                       progress=False)
     return model, history
 
 
@@ -146,59 +260,65 @@ def test_embedding_is_deterministic_for_a_seed(clusters):
 
 @pytest.mark.parametrize("loss", ["bce", "mse"])
 def test_written_out_backward_gives_autograds_loss_and_gradients(loss):
-    torch.manual_seed(0)
-    model = models.build((1, 28, 28), [64, 32], 8)
+    model = _dense((1, 28, 28), (64, 32), 8, loss=loss)
     twin = copy.deepcopy(model)
     x = torch.rand(40, 1, 28, 28)
     x[:10] = 0.0
-    expected = model.reconstruction_loss(x, loss)
+    expected, parts = model.training_loss(x, x)
+    assert parts == {}
     expected.backward()
-    assert twin.supports_manual_backward()
-    got = twin.loss_and_grads(x, loss)
+    assert fastpath.applies_to(twin)
+    got = fastpath.loss_and_grads(twin, x, x)
     assert float(got) == pytest.approx(float(expected.detach()), rel=1e-6)
     for a, b in zip(twin.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-10)
 
 
-def test_fit_with_the_written_out_backward_trains_like_autograd(monkeypatch):
-    digits = data.load("digits")
+def test_fit_with_the_written_out_backward_trains_like_autograd():
+    digits = data.load(data.Digits())
 
-    def fit_once():
-        torch.manual_seed(0)
-        model = models.build(digits.image_shape, [32, 16], 4)
-        optimizer = train.make_optimizer(model, "adam", 1e-3, 0.0)
-        history = train.fit(model, digits.train, digits.val, epochs=2, batch_size=64, optimizer=optimizer,
-                            loss="bce", seed=0, progress=False)
+    def fit_once(fast: bool):
+        model = _dense(digits.image_shape, (32, 16), 4)
+        optimizer = _adam(model)
+        step = (loop.make_step(model, optimizer, CPU) if fast
+                else loop.AutogradStep(model, optimizer, CPU, compiled=False, mixed_precision=False))
+        assert step.path == ("fast" if fast else "autograd")
+        history = loop.fit(model, digits.train, digits.val, epochs=2, batch_size=64, optimizer=optimizer, seed=0,
+                           step=step, progress=False)
         return model, history
 
-    manual_model, manual = fit_once()
-    monkeypatch.setattr(models.DenseAutoencoder, "supports_manual_backward", lambda self: False)
-    autograd_model, autograd = fit_once()
+    manual_model, manual = fit_once(True)
+    autograd_model, autograd = fit_once(False)
     np.testing.assert_allclose(manual.train_loss, autograd.train_loss, rtol=1e-5)
+    np.testing.assert_allclose(manual.val_loss, autograd.val_loss, rtol=1e-5)
     for a, b in zip(manual_model.parameters(), autograd_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_models_of_other_layers_keep_autograd():
-    model = models.build((1, 8, 8), [16], 4)
+    model = _dense()
+    assert fastpath.applies_to(model) and loop.make_step(model, _adam(model), CPU).path == "fast"
     model.encoder.append(torch.nn.Tanh())
-    assert not model.supports_manual_backward()
-    frozen = models.build((1, 8, 8), [16], 4)
+    assert not fastpath.applies_to(model)
+    assert loop.make_step(model, _adam(model), CPU).path == "autograd"
+    frozen = _dense()
     frozen.encoder[0].weight.requires_grad_(False)
-    assert not frozen.supports_manual_backward()
+    assert not fastpath.applies_to(frozen)
+    assert loop.make_step(frozen, _adam(frozen), CPU).path == "autograd"
+    doubled = _dense().double()
+    assert not fastpath.applies_to(doubled)
 
 
 def test_written_out_backward_with_a_reused_workspace():
-    torch.manual_seed(0)
-    model = models.build((1, 8, 8), [16, 8], 4)
+    model = _dense(widths=(16, 8))
     twin = copy.deepcopy(model)
-    workspace = models.Workspace()
+    workspace = fastpath.Workspace()
     for size in (32, 32, 7, 32):  # a smaller last batch, then the full size again
         x = torch.rand(size, 1, 8, 8)
         model.zero_grad(set_to_none=True)
-        expected = model.reconstruction_loss(x, "bce")
+        expected = model.training_loss(x, x)[0]
         expected.backward()
-        got = twin.loss_and_grads(x, "bce", workspace)
+        got = fastpath.loss_and_grads(twin, x, x, workspace)
         assert float(got) == pytest.approx(float(expected.detach()), rel=1e-6)
         for a, b in zip(twin.parameters(), model.parameters(), strict=True):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-10)
@@ -206,9 +326,10 @@ def test_written_out_backward_with_a_reused_workspace():
 
 def test_training_batches_are_the_shuffled_batches():
     images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
-    plain = [b.clone() for b in train.iterate_batches(images, 16, torch.Generator().manual_seed(3))]
-    reused = [b.clone() for b in train._gather_batches(images, 16, torch.Generator().manual_seed(3),
-                                                       models.Workspace())]
+    plain = [b.clone() for b in loop.iterate_batches(images, 16, torch.Generator().manual_seed(3))]
+    reused = [b.clone() for b in fastpath.gather_batches(images, 16, torch.Generator().manual_seed(3),
+                                                         fastpath.Workspace())]
+    assert len(reused) == len(plain) == 4
     for a, b in zip(plain, reused, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -241,14 +362,13 @@ def test_tsne_does_not_import_numba():
 
 
 def _wide_model() -> models.DenseAutoencoder:
-    torch.manual_seed(0)
-    return models.build((1, 28, 28), [64, 32], 8)  # 784x64 = 50,176 weights: large enough for bf16 products
+    return _dense((1, 28, 28), (64, 32), 8)  # 784x64 = 50,176 weights: large enough for bf16 products
 
 
 def test_bf16_products_only_for_the_large_layers():
     layers = [m for m in _wide_model().modules() if isinstance(m, torch.nn.Linear)]
-    assert [models.bf16_pays(layer, 64) for layer in layers] == [True, False, False, False, False, True]
-    assert not any(models.bf16_pays(layer, 16) for layer in layers)  # 16 x 784 x 64: too small a product
+    assert [fastpath.bf16_pays(layer, 64) for layer in layers] == [True, False, False, False, False, True]
+    assert not any(fastpath.bf16_pays(layer, 16) for layer in layers)  # 16 x 784 x 64: too small a product
 
 
 def _smooth_images(n: int, seed: int) -> data.Split:
@@ -261,11 +381,11 @@ def _smooth_images(n: int, seed: int) -> data.Split:
 
 @pytest.mark.parametrize("loss", ["bce", "mse"])
 def test_written_out_backward_in_bf16_is_close_to_float32(loss):
-    model = _wide_model()
-    x = train.to_float(_smooth_images(64, 0).images)
-    exact = float(model.loss_and_grads(x, loss))
+    model = _dense((1, 28, 28), (64, 32), 8, loss=loss)
+    x = loop.to_float(_smooth_images(64, 0).images)
+    exact = float(fastpath.loss_and_grads(model, x, x))
     exact_grads = [p.grad.clone() for p in model.parameters()]
-    low = float(model.loss_and_grads(x, loss, models.Workspace(), bf16=True))
+    low = float(fastpath.loss_and_grads(model, x, x, fastpath.Workspace(), bf16=True))
     assert low == pytest.approx(exact, rel=1e-4)
     assert not torch.equal(model.encoder[0].weight.grad, exact_grads[0])  # the bf16 products ran
     for p, expected in zip(model.parameters(), exact_grads, strict=True):
@@ -274,15 +394,18 @@ def test_written_out_backward_in_bf16_is_close_to_float32(loss):
         assert float((p.grad - expected).norm()) <= 0.05 * float(expected.norm())
 
 
-def _fit_wide(mixed_precision: bool) -> train.History:
+def _fit_wide(mixed_precision: bool) -> loop.History:
     model = _wide_model()
-    optimizer = train.make_optimizer(model, "adam", 1e-3, 0.0)
-    return train.fit(model, _smooth_images(640, 0), _smooth_images(128, 1), epochs=3, batch_size=64,
-                     optimizer=optimizer, loss="bce", seed=0, progress=False, mixed_precision=mixed_precision)
+    optimizer = _adam(model)
+    step = loop.make_step(model, optimizer, CPU, mixed_precision=mixed_precision)
+    assert step.path == "fast"
+    assert step.bf16 == (mixed_precision and fastpath.cpu_has_bf16_products())
+    return loop.fit(model, _smooth_images(640, 0), _smooth_images(128, 1), epochs=3, batch_size=64,
+                    optimizer=optimizer, seed=0, step=step, progress=False)
 
 
 def test_fit_with_bf16_products_trains_like_float32(monkeypatch):
-    monkeypatch.setattr(train, "cpu_has_bf16_products", lambda: True)  # the bf16 path, on any CPU
+    monkeypatch.setattr(fastpath, "cpu_has_bf16_products", lambda: True)  # the bf16 path, on any CPU
     low, exact = _fit_wide(True), _fit_wide(False)
     assert low.train_loss != exact.train_loss
     np.testing.assert_allclose(low.train_loss, exact.train_loss, rtol=5e-3)
@@ -290,39 +413,41 @@ def test_fit_with_bf16_products_trains_like_float32(monkeypatch):
 
 
 def test_bf16_products_only_where_the_cpu_has_them(monkeypatch):
-    monkeypatch.setattr(train, "cpu_has_bf16_products", lambda: False)
+    monkeypatch.setattr(fastpath, "cpu_has_bf16_products", lambda: False)
     assert _fit_wide(True).train_loss == _fit_wide(False).train_loss
 
 
 def test_cpu_without_a_capability_probe_means_no_bf16(monkeypatch):
     monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")
-    assert models.cpu_has_bf16_products() is False
+    assert fastpath.cpu_has_bf16_products() is False
 
 
 def test_training_with_bf16_products_resumes_bit_identical(monkeypatch, tmp_path):
-    from aeexp import checkpoint
-
-    monkeypatch.setattr(train, "cpu_has_bf16_products", lambda: True)
+    monkeypatch.setattr(fastpath, "cpu_has_bf16_products", lambda: True)
     train_split, val_split = _smooth_images(640, 0), _smooth_images(128, 1)
 
-    def start() -> tuple[models.DenseAutoencoder, train.StepOptimizer, torch.Generator]:
+    def start() -> tuple[models.DenseAutoencoder, torch.optim.Optimizer, optim.Schedule, torch.Generator]:
         model = _wide_model()
-        return model, train.make_optimizer(model, "adam", 1e-3, 0.0), torch.Generator().manual_seed(0)
+        optimizer = _adam(model)
+        return model, optimizer, optim.Schedule(optimizer), torch.Generator().manual_seed(0)
 
-    def fit(model, optimizer, generator, epochs, history=None) -> train.History:
-        return train.fit(model, train_split, val_split, epochs=epochs, batch_size=64, optimizer=optimizer,
-                         loss="bce", seed=0, progress=False, history=history, generator=generator)
+    def fit(model, optimizer, schedule, generator, epochs, history=None) -> loop.History:
+        step = loop.make_step(model, optimizer, CPU)
+        assert step.path == "fast" and step.bf16
+        return loop.fit(model, train_split, val_split, epochs=epochs, batch_size=64, optimizer=optimizer, seed=0,
+                        schedule=schedule, step=step, progress=False, history=history, generator=generator)
 
-    straight, straight_optimizer, straight_generator = start()
-    expected = fit(straight, straight_optimizer, straight_generator, 2)
+    straight, *straight_state = start()
+    expected = fit(straight, *straight_state, 2)
 
-    first, first_optimizer, first_generator = start()
-    history = fit(first, first_optimizer, first_generator, 1)
+    first, first_optimizer, first_schedule, first_generator = start()
+    history = fit(first, first_optimizer, first_schedule, first_generator, 1)
     path = tmp_path / checkpoint.FILENAME
-    checkpoint.save(checkpoint.capture("run", 1, "", first, first_optimizer, first_generator, history), path)
-    resumed, resumed_optimizer, resumed_generator = start()
-    history = checkpoint.restore(checkpoint.load(path), resumed, resumed_optimizer, resumed_generator)
-    got = fit(resumed, resumed_optimizer, resumed_generator, 2, history)
+    checkpoint.save(checkpoint.capture("run", 1, "", first, first_optimizer, first_schedule, first_generator,
+                                       history), path)
+    resumed, *resumed_state = start()
+    history = checkpoint.restore(checkpoint.load(path), resumed, *resumed_state)
+    got = fit(resumed, *resumed_state, 2, history)
 
     assert got.train_loss == expected.train_loss and got.val_loss == expected.val_loss
     for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 from conftest import FAST
 from mlflow.tracking import MlflowClient
@@ -76,7 +78,7 @@ def test_submitit_local_sweep_on_a_server(run_cli, server_uri):
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(run_cli, tracking_uri, tmp_path):
-    done = run_cli("-m", "model.bottleneck=8,100", "trainer.lr=1e-3,1e20", "trainer.optimizer=sgd",
+    done = run_cli("-m", "model.bottleneck=8,100", "optimizer.lr=1e-3,1e20", "optimizer=sgd",
                    f"tracking.uri={tracking_uri}", *FAST)
     output = done.stdout + done.stderr
     assert done.returncode == 1
@@ -91,8 +93,10 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(run_cli, tracking_uri, 
     assert len(by_status["FINISHED"]) == 1 and len(by_status["FAILED"]) == 3
     errors = sorted(c.data.tags["error"] for c in by_status["FAILED"])
     assert sum("model.bottleneck=100 is invalid" in e for e in errors) == 2  # refused before training
-    assert sum("training loss became" in e for e in errors) == 1  # NaN during training
+    assert sum("training loss became" in e and "optimizer.lr (now 1e+20)" in e for e in errors) == 1  # NaN
     assert all(c.data.params.get("model.bottleneck") in {"8", "100"} for c in children)
+    assert all(c.data.params.get("optimizer._target_") == "torch.optim.SGD" for c in children)
+    assert sorted(c.data.params.get("optimizer.lr") for c in children) == ["0.001", "0.001", "1e+20", "1e+20"]
     assert_no_running(tracking_uri)
     # The report covers failed jobs too.
     sweep_dir = Path(parent.data.tags["sweep.dir"])
@@ -121,7 +125,10 @@ def test_optuna_search_returns_val_loss_to_the_sweeper(run_cli, tracking_uri, tm
     results = yaml.safe_load(next((tmp_path / "multirun").rglob("optimization_results.yaml")).read_text())
     best = min(c.data.metrics["val_loss"] for c in children)
     assert results["best_value"] == best  # the objective is the final val_loss of the best child
-    assert set(results["best_params"]) == {"trainer.lr", "model.bottleneck", "model"}
+    assert set(results["best_params"]) == {"optimizer.lr", "model.bottleneck", "model"}
+    best_child = min(children, key=lambda c: c.data.metrics["val_loss"])
+    assert float(best_child.data.params["optimizer.lr"]) == pytest.approx(results["best_params"]["optimizer.lr"])
+    assert all(0.0003 <= float(c.data.params["optimizer.lr"]) <= 0.01 for c in children)  # the searched interval
 
 
 def test_compare_command_on_an_experiment(run_cli, tracking_uri, tmp_path):
@@ -148,20 +155,44 @@ def test_compare_command_on_an_experiment(run_cli, tracking_uri, tmp_path):
     assert "Traceback" not in missing.stderr
 
 
-def test_presets_compose():
-    def job_config(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "aeexp", *args, "--cfg", "job"], capture_output=True,
-                              text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return yaml.safe_load(done.stdout)
+def test_presets_compose(make_config):
+    """The seed notebooks' presets: composed as the CLI does, and built into the real model and optimizer."""
+    from aeexp import data, models
+    from aeexp.training import optim
 
-    mnist = job_config("experiment=seed_mnist_ae25")
-    assert mnist["dataset"]["name"] == "mnist" and mnist["model"]["widths"] == [400, 200, 100, 50]
-    expected = {"optimizer": "sgd", "lr": 1.5, "batch_size": 32, "epochs": 50, "loss": "bce"}
-    assert {key: mnist["trainer"][key] for key in expected} == expected
-    fashion = job_config("experiment=seed_fmnist_ae32")
-    assert fashion["dataset"]["name"] == "fashion_mnist" and fashion["model"]["widths"] == [128, 64]
-    assert fashion["trainer"]["batch_size"] == 256 and fashion["trainer"]["epochs"] == 10
+    def built(cfg):
+        model = models.build(cfg.model, data.build(cfg.dataset).image_shape)  # reads no data
+        return model, optim.build_optimizer(cfg.optimizer, model)
+
+    mnist = make_config("experiment=seed_mnist_ae25")
+    assert mnist.dataset.name == "mnist" and mnist.model.name == "ae25"
+    assert list(mnist.model.widths) == [400, 200, 100, 50] and mnist.model.bottleneck == 25
+    assert mnist.model.loss == "bce" and mnist.model.noise == "none"
+    assert mnist.optimizer._target_ == "torch.optim.SGD" and mnist.optimizer.lr == 1.5
+    assert mnist.optimizer.momentum == 0.0 and mnist.scheduler._target_ is None
+    assert mnist.trainer.batch_size == 32 and mnist.trainer.epochs == 50
+    model, optimizer = built(mnist)
+    assert type(model) is models.DenseAutoencoder and model.loss == "bce" and model.bottleneck == 25
+    assert [layer.out_features for layer in model.encoder if hasattr(layer, "out_features")] == [400, 200, 100, 50, 25]
+    assert type(optimizer) is torch.optim.SGD
+    assert all(g["lr"] == 1.5 and g["momentum"] == 0.0 for g in optimizer.param_groups)
+
+    fashion = make_config("experiment=seed_fmnist_ae32")
+    assert fashion.dataset.name == "fashion_mnist" and fashion.model.name == "ae32"
+    assert list(fashion.model.widths) == [128, 64] and fashion.model.bottleneck == 32 and fashion.model.loss == "bce"
+    assert fashion.optimizer._target_ == "torch.optim.Adam" and fashion.optimizer.lr == 1e-3
+    assert fashion.trainer.batch_size == 256 and fashion.trainer.epochs == 10
+    model, optimizer = built(fashion)
+    assert type(model) is models.DenseAutoencoder and model.image_shape == (1, 28, 28)
+    assert type(optimizer) is torch.optim.Adam and all(g["lr"] == 1e-3 for g in optimizer.param_groups)
+
+    # The CLI prints the same composition.
+    done = subprocess.run([sys.executable, "-m", "aeexp", "experiment=seed_mnist_ae25", "--cfg", "job"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    job = yaml.safe_load(done.stdout)
+    assert job["optimizer"]["lr"] == 1.5 and job["optimizer"]["_target_"] == "torch.optim.SGD"
+    assert job["model"]["name"] == "ae25" and job["trainer"]["batch_size"] == 32
 
 
 def test_the_mlflow_ui_shows_the_sweep_children(run_cli, server_uri, tmp_path):
