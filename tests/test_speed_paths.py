@@ -137,6 +137,28 @@ def test_fused_adam_update_is_optimizer_step_bit_for_bit(kind, weight_decay, sch
     assert all(not torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters(), strict=True))
 
 
+def test_fused_adam_update_follows_a_state_loaded_after_it_was_made():
+    """``load_state_dict`` replaces the optimizer's state and groups: the kernel call made before it must update the
+    loaded state (a resumed run), as ``optimizer.step()`` does, not the tensors it saw first."""
+    model = _dense(widths=(16, 8))
+    twin = copy.deepcopy(model)
+    ours, theirs = (torch.optim.Adam(optim.parameter_groups(m), lr=3e-2, fused=True) for m in (model, twin))
+    update = fastpath.fused_adam_update(ours)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(12):
+        x = torch.rand(32, 1, 8, 8, generator=generator)
+        _grads_into(twin, model, x)
+        update()
+        theirs.step()
+        if step == 5:  # a checkpoint taken and put back, as a resume does
+            ours.load_state_dict(copy.deepcopy(ours.state_dict()))
+            theirs.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    _assert_same(ours.state_dict(), theirs.state_dict())
+    assert float(ours.state_dict()["state"][0]["step"]) == 12
+
+
 class _OwnAdam(torch.optim.Adam):
     """A subclass may step differently: never replaced by the kernel call."""
 

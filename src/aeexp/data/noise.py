@@ -38,10 +38,10 @@ def corrupt(x: torch.Tensor, kind: str, level: float) -> torch.Tensor:
     ``gaussian``: ``x + level * N(0, 1)`` clamped to [0, 1]; ``masking``: each pixel zeroed with probability
     ``level``; ``salt_pepper``: each pixel, with probability ``level``, set to 0 or 1 (equally likely).
     """
-    import torch
-
     if kind == "none":
         return x
+    import torch
+
     if kind == "gaussian":
         return torch.randn_like(x).mul_(level).add_(x).clamp_(0.0, 1.0)
     draw = torch.rand_like(x)

@@ -141,6 +141,8 @@ class TrainingStep(Protocol):
     def backward(self, inputs: torch.Tensor, targets: torch.Tensor
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
+    def zero_grad(self) -> None: ...
+
     def update(self) -> object: ...
 
 
@@ -156,7 +158,11 @@ class AutogradStep:
         # dynamic=False: one graph for the full batches; the epoch's last, smaller batch gets a second one.
         self.loss = torch.compile(model.training_loss, dynamic=False) if compiled else model.training_loss
         self.bf16 = mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.optimizer = optimizer
         self.update = optimizer.step
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
 
     def batches(self, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         return iterate_batches(images, batch_size, generator)
@@ -236,7 +242,7 @@ def fit(
         try:
             for i, batch in enumerate(step.batches(train.images, batch_size, generator), start=1):
                 interrupt.check()
-                optimizer.zero_grad(set_to_none=True)
+                step.zero_grad()
                 loss, parts = step.backward(model.corrupt(batch), batch)
                 if check_each_step and not math.isfinite(value := float(loss)):
                     raise _non_finite(value, epoch, i, steps, schedule.lr())
