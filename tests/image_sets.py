@@ -12,7 +12,7 @@ from PIL import Image
 
 # A colour per class: the classes differ in hue as well as in where their square is.
 HUES = np.array([[1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.2, 0.2, 1.0], [1.0, 1.0, 0.2], [1.0, 0.2, 1.0],
-                 [0.2, 1.0, 1.0], [1.0, 0.6, 0.2], [0.6, 0.2, 1.0], [0.2, 0.6, 0.2], [0.6, 0.6, 0.6]])
+                 [0.2, 1.0, 1.0], [1.0, 0.6, 0.2], [0.6, 0.2, 1.0], [0.2, 0.6, 0.2], [1.0, 0.4, 0.6]])
 
 
 def colour_images(n: int, seed: int, size: int = 32, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
