@@ -16,7 +16,7 @@ import torch
 from image_sets import colour_images
 from PIL import Image
 
-from aeexp import baseline, data, metrics, models, plots
+from aeexp import baseline, data, encode, metrics, models, plots
 from aeexp.explorer import explorer_html, png_data_uris
 from aeexp.training import fastpath, loop, optim
 
@@ -133,3 +133,20 @@ def test_the_pca_baseline_uses_every_channel():
     assert got["pca_knn_acc"] == pytest.approx(expected_knn, abs=0.02)
     unlabelled = baseline.pca_metrics(split.images[:240], None, split.images[240:], None, 6)
     assert unlabelled == {"pca_test_mse": got["pca_test_mse"]}  # no labels, no kNN accuracy
+
+
+def test_encode_makes_png_colour_grey_as_pillow_does_and_grey_colour(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
+    pillow = np.stack([np.asarray(Image.fromarray(image).convert("L")) for image in rgb])
+    np.testing.assert_array_equal(encode.png_channels(rgb, 1), pillow)
+    grey = rgb[..., 0]
+    assert encode.png_channels(grey, 3).shape == (5, 7, 9, 3) and (encode.png_channels(grey, 3) == grey[..., None]).all()
+    assert encode.png_channels(rgb, 3) is rgb and encode.png_channels(grey, 1) is grey
+    # A folder of grey and colour PNGs is read as colour, the grey ones' channels equal.
+    Image.fromarray(rgb[0]).save(tmp_path / "a.png")
+    Image.fromarray(grey[1]).save(tmp_path / "b.png")
+    images = encode.read_images(tmp_path)
+    assert images.array.shape == (2, 7, 9, 3) and images.files == ["a.png", "b.png"]
+    np.testing.assert_array_equal(images.array[1], np.repeat(grey[1][..., None], 3, axis=2))
+    assert encode.fit_to_model(images.array, (3, 7, 9)).shape == (2, 3, 7, 9)
+    assert encode.fit_to_model(rgb[0], (3, 7, 9)).shape == (1, 3, 7, 9)  # one (H, W, 3) image
