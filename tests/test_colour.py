@@ -140,7 +140,8 @@ def test_encode_makes_png_colour_grey_as_pillow_does_and_grey_colour(tmp_path):
     pillow = np.stack([np.asarray(Image.fromarray(image).convert("L")) for image in rgb])
     np.testing.assert_array_equal(encode.png_channels(rgb, 1), pillow)
     grey = rgb[..., 0]
-    assert encode.png_channels(grey, 3).shape == (5, 7, 9, 3) and (encode.png_channels(grey, 3) == grey[..., None]).all()
+    as_colour = encode.png_channels(grey, 3)
+    assert as_colour.shape == (5, 7, 9, 3) and (as_colour == grey[..., None]).all()
     assert encode.png_channels(rgb, 3) is rgb and encode.png_channels(grey, 1) is grey
     # A folder of grey and colour PNGs is read as colour, the grey ones' channels equal.
     Image.fromarray(rgb[0]).save(tmp_path / "a.png")
