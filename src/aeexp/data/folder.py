@@ -20,7 +20,7 @@ import numpy as np
 
 from aeexp.data import cache
 from aeexp.data.dataset import Arrays, ImageDataset
-from aeexp.data.image_files import Header, decode, is_image_name, read_header
+from aeexp.data.image_files import Header, decode, is_image_name, quiet, read_header
 from aeexp.errors import DataError, require
 
 log = logging.getLogger(__name__)
@@ -43,35 +43,40 @@ class Listing:
     class_names: list[str]
     n_test_folder: int | None
 
-    def cache_parts(self) -> list[str]:
-        """What the decoded images depend on, as far as the files go."""
-        return [f"{name}|{size}|{mtime}" for name, (size, mtime) in zip(self.files, self.stats, strict=True)]
+    def description(self) -> str:
+        """What the decoded images depend on, as far as the files go: names, sizes and modification times."""
+        return "\n".join(f"{name}|{size}|{mtime}" for name, (size, mtime) in zip(self.files, self.stats, strict=True))
 
 
-def _images_in(folder: Path, recursive: bool) -> list[os.DirEntry[str]]:
-    """The PNG and JPEG files in ``folder`` (and its subfolders, when ``recursive``), by path."""
-    found: list[os.DirEntry[str]] = []
+Found = list[tuple[str, os.DirEntry[str]]]  # image files: their path relative to the dataset's folder, and entry
+
+
+def _images_in(folder: Path, recursive: bool, prefix: str) -> Found:
+    """The PNG and JPEG files in ``folder`` (and its subfolders, when ``recursive``) by path, each named
+    ``prefix`` + its path in ``folder``."""
+    found: Found = []
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as err:
         raise DataError(f"cannot list {folder}: {err.strerror or err}") from None
     for entry in entries:
         if entry.is_dir() and recursive and not entry.name.startswith("."):
-            found += _images_in(Path(entry.path), recursive)
+            found += _images_in(Path(entry.path), recursive, f"{prefix}{entry.name}/")
         elif entry.is_file() and is_image_name(entry.name):
-            found.append(entry)
+            found.append((prefix + entry.name, entry))
     return found
 
 
-def _layout(folder: Path) -> tuple[list[os.DirEntry[str]], list[int] | None, list[str]]:
+def _layout(folder: Path, prefix: str = "") -> tuple[Found, list[int] | None, list[str]]:
     """The images of ``folder``: in class subfolders (with a label each, and the class names) or loose (no labels)."""
-    loose = _images_in(folder, recursive=False)
+    loose = _images_in(folder, False, prefix)
     subfolders = sorted((e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")),
                         key=lambda e: e.name)
-    classes = [(e.name, found) for e in subfolders if (found := _images_in(Path(e.path), recursive=True))]
+    classes = [(e.name, found) for e in subfolders
+               if (found := _images_in(Path(e.path), True, f"{prefix}{e.name}/"))]
     if classes and loose:
         raise DataError(f"{folder} holds both class folders ({', '.join(n for n, _ in classes[:3])}) and loose "
-                        f"images ({loose[0].name}); move the images into class folders, or the folders out")
+                        f"images ({loose[0][1].name}); move the images into class folders, or the folders out")
     if not classes:
         if not loose:
             others = [e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")]
@@ -101,8 +106,8 @@ def scan(root: Path) -> Listing:
         entries, labels, names = _layout(root)
         n_test = None
     else:
-        entries, labels, names = _layout(train)
-        test_entries, test_labels, test_names = _layout(test)
+        entries, labels, names = _layout(train, "train/")
+        test_entries, test_labels, test_names = _layout(test, "test/")
         if (labels is None) != (test_labels is None):
             raise DataError(f"{train if labels is None else test} holds loose images but "
                             f"{test if labels is None else train} class folders; give both the same layout")
@@ -110,9 +115,9 @@ def scan(root: Path) -> Listing:
             labels = labels + _relabel(test_labels, test_names, names, test)
         entries, n_test = entries + test_entries, len(test_entries)
     files, stats = [], []
-    for entry in entries:
+    for name, entry in entries:
         stat = entry.stat()
-        files.append(os.path.relpath(entry.path, root))
+        files.append(name)
         stats.append((stat.st_size, stat.st_mtime_ns))
     return Listing(root, files, stats, None if labels is None else np.asarray(labels, dtype=np.int64), names,
                    n_test)
@@ -181,7 +186,7 @@ class FolderDataset(ImageDataset):
         require(root.is_dir(), "path", str(path), "it is a file; give the folder that holds the images")
         self.listing = scan(root)
         self.cache_key = cache.key_of([CACHE_VERSION, str(root.resolve()), f"channels={channels}",
-                                       f"size={self.size}", *self.listing.cache_parts()])
+                                       f"size={self.size}", self.listing.description()])
         self.image_shape = self._shape()
         self.class_names = list(self.listing.class_names)
         self.test_mask = self._test_mask()
@@ -233,10 +238,11 @@ class FolderDataset(ImageDataset):
         images = np.empty((len(listing.files), *shape), dtype=np.uint8)
         bar = tqdm(listing.files, desc=f"decoding {listing.root.name or listing.root}", unit=" images",
                    disable=None, leave=False, mininterval=0.5)
-        for i, name in enumerate(bar):
-            pixels = decode(listing.root / name, shape[0], self.size)
-            if pixels.shape != shape:  # only without image_size: the file changed since its header was read
-                raise DataError(f"{listing.root / name} is {pixels.shape[1]}x{pixels.shape[2]}, not "
-                                f"{shape[1]}x{shape[2]} as its header said when the run started; run again")
-            images[i] = pixels
+        with quiet():
+            for i, name in enumerate(bar):
+                pixels = decode(listing.root / name, shape[0], self.size)
+                if pixels.shape != shape:  # only without image_size: the file changed since its header was read
+                    raise DataError(f"{listing.root / name} is {pixels.shape[1]}x{pixels.shape[2]}, not "
+                                    f"{shape[1]}x{shape[2]} as its header said when the run started; run again")
+                images[i] = pixels
         return images

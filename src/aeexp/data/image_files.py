@@ -6,9 +6,10 @@ palette PNGs go through Pillow. Every problem is a :class:`~aeexp.errors.DataErr
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,20 +87,30 @@ def is_colour(image: object) -> bool:
 
 def decode(path: Path, channels: int, size: Sequence[int] | None = None) -> np.ndarray:
     """The pixels of the image at ``path`` as uint8 ``(channels, H, W)``: grey (1) or RGB (3), alpha dropped,
-    16-bit scaled to 8 bits; resized to ``size`` ``[H, W]`` (bilinear, antialiased) when given."""
+    16-bit scaled to 8 bits; resized to ``size`` ``[H, W]`` (bilinear, antialiased) when given. (Pillow may warn, e.g.
+    about a palette's transparency: see :func:`quiet`.)"""
     from PIL import Image, UnidentifiedImageError
 
+    mode = "L" if channels == 1 else "RGB"
     try:
-        with Image.open(path) as image, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "palette images with transparency": converted all the same
-            image.load()
+        with Image.open(path) as image:
             if image.mode in _SIXTEEN_BIT:
                 image = Image.fromarray(np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255)
                                         .astype(np.uint8))
-            image = image.convert("L" if channels == 1 else "RGB")
+            if image.mode != mode:
+                image = image.convert(mode)
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise _unreadable(path, err) from None
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Pillow's warnings silenced (e.g. "palette images with transparency ... should be converted to RGBA": they
+    are converted all the same), once around many :func:`decode` calls rather than in each."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
