@@ -22,6 +22,15 @@ def colour_images(n: int, seed: int, size: int = 32, classes: int = 10) -> tuple
     return np.clip(tinted, 0, 255).astype(np.uint8), labels
 
 
+def shows_colour(png: bytes) -> bool:
+    """Whether an image file shows colour: some pixel whose red, green and blue differ clearly."""
+    import io
+
+    with Image.open(io.BytesIO(png)) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    return bool((np.abs(pixels[..., 0] - pixels[..., 1]) + np.abs(pixels[..., 1] - pixels[..., 2]) > 30).any())
+
+
 def write_image(path: Path, pixels: np.ndarray) -> Path:
     """``pixels`` (``(H, W)`` grey or ``(H, W, 3)`` colour) as a PNG or JPEG, by the path's suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)

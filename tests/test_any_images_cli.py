@@ -18,6 +18,7 @@ import torch
 from conftest import FAST
 from image_sets import (
     colour_images,
+    shows_colour,
     write_cifar10,
     write_emnist,
     write_flat_folder,
@@ -41,13 +42,6 @@ def _single_run(tracking_uri: str, experiment: str):
 
 def _artifact(tracking_uri: str, run_id: str, name: str, into: Path) -> bytes:
     return Path(MlflowClient(tracking_uri).download_artifacts(run_id, name, str(into))).read_bytes()
-
-
-def _is_colour(png: bytes) -> bool:
-    """Whether an image file shows colour: some pixel whose red, green and blue differ clearly."""
-    with Image.open(io.BytesIO(png)) as image:
-        pixels = np.asarray(image.convert("RGB")).astype(int)
-    return bool((np.abs(pixels[..., 0] - pixels[..., 1]) + np.abs(pixels[..., 1] - pixels[..., 2]) > 30).any())
 
 
 def _thumbnails(page: str) -> list[bytes]:
@@ -77,9 +71,9 @@ def test_a_colour_folder_trains_with_colour_figures_and_encodes(run_cli, trackin
     assert {"test_knn_acc", "pca_knn_acc", "embed_knn_acc"} <= set(run.data.metrics)
     assert run.data.metrics["test_knn_acc"] > 0.5  # three classes of different hue
     for figure in ("reconstructions.png", "interpolation.png", "prior_samples.png"):
-        assert _is_colour(_artifact(tracking_uri, run.info.run_id, figure, tmp_path)), figure
+        assert shows_colour(_artifact(tracking_uri, run.info.run_id, figure, tmp_path)), figure
     thumbnails = _thumbnails(_artifact(tracking_uri, run.info.run_id, "explorer.html", tmp_path).decode())
-    assert len(thumbnails) == 2 * 18 and all(map(_is_colour, thumbnails))  # inputs and reconstructions
+    assert len(thumbnails) == 2 * 18 and all(map(shows_colour, thumbnails))  # inputs and reconstructions
 
     # encode: the same colour images as a PNG folder and as an (N, H, W, 3) .npy give the model's own codes.
     images = warm_images(6, 7)[0]
