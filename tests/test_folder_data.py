@@ -274,3 +274,26 @@ def test_refusals_are_aeexp_errors_so_the_cli_prints_one_line(tmp_path):
     _empty(tmp_path / "empty")
     with pytest.raises(AeexpError):
         data.build({"_target_": "aeexp.data.FolderDataset", "name": "x", "path": str(tmp_path / "empty")})
+
+
+def test_two_processes_decoding_the_same_folder_at_once_leave_an_intact_cache(tmp_path, own_cache):
+    import subprocess
+    import sys
+
+    images = write_flat_folder(tmp_path / "flat", n=300, size=16)
+    load = ("import sys; from aeexp import data; ds = data.load(data.preset('folder', path=sys.argv[1])); "
+            "print(len(ds.train) + len(ds.val) + len(ds.test))")
+    env = {**os.environ, "AEEXP_CACHE_DIR": str(own_cache)}
+    both = [subprocess.Popen([sys.executable, "-c", load, str(tmp_path / "flat")], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for process in both:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0 and out.strip() == "300", err[-2000:]
+    assert [n.rsplit(".", 1)[1] for n in cached_files(own_cache)] == ["json", "npy"]  # one entry, no leftovers
+    assert cache.load_images(next(iter(_keys(own_cache)))) is not None  # intact: shape and checksum agree
+    ds = data.load(folder_source(tmp_path / "flat"))
+    assert _rows(np.concatenate([s.images.numpy() for s in (ds.train, ds.val, ds.test)])) == _rows(images[:, None])
+
+
+def _keys(cache_folder: Path) -> set[str]:
+    return {p.name.split(".")[0] for p in (cache_folder / cache.IMAGES_FOLDER).iterdir()}
