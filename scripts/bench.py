@@ -6,7 +6,7 @@ r"""Speed of aeexp against baselines measured in the same process: prints a tabl
     python scripts/bench.py --epochs 3 --repeats 1 --conv-epochs 2 --train-n 5000 --embed-n 1000 --run-epochs 1 \
         --no-write                 # a smoke test of the script itself (a subset of the training images)
 
-Three parts. Every speed is a ratio to a baseline timed in this process and interleaved with it (epoch by epoch,
+Four parts. Every speed is a ratio to a baseline timed in this process and interleaved with it (epoch by epoch,
 the order reversed every other epoch), so that other load on the machine hits both alike; figures are medians.
 
 1. Training epochs (batch 256, BCE on logits), aeexp's ``loop.fit`` with the step ``loop.make_step`` chooses and the
@@ -34,6 +34,9 @@ the order reversed every other epoch), so that other load on the machine hits bo
 3. Whole runs (``python -m aeexp ...``) against the sum of their own training and embedding parts (read back from
    MLflow), and their peak RSS. They log to an MLflow store created (migrated) before the first run, as a user's
    second run would find it; once with an empty cache (the PCA baseline computed) and once with it cached.
+4. A folder of images (``dataset=folder``): the training images written as PNGs in class folders, loaded by aeexp
+   with an empty cache and with its cache, against torchvision's ``ImageFolder`` + ``DataLoader`` iterating the same
+   files once (``scripts/bench_folder.py``, which also runs alone).
 
 Only the part of BENCHMARKS.md between the two ``bench:`` markers is rewritten; the notes around it stay.
 """
@@ -58,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import bench_folder  # scripts/, beside this file
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -832,7 +836,8 @@ def runs_report(runs: dict[str, RunResult], args: argparse.Namespace) -> tuple[l
     return lines, targets
 
 
-def report(args, ds, rows, embedding, runs, load_before, load_after) -> tuple[str, list[tuple[str, bool]]]:
+def report(args, ds, rows, embedding, runs, load_before, load_after, folder=None
+           ) -> tuple[str, list[tuple[str, bool]]]:
     lines = [f"Machine: {m}" if i == 0 else f"  {m}" for i, m in enumerate(machine())]
     lines += [f"Load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} (other processes share "
               "the cores: figures are medians, ratios are paired with a baseline timed alongside)", ""]
@@ -848,6 +853,10 @@ def report(args, ds, rows, embedding, runs, load_before, load_after) -> tuple[st
         more, run_targets = runs_report(runs, args)
         lines += [*more, ""]
         targets += run_targets
+    if folder:
+        more, folder_targets = bench_folder.folder_report(folder)
+        lines += [*more, ""]
+        targets += folder_targets
     if targets:
         lines += ["| target | met |", "| --- | --- |"]
         lines += [f"| {text} | {'yes' if ok else 'NO'} |" for text, ok in targets]
@@ -880,7 +889,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-epochs", type=int, default=10, help="epochs of each whole run (default 10)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="aeexp's trainer.compile")
     parser.add_argument("--no-keras", action="store_true", help="leave Keras out even when installed")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["training", "adamw", "conv", "embedding", "run"],
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["training", "adamw", "conv", "embedding", "run", "folder"],
                         help="parts to leave out (training: all three training rows; adamw, conv: that row)")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
@@ -916,7 +926,11 @@ def main(argv: list[str] | None = None) -> None:
     if "run" not in args.skip:
         print(f"whole runs ({args.run_epochs} epochs x {args.repeats}) ...", flush=True)
         runs = bench_runs(args)
-    text, _ = report(args, ds, rows, embedding, runs, load_before, os.getloadavg()[0])
+    folder = None
+    if "folder" not in args.skip:
+        print(f"folder of images ({args.train_n or 'all'} training images as PNGs x {args.repeats}) ...", flush=True)
+        folder = bench_folder.bench_folder(args.dataset, args.root, args.repeats, args.train_n)
+    text, _ = report(args, ds, rows, embedding, runs, load_before, os.getloadavg()[0], folder)
     print()
     print(text)
     print(f"bench took {time.perf_counter() - started:.0f} s; peak RSS of the bench process "

@@ -402,15 +402,17 @@ def test_a_dataset_target_that_is_no_image_dataset_is_one_config_error(target, e
 
 
 def test_a_preset_that_is_not_shipped_lists_the_shipped_ones():
-    with pytest.raises(KeyError, match="no dataset config 'cifar'; shipped: digits, fashion_mnist, kmnist, mnist"):
+    with pytest.raises(KeyError, match="no dataset config 'cifar'; shipped: arrays, cifar10, digits, emnist, "
+                                       "fashion_mnist, folder, kmnist, mnist, svhn"):
         data.preset("cifar")
 
 
 def test_known_image_shapes_come_from_the_shipped_configs():
     shapes = data.known_image_shapes()
     assert shapes == {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
-                      "kmnist": (1, 28, 28)}
-    assert list(shapes) == ["digits", "mnist", "fashion_mnist", "kmnist"]  # the order messages list them in
+                      "kmnist": (1, 28, 28), "emnist": (1, 28, 28), "cifar10": (3, 32, 32), "svhn": (3, 32, 32)}
+    # The order messages list them in; folder and arrays know their shape only from their files.
+    assert list(shapes) == ["digits", "mnist", "fashion_mnist", "kmnist", "emnist", "cifar10", "svhn"]
 
 
 def test_preset_is_the_shipped_config_with_overrides(tmp_path):

@@ -231,7 +231,8 @@ ERRORS = [
     ("npz", "runs:/{run}/model", [], ["is not a supported image file"]),
     ("28x28", "runs:/{run}/model", [], ["are 28x28 (3 images)",
                                         "the model of run {run} takes 8x8 images (trained on digits)",
-                                        "give 8x8 images, or use a model trained on mnist, fashion_mnist or kmnist"]),
+                                        "give 8x8 images, or use a model trained on mnist, fashion_mnist, kmnist or "
+                                        "emnist"]),
     ("flat 784", "runs:/{run}/model", [], ["shape (3, 784)", "takes 8x8 images"]),
     ("0..255 floats", "runs:/{run}/model", [], ["float values from 0 to 255", "must lie in [0, 1]"]),
     ("negative floats", "runs:/{run}/model", [], ["float values from -0.5", "must lie in [0, 1]"]),
@@ -305,15 +306,20 @@ def test_failure_leaves_existing_outputs_untouched(trained, digits, tmp_path):
 
 @pytest.mark.parametrize(("stored", "model_shape", "expected"), [
     ((5, 8, 8), (1, 28, 28), "images in x.npy are 8x8 (5 images) but the model models:/ae/1 takes 28x28 images (the "
-                             "size of mnist, fashion_mnist or kmnist); give 28x28 images, or use a model trained on "
-                             "digits"),
+                             "size of mnist, fashion_mnist, kmnist or emnist); give 28x28 images, or use a model "
+                             "trained on digits"),
     ((3, 28, 28, 1), (1, 8, 8), "images in x.npy are 28x28 (3 images) but the model models:/ae/1 takes 8x8 images "
-                                "(the size of digits); give 8x8 images, or use a model trained on mnist, fashion_mnist "
-                                "or kmnist"),
+                                "(the size of digits); give 8x8 images, or use a model trained on mnist, "
+                                "fashion_mnist, kmnist or emnist"),
     ((2, 1, 5, 5), (1, 12, 12), "images in x.npy are 5x5 (2 images) but the model models:/ae/1 takes 12x12 images; "
                                 "give 12x12 images, or use a model trained on images of their size"),
-    ((4, 3, 8, 8), (3, 28, 28), "images in x.npy are an array of shape (4, 3, 8, 8) but the model models:/ae/1 takes "
+    ((4, 3, 8, 8), (3, 28, 28), "images in x.npy are 8x8 colour (4 images) but the model models:/ae/1 takes "
                                 "3x28x28 images; give 3x28x28 images, or use a model trained on images of their size"),
+    ((2, 28, 28, 3), (3, 8, 8), "images in x.npy are 28x28 colour (2 images) but the model models:/ae/1 takes 3x8x8 "
+                                "images; give 3x8x8 images, or use a model trained on images of their size"),
+    ((2, 32, 32, 3), (1, 28, 28), "images in x.npy are 32x32 colour (2 images) but the model models:/ae/1 takes "
+                                  "28x28 images (the size of mnist, fashion_mnist, kmnist or emnist); give 28x28 "
+                                  "images, or use a model trained on cifar10 or svhn"),
 ])
 def test_a_mismatch_names_the_shipped_datasets_of_each_size(stored, model_shape, expected):
     """Without a run to ask, the hint comes from the image shapes of the shipped dataset configs."""

@@ -19,7 +19,7 @@ import pytest
 from idx import synthetic_images
 from PIL import Image
 
-from aeexp.explorer import THUMBNAIL_LEVELS, explorer_html, grey_png, png_data_uris
+from aeexp.explorer import THUMBNAIL_LEVELS, explorer_html, png_bytes, png_data_uris
 
 N, SIDE = 3000, 28
 CLASS_NAMES = [f"class-{c}" for c in range(10)]
@@ -161,7 +161,7 @@ def test_thumbnails_are_exact_pngs_of_the_grey_levels_kept() -> None:
             kept = np.asarray(decoded)
         np.testing.assert_array_equal(kept, (np.round(image / step) * step).round().astype(np.uint8))
     odd = np.arange(7 * 3, dtype=np.uint8).reshape(7, 3)  # not square, any size
-    with Image.open(io.BytesIO(grey_png(odd))) as decoded:
+    with Image.open(io.BytesIO(png_bytes(odd))) as decoded:
         np.testing.assert_array_equal(np.asarray(decoded), odd)
 
 

@@ -280,11 +280,12 @@ def test_embedding_is_deterministic_for_a_seed(clusters):
     np.testing.assert_array_equal(embed.embed_2d(x, seed=3), embed.embed_2d(x, seed=3))
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["grey", "colour"])
 @pytest.mark.parametrize("loss", ["bce", "mse"])
-def test_written_out_backward_gives_autograds_loss_and_gradients(loss):
-    model = _dense((1, 28, 28), (64, 32), 8, loss=loss)
+def test_written_out_backward_gives_autograds_loss_and_gradients(loss, shape):
+    model = _dense(shape, (64, 32), 8, loss=loss)
     twin = copy.deepcopy(model)
-    x = torch.rand(40, 1, 28, 28)
+    x = torch.rand(40, *shape)
     x[:10] = 0.0
     expected, parts = model.training_loss(x, x)
     assert parts == {}

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp.errors import ConfigError, InvalidParameter
+from aeexp.errors import AeexpError, ConfigError, InvalidParameter
 
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
@@ -215,7 +215,7 @@ def build(config: DictConfig | Mapping[str, Any], key: str, *args: Any, exclude:
         cause = err.__cause__
         if isinstance(cause, InvalidParameter):
             raise ConfigError(f"{key}.{cause.name}={cause.value!r} is invalid: {cause.expected}.") from None
-        if isinstance(cause, ConfigError):
+        if isinstance(cause, AeexpError):  # e.g. a dataset's DataError on reading a header: its own one line
             raise cause from None
         reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
         raise ConstructionError(f"{key}: {_target_name(target)} refused its parameters ({reason.splitlines()[0]})"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from aeexp import files
+from aeexp.data.pixels import checked_pixels
 from aeexp.errors import AeexpError, DataError, TrackingError
 from aeexp.training import EVAL_BATCH_SIZE
 
@@ -45,26 +46,6 @@ class Images:
 # --- reading images ---------------------------------------------------------------------------------------
 
 
-def _checked_values(array: np.ndarray, source: Path) -> np.ndarray:
-    """``array`` as uint8 0..255 or float32 in [0, 1]; refuse other values with one line naming ``source``."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype.kind in "iu":
-        if array.size and (array.min() < 0 or array.max() > 255):
-            raise DataError(f"{source} holds integer values from {array.min()} to {array.max()}; pixels must be "
-                            "0..255 (or floats in [0, 1])")
-        return array.astype(np.uint8)
-    if array.dtype.kind == "f":
-        if array.size and not np.isfinite(array).all():
-            raise DataError(f"{source} holds NaN or infinite values; pixels must be floats in [0, 1] or 0..255 "
-                            "integers")
-        if array.size and (array.min() < 0.0 or array.max() > 1.0):
-            raise DataError(f"{source} holds float values from {float(array.min()):g} to {float(array.max()):g}; "
-                            "float pixels must lie in [0, 1] (divide 0..255 values by 255, or save them as uint8)")
-        return array.astype(np.float32)
-    raise DataError(f"{source} holds {array.dtype} values; pixels must be uint8 0..255 or floats in [0, 1]")
-
-
 def _read_npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
@@ -77,8 +58,11 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    """One PNG as a 2-D uint8 array: grayscale as is, 16-bit scaled to 8 bits, colour converted to luma."""
+    """One PNG as uint8: ``(H, W)`` for a grey one (16-bit scaled to 8 bits), ``(H, W, 3)`` for a colour one
+    (alpha dropped); :func:`png_channels` fits them to the model."""
     from PIL import Image, UnidentifiedImageError
+
+    from aeexp.data.image_files import is_colour
 
     try:
         with Image.open(path) as image:
@@ -86,9 +70,7 @@ def _read_png(path: Path) -> np.ndarray:
                 raise DataError(f"{path} is a {image.format} image, not a PNG")
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)
-            if image.mode != "L":
-                image = image.convert("L")
-            return np.array(image, dtype=np.uint8)
+            return np.array(image.convert("RGB" if is_colour(image) else "L"), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise DataError(f"cannot read {path} as a PNG image ({err})") from None
 
@@ -101,11 +83,25 @@ def _read_png_folder(folder: Path) -> Images:
     arrays = [_read_png(files[0])]
     for path in files[1:]:
         array = _read_png(path)
-        if array.shape != arrays[0].shape:
-            raise DataError(f"{path} is {_hw(array.shape)} but {files[0].name} is {_hw(arrays[0].shape)}; all images "
-                            f"in {folder} must have one size")
+        if array.shape[:2] != arrays[0].shape[:2]:
+            raise DataError(f"{path} is {_hw(array.shape[:2])} but {files[0].name} is {_hw(arrays[0].shape[:2])}; all "
+                            f"images in {folder} must have one size")
         arrays.append(array)
+    if any(array.ndim == 3 for array in arrays):  # some in colour: all as RGB, the grey ones' channels equal
+        arrays = [array if array.ndim == 3 else np.repeat(array[:, :, None], 3, axis=2) for array in arrays]
     return Images(np.stack(arrays), folder, [p.name for p in files])
+
+
+def png_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    """PNGs read as ``(N, H, W)`` grey or ``(N, H, W, 3)`` colour, made what a model of ``channels`` takes: colour
+    converted to grey as Pillow does (ITU-R 601-2 luma) for a grey model, grey repeated in R, G and B for a colour
+    one; as they are otherwise."""
+    if channels == 1 and array.ndim == 4 and array.shape[3] == 3:
+        weights = np.array([19595, 38470, 7471], dtype=np.uint32)  # Pillow's convert("L"), to the same values
+        return ((array.astype(np.uint32) @ weights + 0x8000) >> 16).astype(np.uint8)
+    if channels == 3 and array.ndim == 3:
+        return np.repeat(array[..., None], 3, axis=3)
+    return array
 
 
 def read_images(path: Path) -> Images:
@@ -115,7 +111,7 @@ def read_images(path: Path) -> Images:
 
     if path.is_dir():
         images = _read_png_folder(path)
-        images.array = _checked_values(images.array, path)
+        images.array = checked_pixels(images.array, path)
         return images
     if not path.exists():
         raise DataError(f"images {path} not found; give {SUPPORTED}")
@@ -132,7 +128,7 @@ def read_images(path: Path) -> Images:
         array = read_idx(path)  # its errors name the file and what is wrong with it
     else:
         raise DataError(f"{path} is not a supported image file; give {SUPPORTED}")
-    return Images(_checked_values(array, path), path)
+    return Images(checked_pixels(array, path), path)
 
 
 # --- fitting images to the model -------------------------------------------------------------------------
@@ -154,19 +150,22 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _stored_hw(shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    """Height and width of a stack of one-channel images, as stored; None when the shape does not say."""
+def _stored_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """``(C, H, W)`` of a stack of grey or colour images, as stored (``(N, H, W)``, ``(N, C, H, W)`` or
+    ``(N, H, W, C)``, C 1 or 3); None when the shape does not say."""
     if len(shape) == 3:
+        return (1, *shape[1:])
+    if len(shape) == 4 and shape[1] in (1, 3):
         return shape[1:]
-    if len(shape) == 4 and 1 in (shape[1], shape[3]):
-        return shape[2:] if shape[1] == 1 else shape[1:3]
+    if len(shape) == 4 and shape[3] in (1, 3):
+        return (shape[3], *shape[1:3])
     return None
 
 
 def _describe(shape: tuple[int, ...]) -> str:
-    height_width = _stored_hw(shape)
-    if height_width is not None:
-        return f"{_hw(height_width)} ({_count(shape[0], 'image')})"
+    stored = _stored_shape(shape)
+    if stored is not None:
+        return f"{_hw(stored[1:])}{' colour' if stored[0] == 3 else ''} ({_count(shape[0], 'image')})"
     if len(shape) == 2:
         return (f"an array of shape {shape} (one {_hw(shape)} image, or {shape[0]} flattened images of "
                 f"{shape[1]} pixels)")
@@ -176,7 +175,8 @@ def _describe(shape: tuple[int, ...]) -> str:
 def fit_to_model(array: np.ndarray, image_shape: Sequence[int]) -> np.ndarray | None:
     """``array`` as ``(N, C, H, W)`` for a model taking ``image_shape`` (C, H, W); None when it does not fit.
 
-    Accepted: ``(N, H, W)``, ``(N, H*W)``, one ``(H, W)`` image, ``(N, 1, H, W)`` and ``(N, H, W, 1)`` (C = 1).
+    Accepted: ``(N, H, W)``, ``(N, H*W)``, one ``(H, W)`` image, ``(N, 1, H, W)`` and ``(N, H, W, 1)`` (C = 1);
+    ``(N, C, H, W)``, ``(N, H, W, C)``, ``(N, C*H*W)`` and one ``(C, H, W)`` or ``(H, W, C)`` image (C > 1).
     """
     channels, height, width = (int(s) for s in image_shape)
     shape = array.shape
@@ -192,6 +192,10 @@ def fit_to_model(array: np.ndarray, image_shape: Sequence[int]) -> np.ndarray | 
             return array[..., 0][:, None]
     elif array.ndim == 4 and shape[1:] == (channels, height, width):
         return array
+    elif array.ndim == 4 and shape[1:] == (height, width, channels):
+        return array.transpose(0, 3, 1, 2)
+    elif shape in ((channels, height, width), (height, width, channels)):
+        return fit_to_model(array[None], image_shape)
     if array.ndim == 2 and shape[1] == pixels:
         return array.reshape(shape[0], channels, height, width)
     return None
@@ -221,8 +225,8 @@ def mismatch_message(images: Images, image_shape: Sequence[int], model_uri: str)
     trained_on = _trained_on(model_uri)
     same_size = _datasets_of(tuple(int(s) for s in image_shape))
     origin = f" (trained on {trained_on})" if trained_on else f" (the size of {same_size})" if same_size else ""
-    height_width = _stored_hw(images.array.shape)
-    theirs = _datasets_of((1, *height_width)) if height_width is not None else ""  # one-channel images
+    stored = _stored_shape(images.array.shape)
+    theirs = _datasets_of(stored) if stored is not None else ""
     other = f"a model trained on {theirs}" if theirs else "a model trained on images of their size"
     return (f"images in {images.source} are {_describe(images.array.shape)} but {_model_name(model_uri)} takes "
             f"{model_hw} images{origin}; give {model_hw} images, or use {other}")
@@ -331,7 +335,10 @@ def run(model_uri: str, images_path: Path, out: Path, recon_path: Path | None, t
     if images.array.size == 0:
         raise DataError(f"{images.source} holds no images (its shape is {images.array.shape})")
     model = load_model(model_uri, tracking_uri)
-    fitted = fit_to_model(images.array, model.image_shape)
+    array = images.array
+    if images.files is not None:  # PNGs: grey or colour, made what the model takes
+        array = png_channels(array, int(model.image_shape[0]))
+    fitted = fit_to_model(array, model.image_shape)
     if fitted is None:
         raise EncodeError(mismatch_message(images, model.image_shape, model_uri))
     codes, recons = encode(model, fitted, batch_size, recon_path is not None)
@@ -369,14 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: encode images with a logged model; 0 on success, 1 with one ``error:`` line otherwise."""
     parser = argparse.ArgumentParser(
         prog="aeexp encode", description=__doc__.splitlines()[0],
-        epilog="Images: uint8 0..255 or floats in [0, 1]; .npy shapes (N, H, W), (N, H*W) or one (H, W) image; "
-               "PNGs are read in file-name order (colour converted to gray) and the order is written to "
-               "<out stem>.files.txt. Codes and reconstructions are float32 .npy files.")
+        epilog="Images: uint8 0..255 or floats in [0, 1]; .npy shapes (N, H, W), (N, H*W) or one (H, W) image, "
+               "in colour (N, H, W, 3) or (N, 3, H, W); PNGs are read in file-name order (made grey or colour as "
+               "the model takes them) and the order is written to <out stem>.files.txt. Codes and reconstructions "
+               "are float32 .npy files.")
     parser.add_argument("model_uri", metavar="MODEL_URI", help="the logged model, e.g. runs:/<run id>/model")
     parser.add_argument("images", metavar="IMAGES", type=Path, help=SUPPORTED)
     parser.add_argument("--out", type=Path, required=True, help="where to write the codes (.npy, N x bottleneck)")
     parser.add_argument("--reconstructions", type=Path, default=None,
-                        help="also write the reconstructions here (.npy, N x H x W, values in [0, 1])")
+                        help="also write the reconstructions here (.npy, N x H x W, colour N x 3 x H x W, values "
+                             "in [0, 1])")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLflow's default, MLFLOW_TRACKING_URI or "
                              "sqlite:///mlflow.db in the current folder)")

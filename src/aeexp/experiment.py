@@ -61,20 +61,27 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _final_metrics(model: models.Autoencoder, dataset: data.Dataset
-                   ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Test-split losses and kNN accuracy of the codes; also return the test codes and labels."""
+def _labels(split: data.Split) -> np.ndarray | None:
+    return None if split.labels is None else split.labels.cpu().numpy()
+
+
+UNLABELLED_NOTICE = ("%s has no labels: test_knn_acc, pca_knn_acc and the embeddings' kNN accuracies are left out, "
+                     "and the figures and the explorer do not colour points by class")
+
+
+def _final_metrics(model: models.Autoencoder, dataset: data.Dataset) -> tuple[dict[str, float], np.ndarray]:
+    """Test-split losses and (with labels) the kNN accuracy of the codes; also return the test codes."""
     test_images = dataset.test.images
-    train_codes = loop.encode_all(model, dataset.train.images).numpy()
     test_codes = loop.encode_all(model, test_images).numpy()
-    train_labels = dataset.train.labels.cpu().numpy()
-    test_labels = dataset.test.labels.cpu().numpy()
     results = {
         "test_loss": loop.evaluate_loss(model, test_images),
         "test_mse": loop.reconstruction_mse(model, test_images),  # comparable to PCA's
-        "test_knn_acc": metrics.knn_accuracy(train_codes, train_labels, test_codes, test_labels),
     }
-    return results, test_codes, test_labels
+    train_labels, test_labels = _labels(dataset.train), _labels(dataset.test)
+    if train_labels is not None and test_labels is not None:
+        train_codes = loop.encode_all(model, dataset.train.images).numpy()
+        results["test_knn_acc"] = metrics.knn_accuracy(train_codes, train_labels, test_codes, test_labels)
+    return results, test_codes
 
 
 VIEW_NAMES = {"tsne": "t-SNE", "pca": "PCA", "umap": "UMAP"}
@@ -82,23 +89,34 @@ VIEW_NAMES = {"tsne": "t-SNE", "pca": "PCA", "umap": "UMAP"}
 
 @dataclass
 class _Views:
-    """2-D views of a stratified sample of the test codes: ``points[method]``, rows ``chosen`` of the test split."""
+    """2-D views of a stratified sample of the test codes: ``points[method]``, rows ``chosen`` of the test split, and
+    their labels (None: unlabelled)."""
 
     points: dict[str, np.ndarray]
     chosen: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
 
 
-def _embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray, seed: int
+def _sample(labels: np.ndarray | None, n_items: int, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``n`` of ``n_items`` items: stratified by ``labels``, else uniform."""
+    if labels is not None:
+        return metrics.stratified_sample(labels, n, seed)
+    if n >= n_items:
+        return np.arange(n_items)
+    return np.sort(np.random.default_rng(seed).choice(n_items, n, replace=False))
+
+
+def _embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray | None, seed: int
                        ) -> tuple[dict[str, float], _Views]:
-    """Each of ``embed.methods`` on the same sample: ``embed_<method>_{knn_acc,trust,time}``, and the first
-    method's also as ``embed_knn_acc``, ``embed_trust``, ``embed_time``."""
+    """Each of ``embed.methods`` on the same sample: ``embed_<method>_{knn_acc,trust,time}`` (no ``knn_acc``
+    without labels), and the first method's also as ``embed_knn_acc``, ``embed_trust``, ``embed_time``."""
     n_samples = cfg.embed.n_samples
-    if n_samples > len(labels):
+    if n_samples > len(codes):
         log.info("embed.n_samples=%d is more than the %d test images: embedding all of them",
-                 n_samples, len(labels))
-    chosen = metrics.stratified_sample(labels, n_samples, seed)
-    codes, labels = codes[chosen], labels[chosen]
+                 n_samples, len(codes))
+    chosen = _sample(labels, len(codes), n_samples, seed)
+    codes = codes[chosen]
+    labels = None if labels is None else labels[chosen]
     results: dict[str, float] = {}
     views: dict[str, np.ndarray] = {}
     for i, method in enumerate(m.value for m in cfg.embed.methods):
@@ -107,9 +125,9 @@ def _embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray, s
         points = embed.embed_2d(codes, method, cfg.embed.perplexity, seed, n_iter=cfg.embed.n_iter,
                                 early_exaggeration_iter=cfg.embed.early_exaggeration_iter,
                                 n_neighbors=cfg.embed.n_neighbors, min_dist=cfg.embed.min_dist)
-        measured = {"time": time.perf_counter() - started,
-                    "knn_acc": metrics.cv_knn_accuracy(points, labels, seed=seed),
-                    "trust": metrics.trustworthiness(codes, points)}
+        measured = {"time": time.perf_counter() - started, "trust": metrics.trustworthiness(codes, points)}
+        if labels is not None:
+            measured["knn_acc"] = metrics.cv_knn_accuracy(points, labels, seed=seed)
         results.update({f"embed_{method}_{key}": value for key, value in measured.items()})
         if i == 0:
             results.update({f"embed_{key}": value for key, value in measured.items()})
@@ -234,6 +252,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
     dataset = data.load(parts.source, cfg.seed).to(device)
     log.info("%s: %d train, %d val, %d test images of shape %s on %s", dataset.name, len(dataset.train),
              len(dataset.val), len(dataset.test), dataset.image_shape, device)
+    if not dataset.labelled:
+        log.info(UNLABELLED_NOTICE, dataset.name)
     model, optimizer = parts.model, parts.optimizer
     schedule = optim.build_schedule(cfg.scheduler, optimizer, cfg.trainer.epochs,
                                     math.ceil(len(dataset.train) / cfg.trainer.batch_size))
@@ -320,23 +340,37 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
         _log_checkpoint(checkpoint_path)
         model.cpu()
         tracking.log_model(model, loop.to_float(training.dataset.test.images[:4]).cpu().numpy())
-    log.info("test_loss %.4f  test_mse %.4f (PCA %.4f)  test_knn_acc %.3f (PCA %.3f)  embed_knn_acc %.3f  "
-             "embed_trust %.3f", results["test_loss"], results["test_mse"], results["pca_test_mse"],
-             results["test_knn_acc"], results["pca_knn_acc"], results["embed_knn_acc"], results["embed_trust"])
+    log.info("%s", _summary(results))
     return RunResult(run_id, start.experiment, start.tracking_uri, results, history.val_loss[-1])
+
+
+def _summary(results: dict[str, float]) -> str:
+    """The final metrics in one line: ``test_loss 0.1 test_mse 0.02 (PCA 0.03) ...`` (those measured)."""
+    shown = [("test_loss", ".4f", None), ("test_mse", ".4f", "pca_test_mse"), ("test_knn_acc", ".3f", "pca_knn_acc"),
+             ("embed_knn_acc", ".3f", None), ("embed_trust", ".3f", None)]
+    parts = []
+    for name, spec, pca in shown:
+        if name in results:
+            parts.append(f"{name} {results[name]:{spec}}" + (f" (PCA {results[pca]:{spec}})" if pca else ""))
+    return "  ".join(parts)
 
 
 INTERPOLATION_STEPS = 9
 PRIOR_SAMPLES = (4, 8)
 
 
+def _image_name(dataset: data.Dataset, index: int) -> str:
+    """What a figure calls test image ``index``: its class, or its number when the images have no labels."""
+    labels = dataset.test.labels
+    return dataset.class_names[int(labels[index])] if labels is not None else f"#{index}"
+
+
 @torch.no_grad()
 def _interpolations(model: models.Autoencoder, dataset: data.Dataset, examples: np.ndarray
                     ) -> tuple[np.ndarray, list[str]]:
-    """Decoded points on the line between the codes of pairs of test images of different classes:
+    """Decoded points on the line between the codes of pairs of test images (of different classes, when labelled):
     ``(pairs, steps, C, H, W)`` and a label per pair."""
     model.eval()
-    labels = dataset.test.labels.cpu().numpy()
     pairs = [(int(examples[i]), int(examples[i + 1])) for i in range(0, min(len(examples) - 1, 8), 2)]
     rows, names = [], []
     weights = torch.linspace(0.0, 1.0, INTERPOLATION_STEPS, device=dataset.test.images.device)[:, None]
@@ -344,7 +378,7 @@ def _interpolations(model: models.Autoencoder, dataset: data.Dataset, examples: 
         codes = model.encode(loop.to_float(dataset.test.images[[a, b]]))
         line = (1 - weights) * codes[0] + weights * codes[1]
         rows.append(model.decode(line).cpu().numpy())
-        names.append(f"{dataset.class_names[labels[a]]} -> {dataset.class_names[labels[b]]}")
+        names.append(f"{_image_name(dataset, a)} -> {_image_name(dataset, b)}")
     return np.stack(rows), names
 
 
@@ -385,12 +419,12 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
             output_dir: Path) -> dict[str, float]:
     """Final metrics, the embedding and the figures, logged to the active run."""
     interrupt.check()
-    results, codes, labels = _final_metrics(model, dataset)
+    results, codes = _final_metrics(model, dataset)
     interrupt.check()
-    results.update(baseline.cached_pca_metrics(dataset.train.images, dataset.train.labels.cpu().numpy(),
-                                               dataset.test.images, labels, model.bottleneck))
+    results.update(baseline.cached_pca_metrics(dataset.train.images, _labels(dataset.train), dataset.test.images,
+                                               _labels(dataset.test), model.bottleneck))
     interrupt.check()
-    embedding, views = _embedding_metrics(cfg, codes, labels, cfg.seed)
+    embedding, views = _embedding_metrics(cfg, codes, _labels(dataset.test), cfg.seed)
     results.update(embedding)
     tracking.log_metrics(results)
     interrupt.check()
@@ -407,7 +441,9 @@ def _figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, 
              views: _Views, results: dict[str, float]) -> dict[str, plots.Figure]:
     """Every figure of a run, by file name."""
     label = f"{model_label(cfg)} (bottleneck {model.bottleneck})"
-    examples = plots.pick_one_per_class(dataset.test.labels.cpu().numpy(), RECONSTRUCTION_EXAMPLES)
+    test_labels = _labels(dataset.test)
+    examples = (plots.pick_one_per_class(test_labels, RECONSTRUCTION_EXAMPLES) if test_labels is not None
+                else np.arange(min(RECONSTRUCTION_EXAMPLES, len(dataset.test))))
     originals = loop.to_float(dataset.test.images[examples])
     noisy = _noisy_examples(model, originals, cfg.seed)
     interpolations, pair_names = _interpolations(model, dataset, examples)
@@ -416,17 +452,18 @@ def _figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, 
         outputs = model(noisy if noisy is not None else originals).float().cpu().numpy()
     figures = {
         "reconstructions.png": plots.reconstruction_grid(
-            originals.cpu().numpy(), outputs, [dataset.class_names[int(dataset.test.labels[i])] for i in examples],
+            originals.cpu().numpy(), outputs, [_image_name(dataset, i) for i in examples],
             noisy=None if noisy is None else noisy.cpu().numpy()),
         "loss_curves.png": plots.loss_curves(history.train_loss, history.val_loss, getattr(model, "loss", "")),
         "interpolation.png": plots.image_grid(interpolations, f"{label}: decoded codes between two test images",
                                               pair_names),
     }
     for method, points in views.points.items():
+        measured = [f"5-NN acc in 2-D {results[f'embed_{method}_knn_acc']:.3f}"] if views.labels is not None else []
+        measured.append(f"trustworthiness {results[f'embed_{method}_trust']:.3f}")
         figures[f"{method}.png"] = plots.embedding_scatter(
             points, views.labels, dataset.class_names,
-            f"{VIEW_NAMES[method]} of {label} codes on {dataset.name} test images\n5-NN acc in 2-D "
-            f"{results[f'embed_{method}_knn_acc']:.3f}, trustworthiness {results[f'embed_{method}_trust']:.3f}")
+            f"{VIEW_NAMES[method]} of {label} codes on {dataset.name} test images\n{', '.join(measured)}")
     samples = _prior_samples(model, cfg.seed)
     if samples is not None:
         figures["prior_samples.png"] = plots.image_grid(samples, f"{model_label(cfg)}: decoded samples of its prior")
@@ -443,7 +480,7 @@ def _log_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Data
     reconstructions = loop.reconstruct(model, images)
     html = explorer_html(points, views.labels, dataset.class_names, images.cpu().numpy(), reconstructions.numpy(),
                          f"{VIEW_NAMES[method]} of {model_label(cfg)} codes (bottleneck {model.bottleneck}) on "
-                         f"{dataset.name}: hover a point for its image and reconstruction, click the legend "
-                         "to hide a class")
+                         f"{dataset.name}: hover a point for its image and reconstruction"
+                         + (", click the legend to hide a class" if views.labels is not None else ""))
     (output_dir / "explorer.html").write_text(html, encoding="utf-8")
     tracking.log_artifact(output_dir / "explorer.html")

@@ -24,25 +24,29 @@ def pick_one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _mosaic(images: np.ndarray, pad: int = 1) -> np.ndarray:
-    """Grey images ``(rows, columns, H, W)`` as one array, ``pad`` white pixels between them."""
-    rows, columns, height, width = images.shape
-    canvas = np.ones((rows * (height + pad) - pad, columns * (width + pad) - pad), dtype=np.float32)
+    """Images ``(rows, columns, C, H, W)`` as one array, ``pad`` white pixels between them: ``(H', W')`` for grey
+    images, ``(H', W', 3)`` for colour ones (C = 3); of other channel counts the first channel, in grey."""
+    rows, columns, channels, height, width = images.shape
+    pixels = images.transpose(0, 1, 3, 4, 2) if channels == 3 else images[:, :, 0]
+    canvas = np.ones((rows * (height + pad) - pad, columns * (width + pad) - pad, *pixels.shape[4:]),
+                     dtype=np.float32)
     for r in range(rows):
         for c in range(columns):
             top, left = r * (height + pad), c * (width + pad)
-            canvas[top:top + height, left:left + width] = images[r, c]
+            canvas[top:top + height, left:left + width] = pixels[r, c]
     return canvas
 
 
 def _grid_axes(fig: Figure, images: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str] = (),
                fontsize: float = 8) -> None:
-    """One axes showing ``images`` ``(rows, columns, C, H, W)`` as a mosaic, rows and columns labelled by ticks.
+    """One axes showing ``images`` ``(rows, columns, C, H, W)`` as a mosaic (in colour when C = 3), rows and columns
+    labelled by ticks.
 
     One image instead of an axes per cell: matplotlib lays out and draws a few artists instead of hundreds.
     """
     height, width = images.shape[-2:]
     ax = fig.add_subplot()
-    ax.imshow(_mosaic(images[:, :, 0]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(np.clip(_mosaic(images), 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_yticks([r * (height + 1) + (height - 1) / 2 for r in range(len(row_labels))], list(row_labels),
                   fontsize=fontsize)
     ax.set_xticks([c * (width + 1) + (width - 1) / 2 for c in range(len(column_labels))], list(column_labels),
@@ -95,19 +99,23 @@ def loss_curves(train_loss: Sequence[float], val_loss: Sequence[float], loss_nam
     return fig
 
 
-def embedding_scatter(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str
+def embedding_scatter(points: np.ndarray, labels: np.ndarray | None, class_names: Sequence[str], title: str
                       ) -> Figure:
-    """2-D points coloured by class, with a legend of class names."""
+    """2-D points coloured by class, with a legend of class names; in one colour, without a legend, when ``labels``
+    is None (unlabelled images)."""
     fig, ax = plt.subplots(figsize=(7, 6))
     cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
-    for c, name in enumerate(class_names):
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.7, color=cmap(0))
+    for c, name in enumerate(class_names if labels is not None else []):
         mask = labels == c
         if mask.any():
             ax.scatter(points[mask, 0], points[mask, 1], s=4, alpha=0.7, color=cmap(c % cmap.N), label=name)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if labels is not None:
+        ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     return fig
 

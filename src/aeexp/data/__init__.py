@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from aeexp.data.arrays import ArraysDataset
 from aeexp.data.dataset import Arrays, Dataset, ImageDataset, Split, load
 from aeexp.data.digits import Digits
+from aeexp.data.downloads import StandardFiles
+from aeexp.data.folder import FolderDataset
 from aeexp.data.idx import IDX_FILES, IdxDataset, IdxFormatError, read_idx
+from aeexp.data.torchvision_sets import Cifar10, Emnist, Svhn
 
-__all__ = ["IDX_FILES", "Arrays", "Dataset", "Digits", "IdxDataset", "IdxFormatError", "ImageDataset", "Split",
-           "build", "known_image_shapes", "load", "preset", "read_idx"]
+__all__ = ["IDX_FILES", "Arrays", "ArraysDataset", "Cifar10", "Dataset", "Digits", "Emnist", "FolderDataset",
+           "IdxDataset", "IdxFormatError", "ImageDataset", "Split", "StandardFiles", "Svhn", "build",
+           "known_image_shapes", "load", "preset", "read_idx"]
 
 
 def build(config: Any) -> ImageDataset:
@@ -24,7 +29,7 @@ def build(config: Any) -> ImageDataset:
     return components.build(config, "dataset", base=ImageDataset)
 
 
-LISTED_FIRST = ("digits", "mnist", "fashion_mnist", "kmnist")
+LISTED_FIRST = ("digits", "mnist", "fashion_mnist", "kmnist", "emnist", "cifar10", "svhn")
 
 
 def _packaged_configs() -> dict[str, Any]:
@@ -60,7 +65,7 @@ def known_image_shapes() -> dict[str, tuple[int, int, int]]:
     for config in (configs[name] for name in order):
         try:
             source = build(config)
-        except (ConfigError, ValueError):  # a dataset that needs a path to know its shape
+        except (ConfigError, ValueError):  # a dataset that needs a path to know its shape (folder, arrays)
             continue
         shapes[source.name] = tuple(source.image_shape)  # type: ignore[assignment]
     return shapes

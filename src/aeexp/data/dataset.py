@@ -22,17 +22,19 @@ if TYPE_CHECKING:
 
 @dataclass
 class Arrays:
-    """What a source reads: uint8 images ``(N, C, H, W)`` and integer labels ``(N,)`` of its train and test splits."""
+    """What a source reads: uint8 images ``(N, C, H, W)`` and integer labels ``(N,)`` of its train and test splits;
+    the labels of both are None for unlabelled images (a flat folder, an ``.npz`` without ``y_train``)."""
 
     train_images: np.ndarray
-    train_labels: np.ndarray
+    train_labels: np.ndarray | None
     test_images: np.ndarray
-    test_labels: np.ndarray
+    test_labels: np.ndarray | None
 
 
 class ImageDataset:
     """The base of every dataset source: ``name``, ``val_fraction``, and what subclasses declare in ``__init__``
-    without reading a file, ``image_shape`` (C, H, W) and ``class_names``; ``read()`` gives the :class:`Arrays`.
+    without reading a file, ``image_shape`` (C, H, W) and ``class_names`` (empty for unlabelled images); ``read()``
+    gives the :class:`Arrays`.
 
     Optional: ``read_ahead()``, called by the command line before its slow imports, may start reading the files.
     """
@@ -56,16 +58,16 @@ class ImageDataset:
 
 @dataclass
 class Split:
-    """Images as uint8 ``(N, C, H, W)`` and integer labels ``(N,)``."""
+    """Images as uint8 ``(N, C, H, W)`` and integer labels ``(N,)`` (None: unlabelled images)."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.images.shape[0])
 
     def to(self, device: torch.device | str) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.images.to(device), None if self.labels is None else self.labels.to(device))
 
 
 @dataclass
@@ -83,6 +85,11 @@ class Dataset:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
     @property
+    def labelled(self) -> bool:
+        """Whether the images have labels (what kNN accuracies and colours by class need)."""
+        return self.train.labels is not None
+
+    @property
     def input_dim(self) -> int:
         return math.prod(self.image_shape)
 
@@ -90,21 +97,23 @@ class Dataset:
         return Dataset(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.class_names)
 
 
-def _as_split(images: np.ndarray, labels: np.ndarray) -> Split:
+def _as_split(images: np.ndarray, labels: np.ndarray | None) -> Split:
     import torch
 
     return Split(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
-                 torch.from_numpy(np.asarray(labels).astype(np.int64)))
+                 None if labels is None else torch.from_numpy(np.asarray(labels).astype(np.int64)))
 
 
 def _check(source: ImageDataset, arrays: Arrays) -> None:
     """The arrays a source read agree with what it declared; DataError otherwise (a bug in the source)."""
+    if (arrays.train_labels is None) != (arrays.test_labels is None):
+        raise DataError(f"dataset {source.name}: labels for one split but not the other; give both or neither")
     for split in ("train", "test"):
         images, labels = getattr(arrays, f"{split}_images"), getattr(arrays, f"{split}_labels")
         if images.ndim != 4 or tuple(images.shape[1:]) != tuple(source.image_shape):
             raise DataError(f"dataset {source.name}: its {split} images are {images.shape}, not (N, "
                             f"{', '.join(str(s) for s in source.image_shape)}) as it declares")
-        if len(labels) != len(images):
+        if labels is not None and len(labels) != len(images):
             raise DataError(f"dataset {source.name}: {len(images)} {split} images but {len(labels)} labels")
 
 
@@ -114,14 +123,15 @@ def load(source: ImageDataset, seed: int = 0) -> Dataset:
 
     arrays = source.read()
     _check(source, arrays)
-    n = len(arrays.train_labels)
+    n = len(arrays.train_images)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     n_val = max(1, round(n * source.val_fraction))
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    labels = arrays.train_labels
     return Dataset(
         name=source.name,
-        train=_as_split(arrays.train_images[train_idx], arrays.train_labels[train_idx]),
-        val=_as_split(arrays.train_images[val_idx], arrays.train_labels[val_idx]),
+        train=_as_split(arrays.train_images[train_idx], None if labels is None else labels[train_idx]),
+        val=_as_split(arrays.train_images[val_idx], None if labels is None else labels[val_idx]),
         test=_as_split(arrays.test_images, arrays.test_labels),
         class_names=list(source.class_names),
     )

@@ -12,10 +12,12 @@ import threading
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
-from aeexp.data.dataset import Arrays, ImageDataset
+from aeexp.data.dataset import Arrays
+from aeexp.data.downloads import StandardFiles
 from aeexp.errors import DataError, require
 
 IDX_FILES = {
@@ -130,19 +132,7 @@ def read_idx(path: Path) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="))
 
 
-def _find_in(directory: Path) -> dict[str, Path] | None:
-    found: dict[str, Path] = {}
-    for key, stem in IDX_FILES.items():
-        for candidate in (directory / stem, directory / f"{stem}.gz"):
-            if candidate.is_file():
-                found[key] = candidate
-                break
-        else:
-            return None
-    return found
-
-
-class IdxDataset(ImageDataset):
+class IdxDataset(StandardFiles):
     """A dataset of four IDX files (train/test images/labels, gzipped or not) found under ``root``.
 
     ``folder``: the name torchvision gives it (``MNIST``), also the folder looked in; ``class_names``: the labels'
@@ -150,31 +140,21 @@ class IdxDataset(ImageDataset):
     ``source``: where to get the files by hand. With ``download`` missing files are fetched by torchvision.
     """
 
+    suffixes = ("", ".gz")
+    label_offset = 0  # the smallest label in the files (EMNIST letters: 1), subtracted when read
+
     def __init__(self, name: str, folder: str, class_names: Sequence[str], image_size: Sequence[int] = (28, 28),
                  root: str = "./data", download: bool = True, also_in: Sequence[str] = (), source: str = "",
                  val_fraction: float = 0.1) -> None:
-        super().__init__(name, val_fraction)
+        super().__init__(name, root, download, also_in, source, val_fraction)
         require(len(image_size) == 2 and all(s > 0 for s in image_size), "image_size", list(image_size),
                 "give [height, width]")
         require(len(class_names) >= 1, "class_names", list(class_names), "give the name of each class")
         self.folder, self.class_names = folder, [str(c) for c in class_names]
         self.image_shape = (1, int(image_size[0]), int(image_size[1]))
-        self.root, self.download = Path(root).expanduser(), download
-        self.also_in, self.source = [Path(p) for p in also_in], source
 
-    def candidates(self) -> list[Path]:
-        """The folders searched for the four files, in order."""
-        root = self.root
-        return [root / self.folder / "raw", root / self.folder, root / self.name / "raw", root / self.name, root,
-                *self.also_in]
-
-    def find_files(self) -> dict[str, Path] | None:
-        """The four IDX files from the first folder that holds all of them, else None."""
-        for directory in self.candidates():
-            found = _find_in(directory)
-            if found:
-                return found
-        return None
+    def file_names(self) -> dict[str, str]:
+        return dict(IDX_FILES)
 
     def read_ahead(self) -> None:
         try:
@@ -184,44 +164,21 @@ class IdxDataset(ImageDataset):
         if files:
             read_ahead(list(files.values()))
 
-    def _download(self) -> str | None:
-        """Fetch the files with torchvision; return why it failed, or None."""
-        from aeexp.tv import torchvision
-
-        dataset_class = getattr(torchvision().datasets, self.folder, None)
+    def fetch(self, torchvision: ModuleType) -> None:
+        dataset_class = getattr(torchvision.datasets, self.folder, None)
         if dataset_class is None:
-            return f"torchvision has no dataset {self.folder}"
-        try:
-            dataset_class(str(self.root), train=True, download=True)
-            dataset_class(str(self.root), train=False, download=True)
-        except Exception as err:  # network errors come in many types; all mean "not downloaded"
-            return f"{type(err).__name__}: {err}".splitlines()[0][:300]
-        return None
-
-    def _missing_message(self, why: str | None) -> str:
-        files = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
-        places = ", ".join(str(d) for d in self.candidates())
-        tried = f"download failed ({why}). " if self.download else "download is off (dataset.download=false). "
-        source = f" (from {self.source})" if self.source else ""
-        return (f"dataset {self.name}: files not found. Expected {files} in one of: {places}. {tried}"
-                f"Put the files in {self.root}{source}, or point dataset.root at a folder that holds them.")
+            raise LookupError(f"torchvision has no dataset {self.folder}")
+        dataset_class(str(self.root), train=True, download=True)
+        dataset_class(str(self.root), train=False, download=True)
 
     def read(self) -> Arrays:
-        if self.root.exists() and not self.root.is_dir():
-            raise DataError(f"dataset.root={str(self.root)!r} is a file, not a folder; point it at a folder")
-        files = self.find_files()
-        if files is None and self.download:
-            why = self._download()
-            files = self.find_files()
-            if files is None:
-                raise DataError(self._missing_message(why))
-        if files is None:
-            raise DataError(self._missing_message(None))
+        files = self.locate()
         arrays = {key: read_idx(path) for key, path in files.items()}
         for split in ("train", "test"):
             self._check_split(files, arrays, split)
-        return Arrays(arrays["train_images"][:, None], arrays["train_labels"], arrays["test_images"][:, None],
-                      arrays["test_labels"])
+        offset = self.label_offset
+        return Arrays(arrays["train_images"][:, None], arrays["train_labels"] - offset,
+                      arrays["test_images"][:, None], arrays["test_labels"] - offset)
 
     def _check_split(self, files: dict[str, Path], arrays: dict[str, np.ndarray], split: str) -> None:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -235,8 +192,10 @@ class IdxDataset(ImageDataset):
         for path, array in ((images_file, images), (labels_file, labels)):
             if array.dtype != np.uint8:
                 raise IdxFormatError(f"{path} holds {array.dtype} values; expected unsigned bytes")
-        if labels.size and labels.max() >= len(self.class_names):
-            raise IdxFormatError(f"{labels_file} holds label {labels.max()}; {self.name} has "
+        offset = self.label_offset
+        if labels.size and (labels.max() >= len(self.class_names) + offset or labels.min() < offset):
+            wrong = labels.max() if labels.max() >= len(self.class_names) + offset else labels.min()
+            raise IdxFormatError(f"{labels_file} holds label {wrong}; {self.name} has "
                                  f"{len(self.class_names)} classes")
         if images.shape[1:] != self.image_shape[1:]:
             raise IdxFormatError(f"{images_file} holds {images.shape[1:]} images, expected {self.image_shape[1:]} "
