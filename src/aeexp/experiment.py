@@ -398,9 +398,23 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
         figure.savefig(output_dir / filename, dpi=100)  # drawn once, into the output folder; MLflow copies it
         plots.plt.close(figure)
         tracking.log_artifact(output_dir / filename)
+    _log_reconstruction_examples(model, dataset, output_dir / "reconstructions.npz")
     interrupt.check()
     _log_explorer(cfg, model, dataset, views, output_dir)
     return results
+
+
+@torch.no_grad()
+def _log_reconstruction_examples(model: models.Autoencoder, dataset: data.Dataset, path: Path) -> None:
+    """``reconstructions.npz``: the first test image of each class in turn (the same images for every run on the
+    dataset) and the model's outputs of them, for the sweep report's reconstruction panel."""
+    examples = plots.pick_one_per_class(dataset.test.labels.cpu().numpy(), RECONSTRUCTION_EXAMPLES)
+    inputs = loop.to_float(dataset.test.images[examples])
+    model.eval()
+    outputs = model(inputs).float().cpu().numpy()
+    np.savez_compressed(path, indices=examples, inputs=inputs.cpu().numpy().astype(np.float16),
+                        outputs=outputs.astype(np.float16))
+    tracking.log_artifact(path)
 
 
 def _figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, history: loop.History,

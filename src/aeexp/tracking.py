@@ -111,11 +111,17 @@ class RunRecord:
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
+    experiment_id: str = ""
 
 
 def _record(run: Any) -> RunRecord:
     return RunRecord(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status,
-                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags))
+                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags), run.info.experiment_id)
+
+
+def current_uri() -> str:
+    """The tracking URI in force."""
+    return mlflow.get_tracking_uri()
 
 
 @contextlib.contextmanager
