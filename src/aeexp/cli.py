@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from aeexp import data
+from aeexp import data, sweep_resume
 from aeexp import sweep as sweeps
 from aeexp.config import register_configs, validate
 from aeexp.errors import AeexpError
@@ -45,6 +45,12 @@ def _check_components(cfg: DictConfig) -> None:
 def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     interrupt.check()  # a stop requested between a sweep's jobs
     validate(cfg)  # before the heavy imports below: a bad value is refused in a second
+    if sweep is None and sweep_resume.requested(cfg):
+        raise AeexpError("sweep.resume finishes a sweep: give it with the sweep's own command line and -m")
+    if sweep is not None and sweep.earlier:  # a resumed sweep: this job may be done, or continue its earlier run
+        done = sweep_resume.before_job(sweep.earlier, sweep.tracking_uri, cfg)
+        if done is not None:
+            return done
     if not cfg.get("resume"):  # (a resumed run takes its config, checked there, from its checkpoint)
         _check_components(cfg)
     from aeexp import experiment

@@ -35,7 +35,8 @@ COLUMNS = ("run", "status", "overrides", "dataset", "model", "bottleneck", *METR
 
 def _varying_overrides(runs: Sequence[RunRecord]) -> list[str]:
     """Each run's job overrides, keeping only those that differ between runs (the sweep's choices)."""
-    split = [run.tags.get("sweep.job_overrides", "").split() for run in runs]
+    split = [[o for o in run.tags.get("sweep.job_overrides", "").split() if not o.startswith("sweep.")]
+             for run in runs]  # (sweep.resume=: how the sweep ran, not what the job is)
     counts: dict[str, int] = {}
     for overrides in split:
         for override in set(overrides):

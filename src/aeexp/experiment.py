@@ -170,11 +170,13 @@ def _fresh_start(cfg: DictConfig, sweep: Sweep | None) -> _Start:
 
 
 def _resumed_start(cfg: DictConfig, sweep: Sweep | None, overrides: Sequence[str], work_dir: Path) -> _Start:
-    if sweep is not None:
-        raise ConfigError("resume= continues one run; it cannot be part of a sweep (drop -m)")
-    tracking_uri = tracking.configure_uri(cfg.tracking.uri)
+    tracking_uri = tracking.configure_uri(sweep.tracking_uri if sweep else cfg.tracking.uri)
     run_id = resume.resolve_run_id(str(cfg.resume))
     run_record, experiment_name = tracking.find_run(run_id)
+    if sweep is not None and run_record.tags.get("mlflow.parentRunId") != sweep.parent_run_id:
+        # (a resumed sweep continues its own children: aeexp.sweep_resume)
+        raise ConfigError("resume= continues one run; it cannot be part of a sweep (drop -m, or finish a sweep "
+                          "with sweep.resume=<parent run id>)")
     state = resume.find_checkpoint(run_record, work_dir)
     resumed_cfg = resume.resumed_config(cfg, state.config, overrides, run_id, state.epoch)
     config_schema.validate(resumed_cfg)

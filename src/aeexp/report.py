@@ -40,7 +40,7 @@ def _values(run: RunRecord) -> dict[str, str]:
     if overrides is None:
         return dict(run.params)
     pairs = (o.split("=", 1) for o in overrides.split() if "=" in o)
-    return {key.lstrip("+~"): value for key, value in pairs}
+    return {key.lstrip("+~"): value for key, value in pairs if not key.startswith("sweep.")}
 
 
 def varying(runs: Sequence[RunRecord]) -> list[dict[str, str]]:

@@ -20,11 +20,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from aeexp import sweep_resume
 from aeexp.errors import AeexpError
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = ".aeexp_sweep.json"
+PRUNED_TAG = "pruned_at_epoch"  # a child an Optuna pruner stopped: KILLED, not failed
 DEFAULT_EXPERIMENT = "${dataset.name}"
 
 
@@ -38,6 +40,8 @@ class Sweep:
     name: str
     directory: str
     swept: list[str] = field(default_factory=list)
+    # A resumed sweep's earlier jobs (aeexp.sweep_resume): job key -> run id, status, val_loss
+    earlier: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +107,17 @@ def sweep_name(config: DictConfig) -> str:
     return ("sweep " + " ".join(shown))[:250]
 
 
+def _open_parent(config: DictConfig, experiment: str, name: str, directory: Path) -> str:
+    """A new parent run for the sweep; its id."""
+    from aeexp import tracking
+
+    overrides = " ".join(_sweep_overrides(config))
+    tags = {"sweep.name": name, "sweep.dir": str(directory), "sweep.overrides": overrides,
+            "sweep.launcher": str(config.hydra.runtime.choices.get("hydra/launcher")),
+            "sweep.sweeper": str(config.hydra.runtime.choices.get("hydra/sweeper"))}
+    return tracking.open_run(experiment, name, tags, {"sweep.overrides": overrides, "sweep.dir": str(directory)})
+
+
 class MlflowSweepCallback(Callback):
     """Opens the sweep's parent run before the first job and closes it, with a comparison report, after the last."""
 
@@ -110,23 +125,23 @@ class MlflowSweepCallback(Callback):
         global _open, last_outcome
         from aeexp import tracking
 
-        experiment = sweep_experiment(config)
         directory = Path(config.hydra.sweep.dir)
         directory.mkdir(parents=True, exist_ok=True)
+        earlier: dict[str, dict[str, Any]] = {}
         try:
-            uri = tracking.configure(config.tracking.uri, experiment)
-            overrides = _sweep_overrides(config)
-            name = sweep_name(config)
-            tags = {"sweep.name": name, "sweep.dir": str(directory.resolve()),
-                    "sweep.overrides": " ".join(overrides),
-                    "sweep.launcher": str(config.hydra.runtime.choices.get("hydra/launcher")),
-                    "sweep.sweeper": str(config.hydra.runtime.choices.get("hydra/sweeper"))}
-            run_id = tracking.open_run(experiment, name, tags, {"sweep.overrides": " ".join(overrides),
-                                                                          "sweep.dir": str(directory.resolve())})
+            if sweep_resume.requested(config):
+                uri = tracking.configure_uri(config.tracking.uri)
+                parent, experiment, earlier = sweep_resume.reopen(sweep_resume.requested(config), directory.resolve())
+                uri, run_id, name = tracking.configure(uri, experiment), parent.run_id, parent.name
+            else:
+                experiment = sweep_experiment(config)
+                uri = tracking.configure(config.tracking.uri, experiment)
+                name = sweep_name(config)
+                run_id = _open_parent(config, experiment, name, directory.resolve())
         except AeexpError as err:
             log.error("error: %s", err)
             sys.exit(1)
-        _open = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config))
+        _open = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config), earlier)
         last_outcome = None
         (directory / SWEEP_FILE).write_text(json.dumps(asdict(_open)))
         log.info("sweep %r: parent run %s in experiment %r at %s", name, run_id, experiment, uri)
@@ -143,8 +158,8 @@ def close_open_sweep(interrupted: bool) -> None:
     sweep, _open = _open, None
     from aeexp import compare, tracking
 
-    children = tracking.child_runs(sweep.parent_run_id)
-    failed = [child.name for child in children if child.status != "FINISHED"]
+    children = sweep_resume.counted(tracking.child_runs(sweep.parent_run_id))
+    failed = [child.name for child in children if child.status != "FINISHED" and PRUNED_TAG not in child.tags]
     report_dir = Path(sweep.directory) / "comparison"
     try:
         if children:

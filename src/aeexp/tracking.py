@@ -285,6 +285,12 @@ def end_run_by_id(run_id: str, status: str) -> None:
     MlflowClient().set_terminated(run_id, status=status)
 
 
+def reopen_run(run_id: str) -> None:
+    """Mark an ended (or abandoned) run RUNNING again, without making it the active run (a resumed sweep's
+    parent); end it with :func:`end_run_by_id`."""
+    MlflowClient().update_run(run_id, status="RUNNING")
+
+
 def set_run_tag(run_id: str, key: str, value: str) -> None:
     MlflowClient().set_tag(run_id, key, value[:5000])
 
@@ -321,6 +327,15 @@ def download_artifact(run_id: str, path: str, destination: Path) -> Path | None:
         return Path(MlflowClient().download_artifacts(run_id, path, str(destination)))
     except Exception:
         return None
+
+
+def has_artifact(run_id: str, path: str) -> bool:
+    """Whether run ``run_id`` has the artifact ``path`` (e.g. ``checkpoint/checkpoint.pt``)."""
+    folder = path.rsplit("/", 1)[0] if "/" in path else None
+    try:
+        return any(a.path == path for a in MlflowClient().list_artifacts(run_id, folder))
+    except Exception:
+        return False
 
 
 def log_artifacts_to(run_id: str, directory: Path, artifact_path: str) -> None:
