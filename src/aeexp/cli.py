@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from aeexp import data, sweep_resume
+from aeexp import data, run_hooks, sweep_resume
 from aeexp import sweep as sweeps
 from aeexp.config import register_configs, validate
 from aeexp.errors import AeexpError
@@ -72,6 +72,9 @@ def _hydra_main(cfg: DictConfig) -> float:
     sweep = sweeps.current_sweep()
     try:
         return _run_job(cfg, sweep)
+    except run_hooks.RunPruned as err:  # (an Optuna sweeper's pruner stopped it: its trial is told so)
+        log.info("job %s stopped: %s", HydraConfig.get().job.num, err)
+        return math.nan
     except Exception as err:
         if sweep is None:
             if isinstance(err, AeexpError):

@@ -116,6 +116,9 @@ def register_configs() -> None:
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="embed", name="embed_schema", node=EmbedConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    from aeexp import plugins
+
+    plugins.register()  # aeexp's Optuna sweeper and Ray launcher
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:

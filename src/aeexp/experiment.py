@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp import baseline, data, embed, metrics, models, plots, tracking
+from aeexp import baseline, data, embed, metrics, models, plots, run_hooks, tracking
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
-from aeexp.sweep import Sweep, job_run_name, job_tags
+from aeexp.sweep import PRUNED_TAG, Sweep, job_run_name, job_tags
 from aeexp.training import checkpoint, interrupt, loop, optim, resume
 
 log = logging.getLogger(__name__)
@@ -305,10 +305,15 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
                     f"lost the tracking store {start.tracking_uri} after epoch {epoch} ({type(err).__name__}); "
                     f"training so far is saved in {checkpoint_path}: once MLflow is back, continue with "
                     f"`{resume_command(run_id, cfg.tracking.uri)}`") from None
+            run_hooks.epoch_ended(epoch, values)  # e.g. an Optuna pruner, which may stop the run here
 
         try:
             history = training.fit(end_of_epoch)
             results = _finish(cfg, model, training.dataset, history, output_dir)
+        except run_hooks.RunPruned as err:
+            tracking.set_tags({PRUNED_TAG: str(err.epoch)})
+            _log_checkpoint(checkpoint_path)
+            raise
         except interrupt.Interrupted as err:
             _log_checkpoint(checkpoint_path)
             raise interrupt.RunInterrupted(

@@ -26,6 +26,7 @@ from aeexp.errors import AeexpError
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = ".aeexp_sweep.json"
+REPORT_DIR = "comparison"  # in the sweep dir, and the parent run's artifact folder
 PRUNED_TAG = "pruned_at_epoch"  # a child an Optuna pruner stopped: KILLED, not failed
 DEFAULT_EXPERIMENT = "${dataset.name}"
 
@@ -107,6 +108,19 @@ def sweep_name(config: DictConfig) -> str:
     return ("sweep " + " ".join(shown))[:250]
 
 
+def preflight(config: DictConfig) -> None:
+    """Let the sweeper and the launcher refuse a setting that cannot work (an Optuna storage that cannot be opened,
+    a Ray cluster that does not answer) before the parent run exists: a class of theirs may define a static
+    ``preflight(config)`` that raises AeexpError."""
+    from hydra.utils import get_class
+
+    for node in (config.hydra.sweeper, config.hydra.launcher):
+        target = node.get("_target_") if node is not None else None
+        check = getattr(get_class(target), "preflight", None) if target else None
+        if callable(check):
+            check(config)
+
+
 def _open_parent(config: DictConfig, experiment: str, name: str, directory: Path) -> str:
     """A new parent run for the sweep; its id."""
     from aeexp import tracking
@@ -129,6 +143,7 @@ class MlflowSweepCallback(Callback):
         directory.mkdir(parents=True, exist_ok=True)
         earlier: dict[str, dict[str, Any]] = {}
         try:
+            preflight(config)
             if sweep_resume.requested(config):
                 uri = tracking.configure_uri(config.tracking.uri)
                 parent, experiment, earlier = sweep_resume.reopen(sweep_resume.requested(config), directory.resolve())
@@ -160,11 +175,11 @@ def close_open_sweep(interrupted: bool) -> None:
 
     children = sweep_resume.counted(tracking.child_runs(sweep.parent_run_id))
     failed = [child.name for child in children if child.status != "FINISHED" and PRUNED_TAG not in child.tags]
-    report_dir = Path(sweep.directory) / "comparison"
+    report_dir = Path(sweep.directory) / REPORT_DIR
     try:
         if children:
             compare.write_report(children, report_dir, title=sweep.name)
-            tracking.log_artifacts_to(sweep.parent_run_id, report_dir, "comparison")
+            tracking.log_artifacts_to(sweep.parent_run_id, report_dir, REPORT_DIR)
     except Exception as err:  # a report must not leave the parent RUNNING
         log.warning("comparison report failed: %s", err)
         tracking.set_run_tag(sweep.parent_run_id, "report_error", f"{type(err).__name__}: {err}")
@@ -183,7 +198,12 @@ def current_sweep() -> Sweep | None:
     hydra_config = HydraConfig.get()
     if hydra_config.mode != RunMode.MULTIRUN:
         return None
-    path = Path(hydra_config.sweep.dir) / SWEEP_FILE
+    return load_sweep(hydra_config.sweep.dir)
+
+
+def load_sweep(directory: str | Path) -> Sweep | None:
+    """The sweep whose folder is ``directory`` (from its ``.aeexp_sweep.json``), or None."""
+    path = Path(directory) / SWEEP_FILE
     if not path.is_file():
         return None
     return Sweep(**json.loads(path.read_text()))

@@ -141,7 +141,8 @@ def start_run(run_name: str | None, tags: Mapping[str, str], parent_run_id: str 
     try:
         yield run.info.run_id
     except BaseException as err:
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        # KILLED: stopped on request (Ctrl-C/SIGTERM) or on purpose (an error with run_status, e.g. pruned)
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else getattr(err, "run_status", "FAILED")
         with contextlib.suppress(Exception):
             mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
         try:
