@@ -13,6 +13,7 @@ import importlib
 PLUGINS = (
     ("hydra_plugins.aeexp_optuna_sweeper.config",
      "hydra_plugins.aeexp_optuna_sweeper.optuna_sweeper.AeexpOptunaSweeper"),
+    ("hydra_plugins.aeexp_ray_launcher.config", "hydra_plugins.aeexp_ray_launcher.ray_launcher.AeexpRayLauncher"),
 )
 
 
