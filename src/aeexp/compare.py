@@ -125,7 +125,7 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str, ui: str |
     written += _save(_tsne_panel(runs), out_dir / "tsne_panel.png", 80)
     ui = ui or report.ui_base(tracking.current_uri())
     page = report.Page(title, COLUMNS, rows, [report.run_url(ui, run) for run in runs],
-                       report.aggregated_columns(METRICS), setting_rows,
+                       *report.shown_rows(setting_rows, METRICS),
                        [(heading, out_dir / name) for heading, name in FIGURES])
     written.append(out_dir / "report.html")
     written[-1].write_text(report.page_html(page), encoding="utf-8")

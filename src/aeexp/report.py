@@ -109,13 +109,18 @@ def aggregated_rows(groups: Sequence[Setting], metrics: Sequence[str]) -> list[d
     return rows
 
 
+def shown_rows(rows: Sequence[dict[str, str]], metrics: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """The aggregated rows for reading: columns, and each metric as one ``mean ± std`` cell."""
+    head = ["setting", "n", "seeds", "dataset", "model", "bottleneck", *metrics]
+    return head, [{**{c: row[c] for c in head[:6]}, **{m: _mean_std(row, m) for m in metrics}} for row in rows]
+
+
 def aggregated_markdown(rows: Sequence[dict[str, str]], metrics: Sequence[str]) -> str:
     """The aggregated table in Markdown, each metric as ``mean ± std``."""
-    head = ["setting", "n", "seeds", "dataset", "model", "bottleneck", *metrics]
+    head, shown = shown_rows(rows, metrics)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row[c] for c in head[:6]] + [_mean_std(row, m) for m in metrics]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    for row in shown:
+        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in head) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +191,7 @@ def run_url(ui: str, run: RunRecord) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
-th{background:#f2f2f2}tr.FAILED td,tr.KILLED td{color:#a00}
+th{background:#f2f2f2}tr.FAILED td,tr.KILLED td{color:#a00}td:first-child{white-space:nowrap}
 img{max-width:100%;border:1px solid #eee;margin:.3em 0 1.2em}.note{color:#666;font-size:13px}"""
 
 
