@@ -255,7 +255,7 @@ def record_failed_job(sweep: Sweep, cfg: DictConfig, run_name: str, error: BaseE
 
     tags = job_tags()
     tracking.configure(sweep.tracking_uri, sweep.experiment)
-    for child in tracking.child_runs(sweep.parent_run_id):
+    for child in sweep_resume.counted(tracking.child_runs(sweep.parent_run_id)):
         if child.tags.get("sweep.job") == tags["sweep.job"]:
             return  # the run exists and was marked FAILED when the error went through it
     try:
