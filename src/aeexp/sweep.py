@@ -191,6 +191,9 @@ def close_open_sweep(interrupted: bool) -> None:
     last_outcome = Outcome(len(children), failed, sweep.parent_run_id, str(report_dir))
     log.info("sweep %r %s: %d jobs, %d failed; report in %s", sweep.name, status, len(children), len(failed),
              report_dir)
+    if interrupted:
+        log.error("the sweep was cut short: finish it with the same command and sweep.resume=%s",
+                  sweep.parent_run_id)
 
 
 def current_sweep() -> Sweep | None:
