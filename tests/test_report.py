@@ -8,7 +8,6 @@ import csv
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,8 @@ SWEEP = ["-m", "seed=0,1,2", "model.bottleneck=2,8", "trainer.epochs=2", "traine
          "embed.n_samples=200", "tracking.experiment=seed_report"]
 
 
-@pytest.fixture(scope="module")
-def seed_sweep(server_uri: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def _seed_sweep(server_uri: str, cwd: Path) -> dict[str, Any]:
     """A real multirun over seed=0,1,2 x bottleneck 2,8 on digits, logged to the session's MLflow server."""
-    cwd = tmp_path_factory.mktemp("seed-sweep")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
     done = subprocess.run([sys.executable, "-m", "aeexp", *SWEEP, f"tracking.uri={server_uri}"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -48,7 +45,7 @@ def _records(children: list[Any]) -> list[RunRecord]:
                       dict(c.data.tags), c.info.experiment_id) for c in children]
 
 
-def test_runs_that_differ_only_in_seed_are_aggregated(seed_sweep: dict[str, Any], server_uri: str) -> None:
+def _check_aggregation(seed_sweep: dict[str, Any], server_uri: str) -> None:
     children = seed_sweep["children"]
     assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
     with (seed_sweep["report_dir"] / compare.SETTINGS_CSV).open() as handle:
@@ -75,7 +72,7 @@ def test_runs_that_differ_only_in_seed_are_aggregated(seed_sweep: dict[str, Any]
             "reconstruction_panel.png", "report.html"} <= logged
 
 
-def test_the_metrics_plot_has_error_bars_and_dashed_pca_baselines(seed_sweep: dict[str, Any]) -> None:
+def _check_metrics_plot(seed_sweep: dict[str, Any]) -> None:
     groups = report.settings(_records(seed_sweep["children"]))
     curves = report.curves(groups, compare.PLOTTED, compare.BASELINES)
     figure = plots.metrics_vs_bottleneck(curves, compare.PLOTTED)
@@ -97,7 +94,7 @@ def test_the_metrics_plot_has_error_bars_and_dashed_pca_baselines(seed_sweep: di
     assert (seed_sweep["report_dir"] / "metrics_vs_bottleneck.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_reconstruction_panel_has_a_row_per_child(seed_sweep: dict[str, Any], server_uri: str) -> None:
+def _check_reconstruction_panel(seed_sweep: dict[str, Any], server_uri: str) -> None:
     from aeexp import tracking
 
     tracking.use_uri(server_uri)
@@ -108,20 +105,6 @@ def test_the_reconstruction_panel_has_a_row_per_child(seed_sweep: dict[str, Any]
     assert sorted(labels[1:]) == sorted(f"seed={s} model.bottleneck={b}" for s in SEEDS for b in ("2", "8"))
     assert len(ax.get_xticklabels()) == 0 and ax.images[0].get_array().shape[0] == 7 * 9 - 1  # 7 rows of 8x8
     plots.plt.close(figure)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    from browser import CHROMIUM_ARGS, chromium_path
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium_path()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 _IMAGES_JS = "() => Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0, i.src.slice(0, 22)])"
@@ -141,7 +124,7 @@ def _check_page(frame: Any, children: list[Any]) -> None:
         assert child.info.run_name in text
 
 
-def test_report_html_works_offline_in_chromium(seed_sweep: dict[str, Any], chromium: Any, server_uri: str) -> None:
+def _check_offline(seed_sweep: dict[str, Any], chromium: Any, server_uri: str) -> None:
     page_file = seed_sweep["report_dir"] / "report.html"
     context = chromium.new_context(offline=True)
     requested: list[str] = []
@@ -174,8 +157,7 @@ def test_report_html_works_offline_in_chromium(seed_sweep: dict[str, Any], chrom
         page.close()
 
 
-def test_report_html_works_in_the_mlflow_artifact_viewer(seed_sweep: dict[str, Any], chromium: Any,
-                                                         server_uri: str, tmp_path: Path) -> None:
+def _check_in_artifact_viewer(seed_sweep: dict[str, Any], chromium: Any, server_uri: str, tmp_path: Path) -> None:
     parent = seed_sweep["parent"].info.run_id
     page = chromium.new_page(viewport={"width": 1500, "height": 1000})
     try:
@@ -190,3 +172,21 @@ def test_report_html_works_in_the_mlflow_artifact_viewer(seed_sweep: dict[str, A
         page.screenshot(path=str(tmp_path / "report-in-mlflow.png"))
     finally:
         page.close()
+
+
+def test_a_seed_sweep_report(server_uri: str, tmp_path: Path) -> None:
+    """One sweep for every check (tests of a module may land on different workers, each with its own server)."""
+    from browser import CHROMIUM_ARGS, chromium_path
+    from playwright.sync_api import sync_playwright
+
+    seed_sweep = _seed_sweep(server_uri, tmp_path)
+    _check_aggregation(seed_sweep, server_uri)
+    _check_metrics_plot(seed_sweep)
+    _check_reconstruction_panel(seed_sweep, server_uri)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            _check_offline(seed_sweep, chromium, server_uri)
+            _check_in_artifact_viewer(seed_sweep, chromium, server_uri, tmp_path)
+        finally:
+            chromium.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from mlflow_store import assert_no_running, metric_history, runs_in
 
-EPOCHS = 30
+EPOCHS = 15
 SWEEP = ["-m", "model.bottleneck=2,4,8", f"trainer.epochs={EPOCHS}", "trainer.batch_size=16", "trainer.progress=false",
          "embed=pca", "embed.n_samples=200"]
 
