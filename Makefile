@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install "torch==$(TORCH_VERSION)" 2>&1 | grep -v "^WARNING: Location" || true
 	$(CHECK_TORCH)
 	printf 'torch==$(TORCH_VERSION)\ntorchvision==$(TORCHVISION_VERSION)\n' > $(CONSTRAINTS)
-	$(PIP) install -c $(CONSTRAINTS) -e ".[dev]" 2>&1 | grep -v -e "^WARNING: Location" -e "BuildBackendWarning" || true
+	# hydra-optuna-sweeper (pins optuna<3) is replaced by aeexp's own sweeper: out of a venv made before
+	$(PIP) uninstall -y hydra-optuna-sweeper 2>/dev/null | grep -v "^WARNING" || true
+	$(PIP) install -c $(CONSTRAINTS) -e ".[dev,ray]" 2>&1 | grep -v -e "^WARNING: Location" -e "BuildBackendWarning" || true
 	$(CHECK_TORCH)
-	$(BIN)/python -c "import aeexp.cli, hydra, mlflow, sklearn, matplotlib, pytest, hypothesis"
+	$(BIN)/python -c "import aeexp.cli, hydra, mlflow, sklearn, matplotlib, pytest, hypothesis, optuna, ray"
 	$(BIN)/ruff --version >/dev/null
 	touch $(STAMP)
 

@@ -75,7 +75,7 @@ def test_digits_run_logs_everything(run_cli, tracking_uri, tmp_path):
     assert 0 < m["pca_test_mse"] < 0.1 and 0.6 < m["pca_knn_acc"] <= 1.0  # the PCA baseline of the same size
 
     artifacts = artifact_paths(tracking_uri, run.info.run_id)
-    assert FIGURES | {"config.yaml", "checkpoint"} <= artifacts
+    assert FIGURES | {"config.yaml", "checkpoint", "reconstructions.npz"} <= artifacts
     tags = run.data.tags
     import aeexp
 

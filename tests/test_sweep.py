@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
 from mlflow_store import assert_no_running, runs_in
 
-REPORT = {"comparison.csv", "comparison.md", "metrics_vs_bottleneck.png", "tsne_panel.png"}
+REPORT = {"comparison.csv", "comparison_by_setting.csv", "comparison.md", "metrics_vs_bottleneck.png",
+          "reconstruction_panel.png", "tsne_panel.png", "report.html"}
 
 
 def _parent_and_children(tracking_uri: str, experiment: str):

@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from aeexp import data
+from aeexp import data, run_hooks, sweep_resume
 from aeexp import sweep as sweeps
 from aeexp.config import register_configs, validate
 from aeexp.errors import AeexpError
@@ -45,6 +45,12 @@ def _check_components(cfg: DictConfig) -> None:
 def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     interrupt.check()  # a stop requested between a sweep's jobs
     validate(cfg)  # before the heavy imports below: a bad value is refused in a second
+    if sweep is None and sweep_resume.requested(cfg):
+        raise AeexpError("sweep.resume finishes a sweep: give it with the sweep's own command line and -m")
+    if sweep is not None and sweep.earlier:  # a resumed sweep: this job may be done, or continue its earlier run
+        done = sweep_resume.before_job(sweep.earlier, sweep.tracking_uri, cfg)
+        if done is not None:
+            return done
     if not cfg.get("resume"):  # (a resumed run takes its config, checked there, from its checkpoint)
         _check_components(cfg)
     from aeexp import experiment
@@ -66,6 +72,9 @@ def _hydra_main(cfg: DictConfig) -> float:
     sweep = sweeps.current_sweep()
     try:
         return _run_job(cfg, sweep)
+    except run_hooks.RunPruned as err:  # (an Optuna sweeper's pruner stopped it: its trial is told so)
+        log.info("job %s stopped: %s", HydraConfig.get().job.num, err)
+        return math.nan
     except Exception as err:
         if sweep is None:
             if isinstance(err, AeexpError):

@@ -1,5 +1,6 @@
-"""Sweep comparison report: a table of every child's overrides and final metrics, metric-vs-bottleneck plots
-and the children's t-SNE figures side by side; from a parent run or a whole experiment.
+"""Sweep comparison report: a table of every child's overrides and final metrics, the same aggregated over seeds,
+metric-vs-bottleneck plots, the children's reconstructions and t-SNE figures side by side, and report.html with all
+of it; from a parent run or a whole experiment.
 
 ``python -m aeexp.compare --experiment fashion_mnist`` or ``aeexp compare --parent-run <id>``.
 """
@@ -13,6 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from aeexp import plots, report
 from aeexp.errors import AeexpError
 from aeexp.tracking import RunRecord
 
@@ -20,13 +22,21 @@ log = logging.getLogger(__name__)
 
 METRICS = ("val_loss", "test_loss", "test_mse", "pca_test_mse", "test_knn_acc", "pca_knn_acc", "embed_knn_acc",
            "embed_trust")
-PLOTTED = ("test_loss", "test_knn_acc", "embed_knn_acc")
+PLOTTED = ("test_loss", "test_mse", "test_knn_acc", "embed_knn_acc")
+# A metric's baseline, drawn dashed in the metrics plot: PCA of the same size (aeexp.baseline).
+BASELINES = {"test_mse": "pca_test_mse", "test_knn_acc": "pca_knn_acc"}
+SETTINGS_CSV = "comparison_by_setting.csv"
+# The figures of report.html, in order (optuna_history.png is written by aeexp's Optuna sweeper).
+FIGURES = (("Metrics against bottleneck size (dashed: PCA of the same size)", "metrics_vs_bottleneck.png"),
+           ("The same test images through each run", "reconstruction_panel.png"),
+           ("t-SNE of each run's codes", "tsne_panel.png"), ("Optuna: the objective per trial", "optuna_history.png"))
 COLUMNS = ("run", "status", "overrides", "dataset", "model", "bottleneck", *METRICS, "error")
 
 
 def _varying_overrides(runs: Sequence[RunRecord]) -> list[str]:
     """Each run's job overrides, keeping only those that differ between runs (the sweep's choices)."""
-    split = [run.tags.get("sweep.job_overrides", "").split() for run in runs]
+    split = [[o for o in run.tags.get("sweep.job_overrides", "").split() if not o.startswith("sweep.")]
+             for run in runs]  # (sweep.resume=: how the sweep ran, not what the job is)
     counts: dict[str, int] = {}
     for overrides in split:
         for override in set(overrides):
@@ -59,38 +69,35 @@ def to_markdown(rows: Sequence[dict[str, str]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _series(runs: Sequence[RunRecord]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for run in runs:
-        if run.status != "FINISHED" or not run.params.get("model.bottleneck", "").isdigit():
-            continue
-        label = f"{run.params.get('model.name', '?')} on {run.params.get('dataset.name', '?')}"
-        for metric in PLOTTED:
-            if metric in run.metrics:
-                series.setdefault(metric, {}).setdefault(label, []).append(
-                    (int(run.params["model.bottleneck"]), run.metrics[metric]))
-    return series
+def _write_tables(runs: Sequence[RunRecord], groups: Sequence[report.Setting], out_dir: Path, title: str
+                  ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """comparison.csv (a row per run), comparison_by_setting.csv (a row per setting) and comparison.md (both)."""
+    rows = table_rows(runs)
+    setting_rows = report.aggregated_rows(groups, METRICS)
+    for path, columns, content in ((out_dir / "comparison.csv", COLUMNS, rows),
+                                   (out_dir / SETTINGS_CSV, report.aggregated_columns(METRICS), setting_rows)):
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(content)
+    (out_dir / "comparison.md").write_text(
+        to_markdown(rows, title) + "\n## By setting: mean ± standard deviation over seeds\n\n"
+        + report.aggregated_markdown(setting_rows, METRICS))
+    return rows, setting_rows
 
 
-def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str) -> list[Path]:
-    """Write comparison.csv, comparison.md, metrics_vs_bottleneck.png and tsne_panel.png to ``out_dir``."""
+def _save(figure: plots.Figure | None, path: Path, dpi: int) -> list[Path]:
+    if figure is None:
+        return []
+    figure.savefig(path, dpi=dpi)
+    plots.plt.close(figure)
+    return [path]
+
+
+def _tsne_panel(runs: Sequence[RunRecord]) -> plots.Figure | None:
     import matplotlib.image
 
-    from aeexp import plots, tracking
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(runs)
-    written = [out_dir / "comparison.csv", out_dir / "comparison.md"]
-    with written[0].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    written[1].write_text(to_markdown(rows, title))
-
-    figure = plots.metrics_vs_bottleneck(_series(runs), PLOTTED)
-    written.append(out_dir / "metrics_vs_bottleneck.png")
-    figure.savefig(written[-1], dpi=100)
-    plots.plt.close(figure)
+    from aeexp import tracking
 
     images, titles = [], []
     with tempfile.TemporaryDirectory() as scratch:
@@ -99,11 +106,29 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str) -> list[P
             if path is not None:
                 images.append(matplotlib.image.imread(path))
                 titles.append(run.name)
-    if images:
-        figure = plots.image_panel(images, titles)
-        written.append(out_dir / "tsne_panel.png")
-        figure.savefig(written[-1], dpi=80)
-        plots.plt.close(figure)
+    return plots.image_panel(images, titles) if images else None
+
+
+def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str, ui: str | None = None) -> list[Path]:
+    """Write the comparison tables, metrics_vs_bottleneck.png, reconstruction_panel.png, tsne_panel.png and
+    report.html (runs linked to the MLflow UI at ``ui``, default: that of the tracking store) to ``out_dir``."""
+    from aeexp import tracking
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = report.settings(runs)
+    rows, setting_rows = _write_tables(runs, groups, out_dir, title)
+    written = [out_dir / "comparison.csv", out_dir / SETTINGS_CSV, out_dir / "comparison.md"]
+    written += _save(plots.metrics_vs_bottleneck(report.curves(groups, PLOTTED, BASELINES), PLOTTED),
+                     out_dir / "metrics_vs_bottleneck.png", 100)
+    written += _save(report.reconstruction_panel(runs, tracking.download_artifact),
+                     out_dir / "reconstruction_panel.png", 90)
+    written += _save(_tsne_panel(runs), out_dir / "tsne_panel.png", 80)
+    ui = ui or report.ui_base(tracking.current_uri())
+    page = report.Page(title, COLUMNS, rows, [report.run_url(ui, run) for run in runs],
+                       *report.shown_rows(setting_rows, METRICS),
+                       [(heading, out_dir / name) for heading, name in FIGURES])
+    written.append(out_dir / "report.html")
+    written[-1].write_text(report.page_html(page), encoding="utf-8")
     return written
 
 
@@ -116,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              "logged to it")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's default)")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder (default ./comparison)")
+    parser.add_argument("--ui-url", default=None, help="the MLflow UI that report.html links runs to (default: the "
+                                                       f"tracking server, or {report.DEFAULT_UI} for a local store)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -131,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             title = f"experiment {args.experiment}"
         if not runs:
             raise AeexpError(f"no runs to compare in {args.parent_run or args.experiment}")
-        written = write_report(runs, args.out, title)
+        written = write_report(runs, args.out, title, args.ui_url)
         if args.parent_run:
             tracking.log_artifacts_to(args.parent_run, args.out, "comparison")
     except AeexpError as err:

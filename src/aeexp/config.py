@@ -83,6 +83,14 @@ class TrackingConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Settings of a sweep as a whole (``-m``)."""
+
+    # Finish a sweep that died: the id of its parent run, or ``last`` (the latest sweep parent in the store).
+    resume: str | None = None
+
+
+@dataclass
 class Config:
     """The whole experiment."""
 
@@ -98,6 +106,7 @@ class Config:
     tags: dict[str, str] = field(default_factory=dict)
     # Continue a run from its checkpoint: an MLflow run id, or ``last`` (the latest run with a checkpoint).
     resume: str | None = None
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:
@@ -107,6 +116,9 @@ def register_configs() -> None:
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="embed", name="embed_schema", node=EmbedConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    from aeexp import plugins
+
+    plugins.register()  # aeexp's Optuna sweeper and Ray launcher
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -144,6 +156,9 @@ def validate(cfg: DictConfig) -> None:
              "give a non-empty experiment name")
     _require(cfg.get("resume") is None or str(cfg.resume).strip() != "", "resume", cfg.get("resume"),
              "give a run id or resume=last")
+    sweep_resume = OmegaConf.select(cfg, "sweep.resume", default=None)
+    _require(sweep_resume is None or str(sweep_resume).strip() != "", "sweep.resume", sweep_resume,
+             "give the id of a sweep's parent run or sweep.resume=last")
 
 
 def plain(value: Any) -> Any:

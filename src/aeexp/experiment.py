@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp import baseline, data, embed, metrics, models, plots, tracking
+from aeexp import baseline, data, embed, metrics, models, plots, run_hooks, tracking
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
-from aeexp.sweep import Sweep, job_run_name, job_tags
+from aeexp.sweep import PRUNED_TAG, Sweep, job_run_name, job_tags
 from aeexp.training import checkpoint, interrupt, loop, optim, resume
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,13 @@ def _fresh_start(cfg: DictConfig, sweep: Sweep | None) -> _Start:
 
 
 def _resumed_start(cfg: DictConfig, sweep: Sweep | None, overrides: Sequence[str], work_dir: Path) -> _Start:
-    if sweep is not None:
-        raise ConfigError("resume= continues one run; it cannot be part of a sweep (drop -m)")
-    tracking_uri = tracking.configure_uri(cfg.tracking.uri)
+    tracking_uri = tracking.configure_uri(sweep.tracking_uri if sweep else cfg.tracking.uri)
     run_id = resume.resolve_run_id(str(cfg.resume))
     run_record, experiment_name = tracking.find_run(run_id)
+    if sweep is not None and run_record.tags.get("mlflow.parentRunId") != sweep.parent_run_id:
+        # (a resumed sweep continues its own children: aeexp.sweep_resume)
+        raise ConfigError("resume= continues one run; it cannot be part of a sweep (drop -m, or finish a sweep "
+                          "with sweep.resume=<parent run id>)")
     state = resume.find_checkpoint(run_record, work_dir)
     resumed_cfg = resume.resumed_config(cfg, state.config, overrides, run_id, state.epoch)
     config_schema.validate(resumed_cfg)
@@ -323,10 +325,15 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
                     f"lost the tracking store {start.tracking_uri} after epoch {epoch} ({type(err).__name__}); "
                     f"training so far is saved in {checkpoint_path}: once MLflow is back, continue with "
                     f"`{resume_command(run_id, cfg.tracking.uri)}`") from None
+            run_hooks.epoch_ended(epoch, values)  # e.g. an Optuna pruner, which may stop the run here
 
         try:
             history = training.fit(end_of_epoch)
             results = _finish(cfg, model, training.dataset, history, output_dir)
+        except run_hooks.RunPruned as err:
+            tracking.set_tags({PRUNED_TAG: str(err.epoch)})
+            _log_checkpoint(checkpoint_path)
+            raise
         except interrupt.Interrupted as err:
             _log_checkpoint(checkpoint_path)
             raise interrupt.RunInterrupted(
@@ -432,9 +439,25 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
         figure.savefig(output_dir / filename, dpi=100)  # drawn once, into the output folder; MLflow copies it
         plots.plt.close(figure)
         tracking.log_artifact(output_dir / filename)
+    _log_reconstruction_examples(model, dataset, output_dir / "reconstructions.npz")
     interrupt.check()
     _log_explorer(cfg, model, dataset, views, output_dir)
     return results
+
+
+@torch.no_grad()
+def _log_reconstruction_examples(model: models.Autoencoder, dataset: data.Dataset, path: Path) -> None:
+    """``reconstructions.npz``: the first test image of each class in turn (the first images when unlabelled; the
+    same images for every run on the dataset) and the model's outputs of them, for the sweep report's panel."""
+    labels = _labels(dataset.test)
+    examples = (np.arange(min(RECONSTRUCTION_EXAMPLES, len(dataset.test))) if labels is None
+                else plots.pick_one_per_class(labels, RECONSTRUCTION_EXAMPLES))
+    inputs = loop.to_float(dataset.test.images[examples])
+    model.eval()
+    outputs = model(inputs).float().cpu().numpy()
+    np.savez_compressed(path, indices=examples, inputs=inputs.cpu().numpy().astype(np.float16),
+                        outputs=outputs.astype(np.float16))
+    tracking.log_artifact(path)
 
 
 def _figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, history: loop.History,

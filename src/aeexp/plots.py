@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
@@ -38,14 +40,14 @@ def _mosaic(images: np.ndarray, pad: int = 1) -> np.ndarray:
 
 
 def _grid_axes(fig: Figure, images: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str] = (),
-               fontsize: float = 8) -> None:
-    """One axes showing ``images`` ``(rows, columns, C, H, W)`` as a mosaic (in colour when C = 3), rows and columns
-    labelled by ticks.
+               fontsize: float = 8, ax: Axes | None = None) -> None:
+    """One axes (``ax``, else a new one filling ``fig``) showing ``images`` ``(rows, columns, C, H, W)`` as a mosaic
+    (in colour when C = 3), rows and columns labelled by ticks.
 
     One image instead of an axes per cell: matplotlib lays out and draws a few artists instead of hundreds.
     """
     height, width = images.shape[-2:]
-    ax = fig.add_subplot()
+    ax = fig.add_subplot() if ax is None else ax
     ax.imshow(np.clip(_mosaic(images), 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_yticks([r * (height + 1) + (height - 1) / 2 for r in range(len(row_labels))], list(row_labels),
                   fontsize=fontsize)
@@ -120,25 +122,91 @@ def embedding_scatter(points: np.ndarray, labels: np.ndarray | None, class_names
     return fig
 
 
-def metrics_vs_bottleneck(series: dict[str, dict[str, list[tuple[int, float]]]], metric_names: Sequence[str]
-                          ) -> Figure:
-    """One panel per metric: value against bottleneck size, one line per label (e.g. ``ae32 on mnist``).
+@dataclass
+class Curve:
+    """One line of :func:`metrics_vs_bottleneck`: ``(bottleneck, mean, std)`` points of a metric for one setting on
+    one dataset (``std`` 0 for a single run); ``baseline`` draws it dashed, without markers."""
 
-    ``series[metric][label]`` holds ``(bottleneck, value)`` points.
-    """
-    fig, axes = plt.subplots(1, len(metric_names), figsize=(4.6 * len(metric_names), 3.8), squeeze=False)
-    for ax, metric in zip(axes[0], metric_names, strict=True):
-        for label, points in sorted(series.get(metric, {}).items()):
-            points = sorted(points)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    metric: str
+    label: str
+    dataset: str
+    points: list[tuple[int, float, float]]
+    baseline: bool = False
+
+
+def metrics_vs_bottleneck(curves: Sequence[Curve], metric_names: Sequence[str]) -> Figure:
+    """One panel per metric: value against bottleneck size, one line per setting, with error bars (the standard
+    deviation over seeds) where there is a spread; baselines dashed. A dataset has one colour for all its lines
+    (its settings differ by marker), so a baseline sits in the colour of its dataset."""
+    columns = min(2, len(metric_names))
+    rows = -(-len(metric_names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(metric_names):]:
+        ax.axis("off")
+    palette = plt.get_cmap("tab10")
+    colours = {name: palette(i % 10) for i, name in enumerate(dict.fromkeys(c.dataset for c in curves))}
+    markers = dict(zip(dict.fromkeys(c.label for c in curves if not c.baseline), "osD^vP*Xhp<>" * 8, strict=False))
+    for ax, metric in zip(axes.flat, metric_names, strict=False):
+        for curve in sorted((c for c in curves if c.metric == metric), key=lambda c: (c.baseline, c.label)):
+            x, mean, std = (np.array(v, dtype=float) for v in zip(*sorted(curve.points), strict=True))
+            if curve.baseline:
+                ax.plot(x, mean, linestyle="--", color=colours[curve.dataset], label=curve.label)
+            else:
+                ax.errorbar(x, mean, yerr=std if std.any() else None, marker=markers[curve.label], capsize=3,
+                            color=colours[curve.dataset], label=curve.label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bottleneck")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles, labels = {}, []
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
-    fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
+        legend_rows = -(-len(labels) // 3)
+        fig.legend(list(handles.values()), labels, loc="lower center", ncol=min(3, len(labels)), frameon=False)
+        fig.tight_layout(rect=(0, min(0.4, 0.05 * legend_rows / rows + 0.02), 1, 1))
+    else:
+        fig.tight_layout()
+    return fig
+
+
+def reconstruction_panel(groups: Sequence[tuple[str, np.ndarray, Sequence[tuple[str, np.ndarray]]]]) -> Figure:
+    """The same test images through several models: per group ``(title, inputs, rows)`` a block with the inputs
+    ``(n, C, H, W)`` on top and one row per ``(label, outputs)`` below (a group per dataset: sizes differ)."""
+    heights = [len(rows) + 1 for _, _, rows in groups]
+    columns = max(len(inputs) for _, inputs, _ in groups)
+    fig = plt.figure(figsize=(0.75 * columns + 2.6, 0.62 * sum(heights) + 0.45 * len(groups)))
+    grid = fig.add_gridspec(len(groups), 1, height_ratios=heights)
+    for place, (title, inputs, rows) in zip(grid, groups, strict=True):
+        images = np.stack([inputs, *[outputs for _, outputs in rows]])
+        ax = fig.add_subplot(place)
+        _grid_axes(fig, images, ["input", *[label for label, _ in rows]], fontsize=7, ax=ax)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def optimization_history(numbers: Sequence[int], values: Sequence[float], pruned: Sequence[bool], objective: str,
+                         minimize: bool = True) -> Figure:
+    """An Optuna study: the objective of each trial (pruned trials at their last reported value, hollow) and the
+    best so far among the completed ones."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    numbers, values, pruned = np.asarray(numbers), np.asarray(values, dtype=float), np.asarray(pruned, dtype=bool)
+    done = ~pruned & np.isfinite(values)
+    ax.scatter(numbers[done], values[done], color="tab:blue", label="trial", zorder=3)
+    if pruned.any():
+        ax.scatter(numbers[pruned], values[pruned], facecolors="none", edgecolors="tab:red", label="pruned", zorder=3)
+    if done.any():
+        best = (np.minimum if minimize else np.maximum).accumulate(values[done])
+        ax.step(numbers[done], best, where="post", color="tab:orange", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 

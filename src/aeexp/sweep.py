@@ -20,11 +20,14 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from aeexp import sweep_resume
 from aeexp.errors import AeexpError
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = ".aeexp_sweep.json"
+REPORT_DIR = "comparison"  # in the sweep dir, and the parent run's artifact folder
+PRUNED_TAG = "pruned_at_epoch"  # a child an Optuna pruner stopped: KILLED, not failed
 DEFAULT_EXPERIMENT = "${dataset.name}"
 
 
@@ -38,6 +41,8 @@ class Sweep:
     name: str
     directory: str
     swept: list[str] = field(default_factory=list)
+    # A resumed sweep's earlier jobs (aeexp.sweep_resume): job key -> run id, status, val_loss
+    earlier: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +108,30 @@ def sweep_name(config: DictConfig) -> str:
     return ("sweep " + " ".join(shown))[:250]
 
 
+def preflight(config: DictConfig) -> None:
+    """Let the sweeper and the launcher refuse a setting that cannot work (an Optuna storage that cannot be opened,
+    a Ray cluster that does not answer) before the parent run exists: a class of theirs may define a static
+    ``preflight(config)`` that raises AeexpError."""
+    from hydra.utils import get_class
+
+    for node in (config.hydra.sweeper, config.hydra.launcher):
+        target = node.get("_target_") if node is not None else None
+        check = getattr(get_class(target), "preflight", None) if target else None
+        if callable(check):
+            check(config)
+
+
+def _open_parent(config: DictConfig, experiment: str, name: str, directory: Path) -> str:
+    """A new parent run for the sweep; its id."""
+    from aeexp import tracking
+
+    overrides = " ".join(_sweep_overrides(config))
+    tags = {"sweep.name": name, "sweep.dir": str(directory), "sweep.overrides": overrides,
+            "sweep.launcher": str(config.hydra.runtime.choices.get("hydra/launcher")),
+            "sweep.sweeper": str(config.hydra.runtime.choices.get("hydra/sweeper"))}
+    return tracking.open_run(experiment, name, tags, {"sweep.overrides": overrides, "sweep.dir": str(directory)})
+
+
 class MlflowSweepCallback(Callback):
     """Opens the sweep's parent run before the first job and closes it, with a comparison report, after the last."""
 
@@ -110,23 +139,24 @@ class MlflowSweepCallback(Callback):
         global _open, last_outcome
         from aeexp import tracking
 
-        experiment = sweep_experiment(config)
         directory = Path(config.hydra.sweep.dir)
         directory.mkdir(parents=True, exist_ok=True)
+        earlier: dict[str, dict[str, Any]] = {}
         try:
-            uri = tracking.configure(config.tracking.uri, experiment)
-            overrides = _sweep_overrides(config)
-            name = sweep_name(config)
-            tags = {"sweep.name": name, "sweep.dir": str(directory.resolve()),
-                    "sweep.overrides": " ".join(overrides),
-                    "sweep.launcher": str(config.hydra.runtime.choices.get("hydra/launcher")),
-                    "sweep.sweeper": str(config.hydra.runtime.choices.get("hydra/sweeper"))}
-            run_id = tracking.open_run(experiment, name, tags, {"sweep.overrides": " ".join(overrides),
-                                                                          "sweep.dir": str(directory.resolve())})
+            preflight(config)
+            if sweep_resume.requested(config):
+                uri = tracking.configure_uri(config.tracking.uri)
+                parent, experiment, earlier = sweep_resume.reopen(sweep_resume.requested(config), directory.resolve())
+                uri, run_id, name = tracking.configure(uri, experiment), parent.run_id, parent.name
+            else:
+                experiment = sweep_experiment(config)
+                uri = tracking.configure(config.tracking.uri, experiment)
+                name = sweep_name(config)
+                run_id = _open_parent(config, experiment, name, directory.resolve())
         except AeexpError as err:
             log.error("error: %s", err)
             sys.exit(1)
-        _open = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config))
+        _open = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config), earlier)
         last_outcome = None
         (directory / SWEEP_FILE).write_text(json.dumps(asdict(_open)))
         log.info("sweep %r: parent run %s in experiment %r at %s", name, run_id, experiment, uri)
@@ -143,13 +173,13 @@ def close_open_sweep(interrupted: bool) -> None:
     sweep, _open = _open, None
     from aeexp import compare, tracking
 
-    children = tracking.child_runs(sweep.parent_run_id)
-    failed = [child.name for child in children if child.status != "FINISHED"]
-    report_dir = Path(sweep.directory) / "comparison"
+    children = sweep_resume.counted(tracking.child_runs(sweep.parent_run_id))
+    failed = [child.name for child in children if child.status != "FINISHED" and PRUNED_TAG not in child.tags]
+    report_dir = Path(sweep.directory) / REPORT_DIR
     try:
         if children:
             compare.write_report(children, report_dir, title=sweep.name)
-            tracking.log_artifacts_to(sweep.parent_run_id, report_dir, "comparison")
+            tracking.log_artifacts_to(sweep.parent_run_id, report_dir, REPORT_DIR)
     except Exception as err:  # a report must not leave the parent RUNNING
         log.warning("comparison report failed: %s", err)
         tracking.set_run_tag(sweep.parent_run_id, "report_error", f"{type(err).__name__}: {err}")
@@ -161,6 +191,9 @@ def close_open_sweep(interrupted: bool) -> None:
     last_outcome = Outcome(len(children), failed, sweep.parent_run_id, str(report_dir))
     log.info("sweep %r %s: %d jobs, %d failed; report in %s", sweep.name, status, len(children), len(failed),
              report_dir)
+    if interrupted:
+        log.error("the sweep was cut short: finish it with the same command and sweep.resume=%s",
+                  sweep.parent_run_id)
 
 
 def current_sweep() -> Sweep | None:
@@ -168,7 +201,12 @@ def current_sweep() -> Sweep | None:
     hydra_config = HydraConfig.get()
     if hydra_config.mode != RunMode.MULTIRUN:
         return None
-    path = Path(hydra_config.sweep.dir) / SWEEP_FILE
+    return load_sweep(hydra_config.sweep.dir)
+
+
+def load_sweep(directory: str | Path) -> Sweep | None:
+    """The sweep whose folder is ``directory`` (from its ``.aeexp_sweep.json``), or None."""
+    path = Path(directory) / SWEEP_FILE
     if not path.is_file():
         return None
     return Sweep(**json.loads(path.read_text()))
@@ -220,7 +258,7 @@ def record_failed_job(sweep: Sweep, cfg: DictConfig, run_name: str, error: BaseE
 
     tags = job_tags()
     tracking.configure(sweep.tracking_uri, sweep.experiment)
-    for child in tracking.child_runs(sweep.parent_run_id):
+    for child in sweep_resume.counted(tracking.child_runs(sweep.parent_run_id)):
         if child.tags.get("sweep.job") == tags["sweep.job"]:
             return  # the run exists and was marked FAILED when the error went through it
     try:

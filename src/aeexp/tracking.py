@@ -111,11 +111,17 @@ class RunRecord:
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
+    experiment_id: str = ""
 
 
 def _record(run: Any) -> RunRecord:
     return RunRecord(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status,
-                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags))
+                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags), run.info.experiment_id)
+
+
+def current_uri() -> str:
+    """The tracking URI in force."""
+    return mlflow.get_tracking_uri()
 
 
 @contextlib.contextmanager
@@ -135,7 +141,8 @@ def start_run(run_name: str | None, tags: Mapping[str, str], parent_run_id: str 
     try:
         yield run.info.run_id
     except BaseException as err:
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        # KILLED: stopped on request (Ctrl-C/SIGTERM) or on purpose (an error with run_status, e.g. pruned)
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else getattr(err, "run_status", "FAILED")
         with contextlib.suppress(Exception):
             mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
         try:
@@ -279,6 +286,12 @@ def end_run_by_id(run_id: str, status: str) -> None:
     MlflowClient().set_terminated(run_id, status=status)
 
 
+def reopen_run(run_id: str) -> None:
+    """Mark an ended (or abandoned) run RUNNING again, without making it the active run (a resumed sweep's
+    parent); end it with :func:`end_run_by_id`."""
+    MlflowClient().update_run(run_id, status="RUNNING")
+
+
 def set_run_tag(run_id: str, key: str, value: str) -> None:
     MlflowClient().set_tag(run_id, key, value[:5000])
 
@@ -315,6 +328,15 @@ def download_artifact(run_id: str, path: str, destination: Path) -> Path | None:
         return Path(MlflowClient().download_artifacts(run_id, path, str(destination)))
     except Exception:
         return None
+
+
+def has_artifact(run_id: str, path: str) -> bool:
+    """Whether run ``run_id`` has the artifact ``path`` (e.g. ``checkpoint/checkpoint.pt``)."""
+    folder = path.rsplit("/", 1)[0] if "/" in path else None
+    try:
+        return any(a.path == path for a in MlflowClient().list_artifacts(run_id, folder))
+    except Exception:
+        return False
 
 
 def log_artifacts_to(run_id: str, directory: Path, artifact_path: str) -> None:

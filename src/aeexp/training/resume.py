@@ -68,7 +68,7 @@ def resumed_config(cfg: DictConfig, stored_yaml: str, overrides: Sequence[str], 
     stored = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(stored_yaml))
     for override in overrides:
         key = _key(override)
-        if key == "resume" or key.startswith("hydra"):
+        if key == "resume" or key.startswith(("hydra", "sweep.")):  # how to run it, not what it is
             continue
         wanted = OmegaConf.select(cfg, key, default=None)
         if _changeable(key):

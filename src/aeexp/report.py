@@ -1,0 +1,242 @@
+"""What a sweep's runs say together: runs grouped by setting (the same values but ``seed``) with the mean and
+standard deviation of each metric, the curves and PCA baselines of the metrics plot, the reconstruction panel, and
+``report.html``, one self-contained page of all of it."""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from aeexp import plots
+from aeexp.tracking import RunRecord
+
+log = logging.getLogger(__name__)
+
+SEED_KEY = "seed"
+# Keys that say how or where a run went, not what it is: never part of a setting.
+NOT_A_SETTING = ("seed", "resume", "sweep.", "tracking.", "tags.", "trainer.progress", "hydra.")
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+RECONSTRUCTIONS = "reconstructions.npz"
+MAX_PANEL_ROWS = 48
+Download = Callable[[str, str, Path], Path | None]
+
+
+def _is_setting_key(key: str) -> bool:
+    return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_A_SETTING)
+
+
+def _values(run: RunRecord) -> dict[str, str]:
+    """What a run was given: its sweep job's overrides (``key=value``), else its params."""
+    overrides = run.tags.get("sweep.job_overrides")
+    if overrides is None:
+        return dict(run.params)
+    pairs = (o.split("=", 1) for o in overrides.split() if "=" in o)
+    return {key.lstrip("+~"): value for key, value in pairs if not key.startswith("sweep.")}
+
+
+def varying(runs: Sequence[RunRecord]) -> list[dict[str, str]]:
+    """Per run, the values that differ between the runs (``seed`` included), in the order given."""
+    values = [_values(run) for run in runs]
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    differing = [k for k in keys if len({v.get(k) for v in values}) > 1]
+    return [{k: v[k] for k in differing if k in v} for v in values]
+
+
+def label(values: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+@dataclass
+class Setting:
+    """Runs that differ only in their seed."""
+
+    label: str
+    runs: list[RunRecord]
+
+    @property
+    def finished(self) -> list[RunRecord]:
+        return [run for run in self.runs if run.status == "FINISHED"]
+
+    def param(self, key: str) -> str:
+        return self.runs[0].params.get(key, "")
+
+    def summary(self, metric: str) -> tuple[float, float, int] | None:
+        """Mean, standard deviation (n - 1 in the denominator; 0 for one run) and n of ``metric`` over the
+        finished runs that have it."""
+        values = [run.metrics[metric] for run in self.finished if math.isfinite(run.metrics.get(metric, math.nan))]
+        if not values:
+            return None
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return float(np.mean(values)), std, len(values)
+
+
+def settings(runs: Sequence[RunRecord]) -> list[Setting]:
+    """The runs grouped by setting, in order of first appearance."""
+    groups: dict[str, Setting] = {}
+    for run, values in zip(runs, varying(runs), strict=True):
+        name = label({k: v for k, v in values.items() if _is_setting_key(k)}) or "all runs"
+        groups.setdefault(name, Setting(name, [])).runs.append(run)
+    return list(groups.values())
+
+
+def aggregated_columns(metrics: Sequence[str]) -> list[str]:
+    return ["setting", "n", "seeds", "dataset", "model", "bottleneck",
+            *[f"{m}_{part}" for m in metrics for part in ("mean", "std")]]
+
+
+def aggregated_rows(groups: Sequence[Setting], metrics: Sequence[str]) -> list[dict[str, str]]:
+    """One row per setting: n (finished runs), their seeds, and each metric's mean and standard deviation."""
+    rows = []
+    for group in groups:
+        row = {"setting": group.label, "n": str(len(group.finished)),
+               "seeds": " ".join(run.params.get(SEED_KEY, "?") for run in group.finished),
+               "dataset": group.param("dataset.name"), "model": group.param("model.name"),
+               "bottleneck": group.param("model.bottleneck")}
+        for metric in metrics:
+            found = group.summary(metric)
+            row[f"{metric}_mean"] = f"{found[0]:.4f}" if found else ""
+            row[f"{metric}_std"] = f"{found[1]:.4f}" if found and found[2] > 1 else ""
+        rows.append(row)
+    return rows
+
+
+def shown_rows(rows: Sequence[dict[str, str]], metrics: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """The aggregated rows for reading: columns, and each metric as one ``mean ± std`` cell."""
+    head = ["setting", "n", "seeds", "dataset", "model", "bottleneck", *metrics]
+    return head, [{**{c: row[c] for c in head[:6]}, **{m: _mean_std(row, m) for m in metrics}} for row in rows]
+
+
+def aggregated_markdown(rows: Sequence[dict[str, str]], metrics: Sequence[str]) -> str:
+    """The aggregated table in Markdown, each metric as ``mean ± std``."""
+    head, shown = shown_rows(rows, metrics)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in shown:
+        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in head) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(row: dict[str, str], metric: str) -> str:
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+    return f"{mean} ± {std}" if std else mean
+
+
+def curves(groups: Sequence[Setting], metrics: Sequence[str], baselines: dict[str, str]) -> list[plots.Curve]:
+    """The lines of the metrics plot: per metric, one per setting but its bottleneck (mean and spread at each
+    size), and one dashed line per dataset for a metric's baseline (``baselines[metric]``, e.g. PCA's)."""
+    found: dict[tuple[str, str, bool], plots.Curve] = {}
+    for group in groups:
+        bottleneck = group.param("model.bottleneck")
+        if not bottleneck.isdigit():
+            continue
+        dataset = group.param("dataset.name")
+        name = _curve_label(group, dataset)
+        for metric in metrics:
+            for key, line, baseline in ((metric, name, False), (baselines.get(metric), f"PCA on {dataset}", True)):
+                summary = group.summary(key) if key else None
+                if summary is None:
+                    continue
+                curve = found.setdefault((metric, line, baseline), plots.Curve(metric, line, dataset, [], baseline))
+                if all(p[0] != int(bottleneck) for p in curve.points):
+                    curve.points.append((int(bottleneck), summary[0], summary[1]))
+    return list(found.values())
+
+
+def _curve_label(group: Setting, dataset: str) -> str:
+    """``ae32 on digits``, plus the setting's other values (not the bottleneck, model or dataset)."""
+    shown = ("model.bottleneck", "model", "model.name", "dataset", "dataset.name")
+    extra = [part for part in group.label.split() if part.split("=", 1)[0] not in shown and group.label != "all runs"]
+    return " ".join([f"{group.param('model.name') or '?'} on {dataset}", *extra])
+
+
+def reconstruction_panel(runs: Sequence[RunRecord], download: Download) -> plots.Figure | None:
+    """The same test images through every run, one row per run labelled by its swept values; a block per dataset.
+    ``download(run_id, artifact, folder)`` fetches a run's ``reconstructions.npz`` (None when it has none)."""
+    blocks: dict[str, tuple[np.ndarray, list[tuple[str, np.ndarray]]]] = {}
+    labels = [label(v) or run.name for v, run in zip(varying(runs), runs, strict=True)]
+    with tempfile.TemporaryDirectory() as scratch:
+        for run, name in zip(runs, labels, strict=True):
+            path = download(run.run_id, RECONSTRUCTIONS, Path(scratch) / run.run_id)
+            if path is None:
+                continue
+            with np.load(path) as arrays:
+                inputs, outputs = arrays["inputs"].astype(np.float32), arrays["outputs"].astype(np.float32)
+            dataset = run.params.get("dataset.name", "?")
+            block = blocks.setdefault(f"{dataset} {inputs.shape[1:]}", (inputs, []))
+            if block[0].shape == inputs.shape and len(block[1]) < MAX_PANEL_ROWS:
+                block[1].append((name, outputs))
+    if not blocks:
+        return None
+    return plots.reconstruction_panel([(f"test images of {title.split(' ', 1)[0]} through each run", inputs, rows)
+                                       for title, (inputs, rows) in blocks.items()])
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where the MLflow UI of ``tracking_uri`` is: the server itself, else what `mlflow ui` serves."""
+    return tracking_uri.rstrip("/") if urlparse(tracking_uri).scheme in ("http", "https") else DEFAULT_UI
+
+
+def run_url(ui: str, run: RunRecord) -> str:
+    return f"{ui}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f2f2f2}tr.FAILED td,tr.KILLED td{color:#a00}td:first-child{white-space:nowrap}
+img{max-width:100%;border:1px solid #eee;margin:.3em 0 1.2em}.note{color:#666;font-size:13px}"""
+
+
+def _table(columns: Sequence[str], rows: Sequence[dict[str, str]], links: Sequence[str] = ()) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for i, row in enumerate(rows):
+        cells = []
+        for column in columns:
+            text = html.escape(row.get(column, ""))
+            if column == "run" and i < len(links):
+                text = f'<a href="{html.escape(links[i])}" target="_blank" rel="noopener">{text}</a>'
+            cells.append(f"<td>{text}</td>")
+        body.append(f'<tr class="{html.escape(row.get("status", ""))}">{"".join(cells)}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+
+
+@dataclass
+class Page:
+    """What report.html shows."""
+
+    title: str
+    run_columns: Sequence[str]
+    run_rows: Sequence[dict[str, str]]
+    run_links: Sequence[str]
+    setting_columns: Sequence[str]
+    setting_rows: Sequence[dict[str, str]]
+    figures: Sequence[tuple[str, Path]]
+
+
+def page_html(page: Page) -> str:
+    """``report.html``: the tables and figures in one file (figures inlined as data URIs, no script, nothing
+    fetched), so it opens offline and in MLflow's artifact viewer."""
+    parts = [f"<h1>{html.escape(page.title)}</h1>",
+             f'<p class="note">{len(page.run_rows)} runs; a run\'s name opens it in the MLflow UI.</p>',
+             "<h2>By setting: mean ± standard deviation over seeds</h2>",
+             _table(page.setting_columns, page.setting_rows), "<h2>Runs</h2>",
+             _table(page.run_columns, page.run_rows, page.run_links)]
+    for heading, path in page.figures:
+        if path.is_file():
+            parts += [f"<h2>{html.escape(heading)}</h2>", _image(path)]
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(page.title)}</title>'
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

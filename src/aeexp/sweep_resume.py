@@ -1,0 +1,136 @@
+"""Finishing a sweep that died: ``sweep.resume=<parent run id>|last`` on the sweep's command line puts its jobs back
+into the same parent run.
+
+A job whose earlier child FINISHED is not run again (its result is reused); one whose child FAILED, was KILLED or
+was left RUNNING by a killed process continues that child from its checkpoint, or, without a checkpoint, runs anew
+(the old child is then tagged ``sweep.superseded`` and left out of the report and of the parent's status); a job
+that never ran runs. Jobs are matched by their overrides, in any order, ``sweep.resume`` left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from aeexp.errors import ConfigError, TrackingError
+
+if TYPE_CHECKING:  # aeexp.tracking imports MLflow (seconds): imported where a sweep is under way
+    from aeexp.tracking import RunRecord
+
+log = logging.getLogger(__name__)
+
+RESUME_KEY = "sweep.resume"
+PARENT_TAG = "sweep.name"  # every sweep's parent run has it
+SUPERSEDED_TAG = "sweep.superseded"
+CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
+
+
+def requested(config: DictConfig) -> str | None:
+    """The ``sweep.resume`` of the command line, or None."""
+    value = OmegaConf.select(config, RESUME_KEY, default=None)
+    return None if value is None else str(value)
+
+
+def job_key(overrides: Sequence[str]) -> str:
+    """A job's identity across attempts: its overrides sorted, ``sweep.resume`` left out."""
+    return " ".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != RESUME_KEY))
+
+
+def counted(children: Sequence[RunRecord]) -> list[RunRecord]:
+    """The children that stand for their job: not those a later attempt replaced."""
+    return [child for child in children if SUPERSEDED_TAG not in child.tags]
+
+
+def find_parent(resume: str) -> tuple[RunRecord, str]:
+    """The parent run ``resume`` names (``last``: the latest sweep parent) and its experiment; ConfigError if there
+    is none or the run is not a sweep's parent."""
+    from aeexp import tracking
+
+    uri = tracking.current_uri()
+    run_id = resume
+    if resume == "last":
+        run_id = tracking.latest_run_with_tag(PARENT_TAG)
+        if run_id is None:
+            raise ConfigError(f"sweep.resume=last: there is no sweep in {uri}; check tracking.uri")
+    try:
+        record, experiment = tracking.find_run(run_id)
+    except TrackingError:
+        raise ConfigError(f"sweep.resume={resume}: no run {run_id!r} at {uri}; give the id of a sweep's parent run "
+                          "(the MLflow UI shows it) or sweep.resume=last, and check tracking.uri") from None
+    if PARENT_TAG not in record.tags:
+        parent = record.tags.get("mlflow.parentRunId")
+        hint = (f"it is a job of the sweep whose parent run is {parent}: give sweep.resume={parent}" if parent else
+                "give the id of the run the sweep's jobs are nested under, or sweep.resume=last")
+        raise ConfigError(f"sweep.resume={resume}: run {run_id} ({record.name}) is not a sweep's parent run; {hint}")
+    return record, experiment
+
+
+def earlier_jobs(parent_run_id: str) -> dict[str, dict[str, Any]]:
+    """The parent's children by job key (the latest attempt of each): run id, status and final ``val_loss``."""
+    from aeexp import tracking
+
+    earlier: dict[str, dict[str, Any]] = {}
+    for child in counted(tracking.child_runs(parent_run_id)):  # oldest first: a later attempt wins
+        key = job_key(child.tags.get("sweep.job_overrides", "").split())
+        earlier[key] = {"run_id": child.run_id, "status": child.status, "name": child.name,
+                        "val_loss": child.metrics.get("val_loss", math.nan)}
+    return earlier
+
+
+def reopen(resume: str, directory: Path) -> tuple[RunRecord, str, dict[str, dict[str, Any]]]:
+    """Reopen the parent run ``resume`` names (RUNNING again, its ``sweep.dir`` now ``directory``); return it, its
+    experiment and its earlier jobs."""
+    from aeexp import tracking
+
+    parent, experiment = find_parent(resume)
+    earlier = earlier_jobs(parent.run_id)
+    tracking.reopen_run(parent.run_id)
+    tracking.set_run_tag(parent.run_id, "sweep.dir", str(directory))
+    attempts = int(parent.tags.get("sweep.attempts", "1")) + 1
+    tracking.set_run_tag(parent.run_id, "sweep.attempts", str(attempts))
+    finished = sum(job["status"] == "FINISHED" for job in earlier.values())
+    log.info("sweep.resume: parent run %s (%s), attempt %d: %d earlier jobs, %d of them FINISHED", parent.run_id,
+             parent.name, attempts, len(earlier), finished)
+    return parent, experiment, earlier
+
+
+def _has_checkpoint(run: RunRecord) -> bool:
+    from aeexp import tracking
+
+    local = run.tags.get(tracking.CHECKPOINT_TAG)
+    return bool(local and Path(local).is_file()) or tracking.has_artifact(run.run_id, CHECKPOINT_ARTIFACT)
+
+
+def before_job(earlier: dict[str, dict[str, Any]], tracking_uri: str, cfg: DictConfig) -> float | None:
+    """Decide this job of a resumed sweep: the earlier ``val_loss`` if its child FINISHED (the job is done), else
+    None after pointing ``cfg.resume`` at the child to continue from its checkpoint, or superseding a child that
+    has none (the job then runs anew)."""
+    from aeexp import tracking
+
+    tracking.use_uri(tracking_uri)
+    hydra_config = HydraConfig.get()
+    job = earlier.get(job_key(list(hydra_config.overrides.task)))
+    if job is None:
+        return None
+    if job["status"] == "FINISHED":
+        log.info("job %s: run %s (%s) FINISHED before; reusing it", hydra_config.job.num, job["run_id"], job["name"])
+        return float(job["val_loss"])
+    run = tracking.get_run(job["run_id"])
+    if _has_checkpoint(run):
+        log.info("job %s: continuing run %s (%s, %s) from its checkpoint", hydra_config.job.num, run.run_id,
+                 run.name, run.status)
+        cfg.resume = run.run_id
+        return None
+    log.info("job %s: run %s (%s, %s) has no checkpoint; running the job anew", hydra_config.job.num, run.run_id,
+             run.name, run.status)
+    tracking.set_run_tag(run.run_id, SUPERSEDED_TAG, f"run again by job {hydra_config.job.num} of "
+                                                     f"{hydra_config.sweep.dir}")
+    if run.status == "RUNNING":  # left so by a killed process
+        tracking.end_run_by_id(run.run_id, "KILLED")
+    return None

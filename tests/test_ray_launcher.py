@@ -1,0 +1,90 @@
+"""aeexp's Ray launcher: a two-job sweep on a real local Ray cluster (`ray start --head` on 127.0.0.1), each job an
+MLflow child of the sweep's parent; and a cluster address where nothing answers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow_server import free_port
+from mlflow_store import assert_no_running, runs_in
+
+FAST = ["trainer.epochs=1", "trainer.progress=false", "embed=pca", "embed.n_samples=200"]
+# Token authentication off for this cluster on 127.0.0.1: its token would live in the user's ~/.ray, shared by
+# every Ray on the machine.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _ray_cli() -> str:
+    ray = Path(sys.executable).with_name("ray")
+    if not ray.exists():
+        if os.environ.get("CI"):
+            pytest.fail("ray is missing: the Makefile installs the [ray] extra")
+        pytest.skip("pip install -e '.[ray]' to run the Ray launcher's test")
+    return str(ray)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with 2 CPUs, its files in a fresh short folder (socket paths are length-limited);
+    stopped by its process group at the end."""
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    command = [_ray_cli(), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+               "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", folder]
+    log = open(Path(folder) / "head.log", "w")  # noqa: SIM115 (closed below)
+    head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **RAY_ENV})
+    try:
+        deadline = time.monotonic() + 120
+        while "--block" not in (Path(folder) / "head.log").read_text():  # ray start says so once the head is up
+            assert head.poll() is None and time.monotonic() < deadline, (Path(folder) / "head.log").read_text()
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=10)
+        os.killpg(head.pid, signal.SIGKILL)  # whatever of the cluster is left (same process group)
+        head.wait()
+        log.close()
+
+
+def test_a_two_job_sweep_on_a_local_ray_cluster(run_cli, tracking_uri, ray_cluster):
+    done = run_cli("-m", "hydra/launcher=ray", f"hydra.launcher.address={ray_cluster}", "model.bottleneck=2,8",
+                   f"tracking.uri={tracking_uri}", *FAST, env=RAY_ENV, timeout=400)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert f"Ray: connecting to {ray_cluster}" in output
+    runs = runs_in(tracking_uri, "digits")
+    (parent,) = [r for r in runs if "sweep.name" in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.launcher"] == "ray"
+    assert sorted(c.info.run_name for c in children) == ["ae32-b2-digits", "ae32-b8-digits"]
+    assert all(c.info.status == "FINISHED" and "test_mse" in c.data.metrics for c in children)
+    assert sorted(c.data.tags["sweep.job"] for c in children) == ["0", "1"]
+    # Each job ran in a Ray worker, not in the sweep's process.
+    assert "(_run_job_in_ray pid=" in output
+    assert_no_running(tracking_uri)
+
+
+def test_a_ray_address_that_does_not_answer_is_refused(run_cli, tracking_uri):
+    _ray_cli()
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = run_cli("-m", "hydra/launcher=ray", f"hydra.launcher.address={address}", "model.bottleneck=2,8",
+                   f"tracking.uri={tracking_uri}", *FAST, env=RAY_ENV, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert f"hydra.launcher.address={address}: no Ray cluster answers there (ConnectionRefusedError)" in output
+    assert "Traceback" not in output and "Launching" not in output
+    assert time.monotonic() - started < 60
+    assert runs_in(tracking_uri) == []  # refused before the sweep's parent run

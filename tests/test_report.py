@@ -1,0 +1,192 @@
+"""The sweep report from a real seed sweep on a real server: runs grouped by setting with the mean and standard
+deviation of real numbers, error bars and PCA baselines in the metrics plot, the reconstruction panel, and
+report.html looked at in headless Chromium, offline and inside the MLflow UI's artifact viewer."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+from matplotlib.container import ErrorbarContainer
+from mlflow.tracking import MlflowClient
+
+from aeexp import compare, plots, report
+from aeexp.tracking import RunRecord
+
+SEEDS = ("0", "1", "2")
+SWEEP = ["-m", "seed=0,1,2", "model.bottleneck=2,8", "trainer.epochs=2", "trainer.progress=false", "embed=pca",
+         "embed.n_samples=200", "tracking.experiment=seed_report"]
+
+
+def _seed_sweep(server_uri: str, cwd: Path) -> dict[str, Any]:
+    """A real multirun over seed=0,1,2 x bottleneck 2,8 on digits, logged to the session's MLflow server."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, "-m", "aeexp", *SWEEP, f"tracking.uri={server_uri}"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(server_uri)
+    experiment = client.get_experiment_by_name("seed_report")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    (parent,) = [r for r in runs if "sweep.name" in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return {"parent": parent, "children": children, "experiment_id": experiment.experiment_id,
+            "report_dir": Path(parent.data.tags["sweep.dir"]) / "comparison"}
+
+
+def _records(children: list[Any]) -> list[RunRecord]:
+    return [RunRecord(c.info.run_id, c.info.run_name, c.info.status, dict(c.data.params), dict(c.data.metrics),
+                      dict(c.data.tags), c.info.experiment_id) for c in children]
+
+
+def _check_aggregation(seed_sweep: dict[str, Any], server_uri: str) -> None:
+    children = seed_sweep["children"]
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    with (seed_sweep["report_dir"] / compare.SETTINGS_CSV).open() as handle:
+        rows = {row["setting"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"model.bottleneck=2", "model.bottleneck=8"}
+    for bottleneck in ("2", "8"):
+        row = rows[f"model.bottleneck={bottleneck}"]
+        mine = [c for c in children if c.data.params["model.bottleneck"] == bottleneck]
+        assert sorted(c.data.params["seed"] for c in mine) == list(SEEDS)
+        assert row["n"] == "3" and sorted(row["seeds"].split()) == list(SEEDS) and row["bottleneck"] == bottleneck
+        for metric in ("test_mse", "test_knn_acc", "val_loss", "embed_knn_acc"):
+            values = [c.data.metrics[metric] for c in mine]
+            assert float(row[f"{metric}_mean"]) == pytest.approx(np.mean(values), abs=6e-5)
+            assert float(row[f"{metric}_std"]) == pytest.approx(np.std(values, ddof=1), abs=6e-5)
+        assert float(row["test_knn_acc_std"]) > 0  # the seeds really differ
+    markdown = (seed_sweep["report_dir"] / "comparison.md").read_text()
+    assert f"| model.bottleneck=8 | 3 | 0 1 2 | digits | ae32 | 8 | {rows['model.bottleneck=8']['val_loss_mean']} ± " \
+           in markdown
+    with (seed_sweep["report_dir"] / "comparison.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 6  # the per-run rows stay
+    logged = {Path(a.path).name for a in MlflowClient(server_uri).list_artifacts(seed_sweep["parent"].info.run_id,
+                                                                                  "comparison")}
+    assert {"comparison.csv", compare.SETTINGS_CSV, "comparison.md", "metrics_vs_bottleneck.png",
+            "reconstruction_panel.png", "report.html"} <= logged
+
+
+def _check_metrics_plot(seed_sweep: dict[str, Any]) -> None:
+    groups = report.settings(_records(seed_sweep["children"]))
+    curves = report.curves(groups, compare.PLOTTED, compare.BASELINES)
+    figure = plots.metrics_vs_bottleneck(curves, compare.PLOTTED)
+    axes = {ax.get_title(): ax for ax in figure.axes}
+    for metric in ("test_mse", "test_knn_acc"):
+        ax = axes[metric]
+        (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        x, means = bars.lines[0].get_data()
+        expected = {int(g.param("model.bottleneck")): g.summary(metric) for g in groups}
+        assert list(x) == [2, 8]
+        assert list(means) == pytest.approx([expected[2][0], expected[8][0]])
+        segments = bars.lines[2][0].get_segments()  # one vertical bar per point: mean - std .. mean + std
+        assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([2 * expected[2][1], 2 * expected[8][1]])
+        (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        pca = {int(g.param("model.bottleneck")): g.summary(compare.BASELINES[metric])[0] for g in groups}
+        assert list(dashed.get_ydata()) == pytest.approx([pca[2], pca[8]])
+        assert to_rgba(dashed.get_color()) == to_rgba(bars.lines[0].get_color())  # the dataset's colour
+    plots.plt.close(figure)
+    assert (seed_sweep["report_dir"] / "metrics_vs_bottleneck.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _check_reconstruction_panel(seed_sweep: dict[str, Any], server_uri: str) -> None:
+    from aeexp import tracking
+
+    tracking.use_uri(server_uri)
+    figure = report.reconstruction_panel(_records(seed_sweep["children"]), tracking.download_artifact)
+    (ax,) = figure.axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "input"
+    assert sorted(labels[1:]) == sorted(f"seed={s} model.bottleneck={b}" for s in SEEDS for b in ("2", "8"))
+    assert len(ax.get_xticklabels()) == 0 and ax.images[0].get_array().shape[0] == 7 * 9 - 1  # 7 rows of 8x8
+    plots.plt.close(figure)
+
+
+_IMAGES_JS = "() => Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0, i.src.slice(0, 22)])"
+
+
+def _check_page(frame: Any, children: list[Any]) -> None:
+    """The page's tables and inlined figures, as the browser shows them."""
+    frame.get_by_text("By setting: mean ± standard deviation over seeds").wait_for(timeout=30_000)
+    images = frame.evaluate(_IMAGES_JS)
+    assert [i[0] for i in images] == ["metrics_vs_bottleneck.png", "reconstruction_panel.png"]
+    assert all(ok and src == "data:image/png;base64," for _, ok, src in images), images
+    tables = frame.locator("table")
+    assert tables.count() == 2
+    assert tables.nth(0).locator("tbody tr").count() == 2 and tables.nth(1).locator("tbody tr").count() == 6
+    text = frame.inner_text("body")
+    for child in children:
+        assert child.info.run_name in text
+
+
+def _check_offline(seed_sweep: dict[str, Any], chromium: Any, server_uri: str) -> None:
+    page_file = seed_sweep["report_dir"] / "report.html"
+    context = chromium.new_context(offline=True)
+    requested: list[str] = []
+
+    def only_local(route: Any) -> None:
+        requested.append(route.request.url)
+        (route.continue_ if route.request.url.startswith(("file:", "data:")) else route.abort)()
+
+    context.route("**/*", only_local)
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(page_file.as_uri())
+        assert page.title() == seed_sweep["parent"].info.run_name
+        _check_page(page.main_frame, seed_sweep["children"])
+        assert errors == [] and all(u.startswith(("file:", "data:")) for u in requested), requested
+        links = page.locator("a").evaluate_all("links => links.map(a => [a.textContent, a.href, a.target])")
+    finally:
+        context.close()
+    expected = {c.info.run_name: f"{server_uri}/#/experiments/{seed_sweep['experiment_id']}/runs/{c.info.run_id}"
+                for c in seed_sweep["children"]}
+    assert {name: href for name, href, _ in links} == expected and {t for *_, t in links} == {"_blank"}
+    page = chromium.new_page()  # a link leads to the run in the MLflow UI
+    try:
+        name, href, _ = links[0]
+        page.goto(href)
+        page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+    finally:
+        page.close()
+
+
+def _check_in_artifact_viewer(seed_sweep: dict[str, Any], chromium: Any, server_uri: str, tmp_path: Path) -> None:
+    parent = seed_sweep["parent"].info.run_id
+    page = chromium.new_page(viewport={"width": 1500, "height": 1000})
+    try:
+        page.goto(f"{server_uri}/#/experiments/{seed_sweep['experiment_id']}/runs/{parent}/artifacts")
+        page.get_by_text("comparison", exact=True).first.click(timeout=60_000)
+        page.get_by_text("report.html", exact=True).first.click(timeout=30_000)
+        iframe = page.locator("iframe.mlflow-html-iframe")
+        iframe.wait_for(timeout=30_000)
+        frame = iframe.element_handle().content_frame()
+        assert frame is not None
+        _check_page(frame, seed_sweep["children"])
+        page.screenshot(path=str(tmp_path / "report-in-mlflow.png"))
+    finally:
+        page.close()
+
+
+def test_a_seed_sweep_report(server_uri: str, tmp_path: Path) -> None:
+    """One sweep for every check (tests of a module may land on different workers, each with its own server)."""
+    from browser import CHROMIUM_ARGS, chromium_path
+    from playwright.sync_api import sync_playwright
+
+    seed_sweep = _seed_sweep(server_uri, tmp_path)
+    _check_aggregation(seed_sweep, server_uri)
+    _check_metrics_plot(seed_sweep)
+    _check_reconstruction_panel(seed_sweep, server_uri)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            _check_offline(seed_sweep, chromium, server_uri)
+            _check_in_artifact_viewer(seed_sweep, chromium, server_uri, tmp_path)
+        finally:
+            chromium.close()
