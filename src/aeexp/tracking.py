@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,9 @@ from mlflow.tracking import MlflowClient
 from aeexp.errors import TrackingError
 
 log = logging.getLogger(__name__)
+# MLflow's SQL store logs every failed statement with its traceback (dozens of lines each) before raising it as an
+# MlflowException, which aeexp reports in one line: the log adds nothing but noise.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 MLFLOW_VERSION = mlflow.__version__
 MAX_PARAMS_PER_BATCH = 100
@@ -141,7 +144,7 @@ def start_run(run_name: str | None, tags: Mapping[str, str], parent_run_id: str 
         try:
             mlflow.end_run(status=status)
         except Exception as tracking_err:  # e.g. the server went away: keep the original error
-            log.error("could not mark run %s %s in MLflow: %s", run.info.run_id, status, tracking_err)
+            log.error("could not mark run %s %s in MLflow: %s", run.info.run_id, status, short_error(tracking_err))
         raise
     mlflow.end_run(status="FINISHED")
 
@@ -320,3 +323,28 @@ def download_artifact(run_id: str, path: str, destination: Path) -> Path | None:
 def log_artifacts_to(run_id: str, directory: Path, artifact_path: str) -> None:
     """Log every file of ``directory`` to run ``run_id`` (which need not be the active run)."""
     MlflowClient().log_artifacts(run_id, str(directory), artifact_path)
+
+
+def short_error(err: BaseException) -> str:
+    """An MLflow error in one line: the database's own error for an SQL store (whose messages go on with the
+    statement and its parameters), else the first line."""
+    lines = str(err).splitlines() or [type(err).__name__]
+    database_error = next((line for line in lines if line.startswith("(") and "Error)" in line), lines[0])
+    return database_error[:300]
+
+
+def metric_steps(run_id: str, keys: Iterable[str]) -> dict[str, set[int]]:
+    """The steps at which run ``run_id`` has logged each metric of ``keys``."""
+    client = MlflowClient()
+    return {key: {metric.step for metric in client.get_metric_history(run_id, key)} for key in keys}
+
+
+def delete_tag(run_id: str, key: str) -> None:
+    MlflowClient().delete_tag(run_id, key)
+
+
+def delete_artifacts(artifact_path: str) -> None:
+    """Delete a file or folder of the active run's artifacts (where the artifact store allows it)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(mlflow.get_artifact_uri()).delete_artifacts(artifact_path)
