@@ -277,7 +277,7 @@ class _Training:
 def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output_dir: Path) -> RunResult:
     """Train, evaluate and log inside the MLflow run (a new one, or the resumed one)."""
     cfg, model = training.cfg, training.model
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    config_yaml = tracking.redact(OmegaConf.to_yaml(cfg, resolve=True))  # it goes to MLflow: no password
     checkpoint_path = output_dir / checkpoint.FILENAME
     device = next(model.parameters()).device
     tags = (_run_tags(cfg, device, training.step) | (job_tags() if sweep else {})
@@ -319,7 +319,7 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
             raise
         _log_checkpoint(checkpoint_path)
         model.cpu()
-        tracking.log_model(model, loop.to_float(training.dataset.test.images[:4]).cpu().numpy())
+        tracking.log_model(model, loop.to_float(training.dataset.test.images[:4]).cpu().numpy(), config_yaml)
     log.info("test_loss %.4f  test_mse %.4f (PCA %.4f)  test_knn_acc %.3f (PCA %.3f)  embed_knn_acc %.3f  "
              "embed_trust %.3f", results["test_loss"], results["test_mse"], results["pca_test_mse"],
              results["test_knn_acc"], results["pca_knn_acc"], results["embed_knn_acc"], results["embed_trust"])
