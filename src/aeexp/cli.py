@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from aeexp import data
 from aeexp import sweep as sweeps
-from aeexp.config import register_configs, validate
+from aeexp.config import plain, register_configs, validate
 from aeexp.errors import AeexpError
 from aeexp.training import interrupt
 
@@ -37,9 +37,23 @@ def _check_components(cfg: DictConfig) -> None:
     from aeexp import models
     from aeexp.training import optim
 
-    models.check(cfg.model, source.image_shape)
+    parameters = models.check(cfg.model, source.image_shape)
+    if parameters is not None:
+        _check_model_fits(cfg, parameters)
     optim.check_optimizer(cfg.optimizer)
     optim.check_scheduler(cfg.scheduler, cfg.trainer.epochs)
+
+
+def _check_model_fits(cfg: DictConfig, parameters: int) -> None:
+    """Refuse, with the figures, a model too large to train in the memory of the device it would train on."""
+    import torch
+
+    from aeexp.training import memory
+
+    settings = ", ".join(f"model.{key}={plain(cfg.model[key])}" for key in ("widths", "bottleneck") if key in cfg.model)
+    on_gpu = cfg.trainer.device.value != "cpu" and torch.cuda.is_available()
+    available = torch.cuda.mem_get_info()[0] if on_gpu else memory.available_host_memory()
+    memory.check_fits(parameters, available, "GPU" if on_gpu else "free", settings or "model")
 
 
 def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:

@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from aeexp.errors import AeexpError
+
 Writer = Callable[[IO[bytes]], None]
+
+# What stops a write that the user can fix: a full disk (or quota, or a file-size limit), or a folder that is not
+# writable (permissions, an immutable or read-only file system).
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class WriteError(AeexpError):
+    """A file could not be written: its disk is full or its folder is not writable."""
+
+
+def write_error(err: OSError) -> str | None:
+    """What went wrong, in a line naming the file and what to do, when ``err`` is a full disk or an unwritable
+    folder; None for any other error."""
+    where = err.filename or "a file"
+    if err.errno in _FULL:
+        return (f"cannot write {where} ({err.strerror}): the disk is full or a size limit was reached; free some "
+                "space there, or write elsewhere (hydra.run.dir=...)")
+    if err.errno in _NOT_WRITABLE:
+        return (f"cannot write {where} ({err.strerror}): its folder is not writable; make it writable, or write "
+                "elsewhere (hydra.run.dir=...)")
+    return None
 
 
 def _temporary_beside(target: Path) -> tuple[Path, IO[bytes]]:
