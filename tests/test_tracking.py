@@ -256,3 +256,18 @@ def test_a_password_in_a_database_uri_is_masked_in_the_error_and_cli_log(run_cli
     assert line.startswith("error: cannot use experiment 'digits' at postgresql://mlflow:***@127.0.0.1:1/mlflow: ")
     (log,) = (tmp_path / "outputs").glob("*/*/cli.log")
     assert "pg-s3cret-pw" not in log.read_text() and "postgresql://mlflow:***@127.0.0.1:1/mlflow" in log.read_text()
+
+
+def test_runs_made_outside_the_active_run_mask_credentials_too(tracking_uri):
+    """A sweep's parent run (tags and params of the sweep's overrides) and a failed job's run (its error)."""
+    tracking.configure(tracking_uri, "sweeps")
+    overrides = "model.bottleneck=2,8 tracking.uri=http://u:pw-in-sweep@10.0.0.5:5000"
+    parent = tracking.open_run("sweeps", "sweep", {"sweep.overrides": overrides}, {"sweep.overrides": overrides})
+    tracking.set_run_tag(parent, "error", f"job 1 failed at {overrides}")
+    failed = tracking.record_failed_run("sweeps", "job", {"sweep.job_overrides": overrides}, {"x": 1},
+                                        "TrackingError: lost http://u:pw-in-sweep@10.0.0.5:5000", parent)
+    tracking.end_run_by_id(parent, "FAILED")
+    for run in runs_in(tracking_uri, "sweeps"):
+        recorded = repr(run.data.tags) + repr(run.data.params)
+        assert "pw-in-sweep" not in recorded and "http://u:***@10.0.0.5:5000" in recorded, recorded
+    assert {r.info.run_id for r in runs_in(tracking_uri, "sweeps")} == {parent, failed}

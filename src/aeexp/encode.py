@@ -297,17 +297,20 @@ def _rebuilt(model_uri: str, tracking_uri: str | None) -> Model:
     """The model made from its config and weights (:mod:`aeexp.model_files`); nothing from its files is executed."""
     import tempfile
 
-    from aeexp import model_files, tracking
+    from aeexp import model_files
 
     folder = _local_folder(model_uri)
     if folder is not None:
         if not folder.is_dir():
-            raise TrackingError(f"model folder {folder} not found; give a model folder (with MLmodel and "
+            problem = "is not a folder" if folder.exists() else "not found"
+            raise TrackingError(f"model folder {folder} {problem}; give a model folder (with MLmodel and "
                                 f"{model_files.FOLDER}/) or a logged model such as runs:/<run id>/model")
         if not model_files.present(folder / model_files.FOLDER):
             raise EncodeError(f"{folder} has no {model_files.FOLDER}/{model_files.WEIGHTS} (saved by an older aeexp or "
                               f"outside aeexp); {TRUST_HINT}")
         return _from_files(folder / model_files.FOLDER, model_uri)
+    from aeexp import tracking  # (MLflow: not needed for a local folder)
+
     where = _connect(model_uri, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="aeexp-encode-") as download:
         try:

@@ -448,7 +448,7 @@ def open_run(experiment: str, run_name: str, tags: Mapping[str, str], params: Ma
     :func:`end_run_by_id`."""
     client = MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    run = client.create_run(experiment_id, run_name=run_name, tags=_redacted(tags))
     for batch in _param_batches(params):
         client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in batch.items()])
     return run.info.run_id
@@ -470,7 +470,7 @@ def end_run_by_id(run_id: str, status: str) -> None:
 
 
 def set_run_tag(run_id: str, key: str, value: str) -> None:
-    MlflowClient().set_tag(run_id, key, value[:5000])
+    MlflowClient().set_tag(run_id, key, redact(value)[:5000])
 
 
 def get_run(run_id: str) -> RunRecord:
