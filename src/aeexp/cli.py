@@ -64,7 +64,7 @@ def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     from aeexp import experiment
 
     if sweep is not None:
-        sweeps.limit_threads_for_parallel_jobs()
+        sweeps.prepare_job_process()
     hydra_config = HydraConfig.get()
     with interrupt.deferred():  # Ctrl-C/SIGTERM stop the run at its next safe point
         result = experiment.run(cfg, Path(hydra_config.runtime.output_dir), sweep, list(hydra_config.overrides.task))
@@ -115,21 +115,34 @@ def main() -> None:
     try:
         _hydra_main()
     except KeyboardInterrupt as err:
-        if isinstance(err, interrupt.RunInterrupted):
-            log.error("error: %s", err)
-        else:
-            log.error("error: interrupted (%s); an MLflow run it had started was marked KILLED", err or "Ctrl-C")
+        log.error("error: %s", _interrupted(err))
         sys.exit(130)
-    finally:
-        try:
-            sweeps.close_open_sweep(interrupted=True)  # only acts if the sweep did not end normally
-        except Exception as err:
-            log.error("could not close the sweep's parent run in MLflow: %s", err)
+    finally:  # a sweep still open here stopped on an error Hydra has reported (joblib's own, say)
+        _close_sweep(cause="the sweep stopped on the error above")
     outcome = sweeps.last_outcome
-    if outcome is not None and outcome.failed:
-        log.error("error: %d of %d jobs failed (%s); see parent run %s", len(outcome.failed), outcome.jobs,
-                  ", ".join(outcome.failed), outcome.parent_run_id)
+    if outcome is not None and outcome.status != "FINISHED":
+        log.error("error: %s; %s", outcome.problems() or "the sweep ran no job", outcome.where())
         sys.exit(1)
+
+
+def _close_sweep(interrupted: str | None = None, cause: str = "") -> sweeps.Outcome | None:
+    """Close the sweep left open, if any (see :func:`aeexp.sweep.close_open_sweep`); never raises."""
+    try:
+        return sweeps.close_open_sweep(interrupted, cause)
+    except Exception as err:  # e.g. the tracking server went away
+        log.error("could not close the sweep's parent run in MLflow: %s", err)
+        return None
+
+
+def _interrupted(err: KeyboardInterrupt) -> str:
+    """The one line for a Ctrl-C/SIGTERM: where a run stopped, or what became of the sweep and its jobs."""
+    run_stopped = isinstance(err, interrupt.RunInterrupted)  # its message says where and how to go on
+    signal = "a stop request" if run_stopped else str(err) or "Ctrl-C"
+    outcome = _close_sweep(interrupted=signal)
+    message = str(err) if run_stopped else f"interrupted ({signal})"
+    if outcome is None:
+        return message if run_stopped else f"{message}; an MLflow run it had started was marked KILLED"
+    return f"{message}; sweep {outcome.name!r} stopped: {outcome.problems() or 'no job had started'}; {outcome.where()}"
 
 
 def entry() -> None:

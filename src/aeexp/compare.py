@@ -12,9 +12,13 @@ import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aeexp.errors import AeexpError
 from aeexp.tracking import RunRecord
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,7 @@ METRICS = ("val_loss", "test_loss", "test_mse", "pca_test_mse", "test_knn_acc", 
            "embed_trust")
 PLOTTED = ("test_loss", "test_knn_acc", "embed_knn_acc")
 COLUMNS = ("run", "status", "overrides", "dataset", "model", "bottleneck", *METRICS, "error")
+PLOT_DPI, PANEL_DPI = 100, 80  # of metrics_vs_bottleneck.png and tsne_panel.png
 
 
 def _varying_overrides(runs: Sequence[RunRecord]) -> list[str]:
@@ -72,11 +77,32 @@ def _series(runs: Sequence[RunRecord]) -> dict[str, dict[str, list[tuple[int, fl
     return series
 
 
-def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str) -> list[Path]:
-    """Write comparison.csv, comparison.md, metrics_vs_bottleneck.png and tsne_panel.png to ``out_dir``."""
+def bottleneck_figure(runs: Sequence[RunRecord]) -> Figure:
+    """``PLOTTED`` metrics against the bottleneck, one line per model and dataset, from the finished runs."""
+    from aeexp import plots
+
+    return plots.metrics_vs_bottleneck(_series(runs), PLOTTED)
+
+
+def tsne_panel(runs: Sequence[RunRecord], scratch: Path) -> Figure | None:
+    """The runs' ``tsne.png`` side by side, titled with the run names (downloaded to ``scratch``); None if no run
+    has one."""
     import matplotlib.image
 
     from aeexp import plots, tracking
+
+    images, titles = [], []
+    for run in runs:
+        path = tracking.download_artifact(run.run_id, "tsne.png", scratch / run.run_id)
+        if path is not None:
+            images.append(matplotlib.image.imread(path))
+            titles.append(run.name)
+    return plots.image_panel(images, titles) if images else None
+
+
+def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str) -> list[Path]:
+    """Write comparison.csv, comparison.md, metrics_vs_bottleneck.png and tsne_panel.png to ``out_dir``."""
+    from aeexp import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs)
@@ -86,24 +112,14 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str) -> list[P
         writer.writeheader()
         writer.writerows(rows)
     written[1].write_text(to_markdown(rows, title))
-
-    figure = plots.metrics_vs_bottleneck(_series(runs), PLOTTED)
-    written.append(out_dir / "metrics_vs_bottleneck.png")
-    figure.savefig(written[-1], dpi=100)
-    plots.plt.close(figure)
-
-    images, titles = [], []
     with tempfile.TemporaryDirectory() as scratch:
-        for run in runs:
-            path = tracking.download_artifact(run.run_id, "tsne.png", Path(scratch) / run.run_id)
-            if path is not None:
-                images.append(matplotlib.image.imread(path))
-                titles.append(run.name)
-    if images:
-        figure = plots.image_panel(images, titles)
-        written.append(out_dir / "tsne_panel.png")
-        figure.savefig(written[-1], dpi=80)
-        plots.plt.close(figure)
+        figures = {"metrics_vs_bottleneck.png": (bottleneck_figure(runs), PLOT_DPI),
+                   "tsne_panel.png": (tsne_panel(runs, Path(scratch)), PANEL_DPI)}
+    for name, (figure, dpi) in figures.items():
+        if figure is not None:
+            written.append(out_dir / name)
+            figure.savefig(written[-1], dpi=dpi)
+            plots.plt.close(figure)
     return written
 
 
