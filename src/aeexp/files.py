@@ -48,13 +48,31 @@ def _temporary_beside(target: Path) -> tuple[Path, IO[bytes]]:
         return temporary, os.fdopen(descriptor, "wb")
 
 
+def _os_error_behind(err: BaseException) -> OSError | None:
+    """``err`` if it is an OSError, else the first one among the errors it was raised from or while handling. (A
+    writer may hide the OSError: torch.save, stopped by a full disk, raises a RuntimeError from its zip writer's
+    cleanup while handling it.)"""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 @contextlib.contextmanager
 def _errors_naming(target: Path) -> Iterator[None]:
-    """An OSError inside re-raised as one naming ``target``, not a temporary file or a folder on the way."""
+    """An OSError inside (or behind another error) re-raised as one naming ``target``, not a temporary file or a
+    folder on the way."""
     try:
         yield
-    except OSError as err:
-        raise OSError(err.errno, err.strerror or str(err), str(target)) from err
+    except Exception as err:
+        os_error = _os_error_behind(err)
+        if os_error is None:
+            raise
+        raise OSError(os_error.errno, os_error.strerror or str(os_error), str(target)) from err
 
 
 def write_atomically(outputs: Sequence[tuple[Path, Writer]], durable: bool = False) -> None:
