@@ -375,16 +375,28 @@ def _report_rows(parent) -> dict[str, dict[str, str]]:
         return {row["run"]: row for row in csv.DictReader(handle)}
 
 
+def _faulted_sweep(tmp_path: Path, tracking_uri: str, jobs: set[str], fault, exit_code: int, *overrides: str
+                   ) -> tuple[str, dict]:
+    """A sweep of ``overrides`` in the background, ``fault(process, runs)`` done to it once the jobs numbered ``jobs``
+    train; returns its one error line (after checking its exit code) and those jobs' runs."""
+    process = _sweep_in_background(tmp_path, tracking_uri, *overrides)
+    running = _wait_until_training(process, tracking_uri, jobs, tmp_path)
+    fault(process, running)
+    output = _output_when_done(process, tmp_path)
+    assert process.returncode == exit_code, output[-3000:]
+    return _the_error_line(output), running
+
+
+def _sigkill_job(num: str):
+    """The OOM killer's SIGKILL to the process of the job numbered ``num``."""
+    return lambda process, running: os.kill(int(running[num].data.tags["sweep.pid"]), signal.SIGKILL)
+
+
 def test_a_joblib_worker_killed_by_the_oom_killer_fails_its_jobs_in_one_line(tmp_path, tracking_uri):
     """SIGKILL to one worker, as the OOM killer sends: loky stops the pool's other job too and never starts the
     third; both runs end FAILED with the cause, the third job is named as not run, the report is written."""
-    process = _sweep_in_background(tmp_path, tracking_uri, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                   "model.bottleneck=2,8,32", "trainer.epochs=5000")
-    running = _wait_until_training(process, tracking_uri, {"0", "1"}, tmp_path)
-    os.kill(int(running["1"].data.tags["sweep.pid"]), signal.SIGKILL)
-    output = _output_when_done(process, tmp_path)
-    assert process.returncode == 1, output[-3000:]
-    line = _the_error_line(output)
+    line, _ = _faulted_sweep(tmp_path, tracking_uri, {"0", "1"}, _sigkill_job("1"), 1, "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=2", "model.bottleneck=2,8,32", "trainer.epochs=5000")
     assert "2 of 2 jobs failed (" in line and "1 did not run (model.bottleneck=32)" in line, line
     assert "a joblib worker process was killed" in line and "SIGKILL" in line, line
     parent, children = _parent_and_children(tracking_uri, "digits")
@@ -402,13 +414,8 @@ def test_a_joblib_worker_killed_by_the_oom_killer_fails_its_jobs_in_one_line(tmp
 
 def test_a_submitit_job_killed_by_the_oom_killer_fails_alone(tmp_path, tracking_uri):
     """SIGKILL to one submitit job: it ends FAILED with the cause, the other job still runs to its end."""
-    process = _sweep_in_background(tmp_path, tracking_uri, "hydra/launcher=submitit_local",
-                                   "hydra.launcher.timeout_min=20", "trainer.epochs=20,5000")
-    running = _wait_until_training(process, tracking_uri, {"1"}, tmp_path)
-    os.kill(int(running["1"].data.tags["sweep.pid"]), signal.SIGKILL)
-    output = _output_when_done(process, tmp_path)
-    assert process.returncode == 1, output[-3000:]
-    line = _the_error_line(output)
+    line, _ = _faulted_sweep(tmp_path, tracking_uri, {"1"}, _sigkill_job("1"), 1, "hydra/launcher=submitit_local",
+                             "hydra.launcher.timeout_min=20", "trainer.epochs=20,5000")
     assert "1 of 2 jobs failed (ae32-b32-digits epochs=5000)" in line and "ended without a result" in line, line
     parent, children = _parent_and_children(tracking_uri, "digits")
     assert parent.info.status == "FAILED"
@@ -421,13 +428,10 @@ def test_a_submitit_job_killed_by_the_oom_killer_fails_alone(tmp_path, tracking_
 def test_ctrl_c_to_a_joblib_sweep_marks_every_running_job_killed(tmp_path, tracking_uri):
     """Ctrl-C at a terminal (SIGINT to the process group): the workers are stopped, their runs end KILLED, and the
     closing line says so."""
-    process = _sweep_in_background(tmp_path, tracking_uri, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                   "model.bottleneck=2,8", "trainer.epochs=5000")
-    running = _wait_until_training(process, tracking_uri, {"0", "1"}, tmp_path)
-    os.killpg(process.pid, signal.SIGINT)
-    output = _output_when_done(process, tmp_path)
-    assert process.returncode == 130, output[-3000:]
-    line = _the_error_line(output)
+    line, running = _faulted_sweep(tmp_path, tracking_uri, {"0", "1"},
+                                   lambda process, _: os.killpg(process.pid, signal.SIGINT), 130,
+                                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.bottleneck=2,8",
+                                   "trainer.epochs=5000")
     assert "interrupted (SIGINT received)" in line and "2 of 2 jobs were stopped and marked KILLED" in line, line
     parent, children = _parent_and_children(tracking_uri, "digits")
     assert parent.info.status == "KILLED"
@@ -440,13 +444,10 @@ def test_ctrl_c_to_a_joblib_sweep_marks_every_running_job_killed(tmp_path, track
 def test_sigterm_to_a_submitit_sweep_cancels_its_jobs(tmp_path, tracking_uri):
     """SIGTERM to the sweep's process alone (``kill``): it cancels its submitit jobs, which would otherwise train on,
     and every run ends KILLED; the watchers' own tracebacks go to their log, not to the screen."""
-    process = _sweep_in_background(tmp_path, tracking_uri, "hydra/launcher=submitit_local",
-                                   "hydra.launcher.timeout_min=20", "model.bottleneck=2,8", "trainer.epochs=5000")
-    running = _wait_until_training(process, tracking_uri, {"0", "1"}, tmp_path)
-    process.send_signal(signal.SIGTERM)
-    output = _output_when_done(process, tmp_path)
-    assert process.returncode == 130, output[-3000:]
-    line = _the_error_line(output)
+    line, running = _faulted_sweep(tmp_path, tracking_uri, {"0", "1"},
+                                   lambda process, _: process.send_signal(signal.SIGTERM), 130,
+                                   "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
+                                   "model.bottleneck=2,8", "trainer.epochs=5000")
     assert "interrupted (SIGTERM received)" in line and "2 of 2 jobs were stopped and marked KILLED" in line, line
     assert all(_gone(int(run.data.tags["sweep.pid"])) for run in running.values())
     parent, children = _parent_and_children(tracking_uri, "digits")
