@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,10 +32,12 @@ def _healthy(uri: str) -> bool:
 
 
 @contextmanager
-def mlflow_server(directory: Path, template: Path | None = None) -> Iterator[str]:
+def mlflow_server(directory: Path, template: Path | None = None, options: Sequence[str] = (),
+                  env: Mapping[str, str] | None = None) -> Iterator[str]:
     """Run ``mlflow server`` (sqlite backend, artifacts in ``directory``) and yield its URI.
 
     A new backend store starts as a copy of ``template`` (an empty store MLflow made and migrated) when given.
+    ``options``: more command-line options (``--app-name basic-auth``); ``env``: more environment variables.
     """
     store = directory / "server.db"
     if template is not None and not store.exists():
@@ -47,11 +49,12 @@ def mlflow_server(directory: Path, template: Path | None = None) -> Iterator[str
     process = subprocess.Popen(
         [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{store}",
-         "--artifacts-destination", str(directory / "artifacts")],
+         "--artifacts-destination", str(directory / "artifacts"), *options],
         cwd=directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         # No job runner: by default the server also starts eight processes for MLflow's GenAI jobs, which import
         # MLflow for ~30 s of CPU right after start-up and slow every run logging to it meanwhile.
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+             **(env or {})},
     )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import resource
+import shutil
+import struct
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import mlflow.artifacts
 import numpy as np
 import pytest
 import torch
+from evil_model import Payload
 from idx import idx_bytes, write_idx
-from mlflow_store import runs_in
+from mlflow_store import new_store, runs_in
+from omegaconf import OmegaConf
 from PIL import Image
 
-from aeexp import data, encode, tracking
+from aeexp import data, encode, model_files, models, tracking
+from aeexp.errors import DataError
 from aeexp.training.loop import encode_all
 
 N_IMAGES = 40
@@ -56,7 +65,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = runs_in(uri, "digits")
     tracking.configure_uri(uri)
-    model = tracking.load_model(f"runs:/{run.info.run_id}/model")
+    model = tracking.load_pickled_model(f"runs:/{run.info.run_id}/model")  # our own run: trusted
     mlflow.set_tracking_uri(None)
     yield Trained(cwd, uri, run.info.run_id, model)
 
@@ -203,6 +212,17 @@ def _inputs(tmp_path: Path, digits: np.ndarray) -> dict[str, Callable[[], Path]]
         (tmp_path / "images.csv").write_text("1,2,3\n")
         return tmp_path / "images.csv"
 
+    def gzip_bomb() -> Path:
+        return _gzip_bomb(tmp_path / "bomb-idx3-ubyte.gz", digits)
+
+    def gzip_claiming_too_much() -> Path:
+        path = tmp_path / "claims-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(_idx_header((2**30, 8, 8)) + digits.tobytes()))
+        return path
+
+    def npy_claiming_too_much() -> Path:
+        return _npy_claiming(tmp_path / "claims.npy", (10**12, 8, 8), digits.tobytes())
+
     return {
         "digits": lambda: _save(tmp_path / "ok.npy", digits),
         "missing": lambda: tmp_path / "nothere.npy",
@@ -219,6 +239,9 @@ def _inputs(tmp_path: Path, digits: np.ndarray) -> dict[str, Callable[[], Path]]
         "mixed sizes": mixed_sizes,
         "truncated idx": truncated_idx,
         "npz": npz,
+        "gzip bomb": gzip_bomb,
+        "gzip claiming 64 GiB": gzip_claiming_too_much,
+        "npy claiming 10^12 images": npy_claiming_too_much,
     }
 
 
@@ -243,6 +266,12 @@ ERRORS = [
     ("empty folder", "runs:/{run}/model", [], ["holds no .png files"]),
     ("mixed sizes", "runs:/{run}/model", [], ["b.png is 9x8 but a.png is 8x8", "must have one size"]),
     ("truncated idx", "runs:/{run}/model", [], ["cut-idx3-ubyte is truncated"]),
+    ("gzip bomb", "runs:/{run}/model", [], ["bomb-idx3-ubyte.gz is longer than its header says",
+                                            "header (40, 8, 8) needs 2560 data bytes"]),
+    ("gzip claiming 64 GiB", "runs:/{run}/model", [], ["claims-idx3-ubyte.gz is truncated",
+                                                       "header (1073741824, 8, 8) needs 68719476736 data bytes"]),
+    ("npy claiming 10^12 images", "runs:/{run}/model", [], ["cannot read", "claims.npy",
+                                                            "declares more data than the file holds"]),
     ("digits", "runs:/{run}/model", ["--tracking-uri", "sqlite:///{tmp}/elsewhere.db"],
      ["no MLflow store at sqlite:///{tmp}/elsewhere.db", "check --tracking-uri"]),
     ("digits", "runs:/{run}/model", ["--out", "{tmp}/out"], ["--out {tmp}/out is a folder"]),
@@ -333,3 +362,207 @@ def test_batch_size_must_be_positive(tmp_path, capsys):
         encode.main(["runs:/abc/model", "x.npy", "--out", str(tmp_path / "c.npy"), "--batch-size", "0"])
     assert exit_info.value.code == 2
     assert "--batch-size: must be a positive integer" in capsys.readouterr().err
+
+
+# --- inputs that claim more than they hold ----------------------------------------------------------------------
+
+BOMB_MEMBER_BYTES = 16 << 20
+BOMB_MEMBERS = 64  # 1 GiB of zeros inflated from ~1 MB: gzip members of 16 MiB each, one after the other
+
+
+def _idx_header(shape: tuple[int, ...]) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 0x08, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def _gzip_bomb(path: Path, digits: np.ndarray) -> Path:
+    """An IDX file whose header declares the 40 digits and whose gzip data inflates to 1 GiB more (zeros)."""
+    zeros = gzip.compress(bytes(BOMB_MEMBER_BYTES), mtime=0)
+    path.write_bytes(gzip.compress(idx_bytes(digits), mtime=0) + zeros * BOMB_MEMBERS)
+    assert path.stat().st_size < 2 << 20
+    return path
+
+
+def _npy_claiming(path: Path, shape: tuple[int, ...], payload: bytes) -> Path:
+    """A .npy file whose header declares ``shape`` (uint8) but which holds only ``payload``."""
+    with path.open("wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        handle.write(payload)
+    return path
+
+
+@pytest.mark.parametrize("case", ["gzip bomb", "gzip claiming 64 GiB", "npy claiming 10^12 images"])
+def test_inputs_that_claim_more_than_they_hold_are_refused_before_the_memory_is_taken(digits, tmp_path, case):
+    """The refusal comes before the memory: what the file declares is checked against what it can hold, and a gzip
+    file is inflated no further than its header declares (it took 2.1 GB before)."""
+    path = _inputs(tmp_path, digits)[case]()
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError):
+            encode.read_images(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB allocated while refusing {path.name}"
+
+
+def test_a_device_that_never_ends_is_refused_at_once(tmp_path):
+    """``/dev/zero`` reads forever: refused as not a file, in a process limited to 2 GiB of address space."""
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    done = subprocess.run([sys.executable, "-m", "aeexp.encode", f"runs:/{'0' * 32}/model", "/dev/zero",
+                           "--out", str(tmp_path / "codes.npy")], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=60, preexec_fn=limit_memory)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.splitlines() == ["error: /dev/zero is not a regular file or folder; give an IDX file (plain "
+                                        "or .gz), a .npy array, a PNG image or a folder of PNG images"]
+    assert not (tmp_path / "codes.npy").exists()
+
+
+# --- outputs that are inputs --------------------------------------------------------------------------------------
+
+
+def _output_over_input(case: str, tmp_path: Path, digits: np.ndarray) -> tuple[Path, list[str], Path, str]:
+    """(images, the output arguments, the input file they would overwrite, the flag named in the message)."""
+    if case == "--reconstructions is the input IDX file":
+        images = write_idx(tmp_path / "t10k-images-idx3-ubyte", digits, gz=True)
+        return images, ["--out", str(tmp_path / "codes.npy"), "--reconstructions", str(images)], images, \
+            "--reconstructions"
+    if case == "--out is the input .npy through a link":
+        images = _save(tmp_path / "digits.npy", digits)
+        (tmp_path / "link.npy").symlink_to(images)
+        return images, ["--out", str(tmp_path / "link.npy")], images, "--out"
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(digits[i], mode="L").save(folder / f"{i}.png")
+    return folder, ["--out", str(folder / "1.png")], folder / "1.png", "--out"
+
+
+@pytest.mark.parametrize("case", ["--reconstructions is the input IDX file", "--out is the input .npy through a link",
+                                  "--out is a PNG of the input folder"])
+def test_an_output_that_is_one_of_the_inputs_is_refused(trained, digits, tmp_path, capsys, case):
+    images, outputs, overwritten, flag = _output_over_input(case, tmp_path, digits)
+    before = overwritten.read_bytes()
+    assert encode.main([trained.model_uri, str(images), *outputs, "--tracking-uri", trained.tracking_uri]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} ") and err.count("\n") == 1, err
+    assert f"is the input {overwritten}" in err and "write the outputs to other files" in err
+    assert overwritten.read_bytes() == before
+    assert not (tmp_path / "codes.npy").exists()
+
+
+# --- more ways in: 16-bit PNGs, the console script, MLFLOW_TRACKING_URI ----------------------------------------
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits(trained, digits, reference, tmp_path):
+    folder = tmp_path / "png16"
+    folder.mkdir()
+    for i in range(N_IMAGES):
+        wide = digits[i].astype(np.uint16) * 257  # 0..255 -> 0..65535
+        Image.fromarray(wide).save(folder / f"{i:02d}.png")
+    with Image.open(folder / "00.png") as image:
+        assert image.mode.startswith("I;16") or image.mode == "I"
+    assert _encode(trained, folder, tmp_path / "codes.npy") == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), reference)
+
+
+def test_the_console_script_finds_the_run_through_mlflow_tracking_uri(trained, digits, reference, tmp_path):
+    """``aeexp encode`` (the installed script) in a folder without a store: MLFLOW_TRACKING_URI says where."""
+    images = _save(tmp_path / "digits.npy", digits)
+    script = Path(sys.executable).with_name("aeexp")
+    done = subprocess.run([str(script), "encode", trained.model_uri, str(images), "--out", "codes.npy"],
+                          cwd=tmp_path, env={**_env(), "MLFLOW_TRACKING_URI": trained.tracking_uri},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), reference)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# --- a hostile model file: its pickle runs code -----------------------------------------------------------------
+
+
+@dataclass
+class Hostile:
+    """A run whose logged model is an EvilAE: unpickling its model file runs ``touch <marker>``."""
+
+    run_id: str
+    tracking_uri: str
+    folder: Path  # the model folder, downloaded (what a user gets from `mlflow artifacts download`)
+    marker: Path
+    model: torch.nn.Module
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Iterator[Hostile]:
+    root = tmp_path_factory.mktemp("hostile")
+    uri = new_store(root / "mlflow.db", store_template)
+    config = OmegaConf.create({"dataset": {"name": "digits"}, "tracking": {"uri": uri},
+                               "model": {"_target_": "evil_model.EvilAE", "widths": [16], "bottleneck": BOTTLENECK}})
+    model = models.build(config.model, (1, 8, 8))
+    model.marker = str(root / "marker")
+    tracking.configure(uri, "hostile")
+    with tracking.start_run("hostile", {}) as run_id:
+        tracking.log_model(model, np.zeros((2, 1, 8, 8), dtype=np.float32), OmegaConf.to_yaml(config))
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(root / "download")))
+    mlflow.set_tracking_uri(None)
+    assert not (root / "marker").exists()  # logging it ran nothing
+    yield Hostile(run_id, uri, folder, root / "marker", model)
+
+
+def _codes_of(model: torch.nn.Module, digits: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.encode(torch.from_numpy(digits).float().unsqueeze(1) / 255).numpy()
+
+
+def test_a_hostile_pickle_runs_only_with_trust_pickle(hostile, digits, tmp_path, capsys):
+    """From the run and from a local model folder, the model is made from its config and weights: the same codes,
+    and the pickle's command never runs. With --trust-pickle it does (the attack is real; the flag opens it)."""
+    images = _save(tmp_path / "digits.npy", digits)
+    hostile.marker.unlink(missing_ok=True)
+    for model_uri, extra in ((f"runs:/{hostile.run_id}/model", ["--tracking-uri", hostile.tracking_uri]),
+                             (str(hostile.folder), [])):
+        assert encode.main([model_uri, str(images), "--out", str(tmp_path / "codes.npy"), *extra]) == 0, \
+            capsys.readouterr().err
+        np.testing.assert_allclose(np.load(tmp_path / "codes.npy"), _codes_of(hostile.model, digits), atol=1e-6)
+        assert not hostile.marker.exists(), f"{model_uri}: the model's pickle ran"
+    assert encode.main([str(hostile.folder), str(images), "--out", str(tmp_path / "codes.npy"),
+                        "--trust-pickle"]) == 1  # unpickled, it is os.system's return value, not a model
+    assert hostile.marker.exists()
+    assert "cannot load model" in capsys.readouterr().err
+    hostile.marker.unlink()
+
+
+def _tamper(folder: Path, how: str, payload_marker: Path) -> None:
+    files = folder / model_files.FOLDER
+    if how == "no weights file":
+        shutil.rmtree(files)
+    elif how == "weights file swapped for a pickle":
+        torch.save(Payload(str(payload_marker)), files / model_files.WEIGHTS)
+    elif how == "class not importable here":
+        config = files / model_files.CONFIG
+        config.write_text(config.read_text().replace("evil_model.EvilAE", "elsewhere.EvilAE"))
+
+
+@pytest.mark.parametrize(("how", "expected"), [
+    ("no weights file", ["has no extra_files/weights.pt (saved by an older aeexp or outside aeexp)",
+                         "--trust-pickle loads its pickled form instead, which runs any code the file holds"]),
+    ("weights file swapped for a pickle", ["weights.pt is not a plain state_dict of tensors (UnpicklingError"]),
+    ("class not importable here", ["cannot be made here from its config",
+                                   "model._target_='elsewhere.EvilAE' cannot be imported (No module named "
+                                   "'elsewhere'); put its module on PYTHONPATH"]),
+])
+def test_a_model_folder_that_cannot_be_made_safely_is_refused_without_unpickling(hostile, digits, tmp_path, capsys,
+                                                                                 how, expected):
+    folder = tmp_path / "model"
+    shutil.copytree(hostile.folder, folder)
+    _tamper(folder, how, tmp_path / "payload-ran")
+    hostile.marker.unlink(missing_ok=True)
+    assert encode.main([str(folder), str(_save(tmp_path / "digits.npy", digits)),
+                        "--out", str(tmp_path / "codes.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for text in expected:
+        assert text in err, err
+    assert not hostile.marker.exists() and not (tmp_path / "payload-ran").exists()
+    assert not (tmp_path / "codes.npy").exists()

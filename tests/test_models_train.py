@@ -24,11 +24,26 @@ def test_shapes_follow_the_dataset(shape):
 
 
 def test_glorot_init_with_zero_biases():
+    """Every weight matrix drawn from Glorot's uniform U(-a, a), a = sqrt(6 / (fan_in + fan_out)): inside the bounds,
+    reaching them, centred, with its variance a^2 / 3 (within 6 standard errors of the sample variance), and not
+    torch's default (kaiming-uniform, bound 1 / sqrt(fan_in)) nor zeros; biases zero."""
+    torch.manual_seed(0)
     model = models.DenseAutoencoder((1, 28, 28), widths=[400, 200], bottleneck=25)
-    for layer in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 6
+    for layer in layers:
         assert torch.count_nonzero(layer.bias) == 0
+        weights = layer.weight.detach().double().flatten()
+        n = weights.numel()
         limit = (6 / (layer.in_features + layer.out_features)) ** 0.5
-        assert float(layer.weight.detach().abs().max()) <= limit
+        assert float(weights.abs().max()) <= limit
+        assert float(weights.abs().max()) >= limit * (1 - 20 / n)  # n draws reach within ~1/n of the bound
+        variance = limit**2 / 3
+        assert abs(float(weights.mean())) < 6 * (variance / n) ** 0.5
+        # The sample variance of n uniform draws has a relative standard error of sqrt(0.8 / n).
+        assert float(weights.var()) == pytest.approx(variance, rel=6 * (0.8 / n) ** 0.5)
+        # (For these shapes torch's default bound differs from Glorot's by far more than the tolerances above.)
+        assert abs(limit - 1 / layer.in_features**0.5) > 0.1 * limit
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -475,3 +476,41 @@ def test_training_with_bf16_products_resumes_bit_identical(monkeypatch, tmp_path
     assert got.train_loss == expected.train_loss and got.val_loss == expected.val_loss
     for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them, read without torch."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    pytest.fail("/proc/cpuinfo lists no flags")
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads Linux's /proc/cpuinfo")
+def test_bf16_detection_agrees_with_the_cpus_own_flags():
+    """The real detection (nothing forced), against an independent reading: bf16 dot products in hardware are
+    AVX512-BF16 or AMX-BF16."""
+    has_them = bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    assert fastpath.cpu_has_bf16_products() is has_them
+    for mixed_precision in (True, False):  # and what the training step makes of it, on this CPU
+        model = _dense()
+        step = loop.make_step(model, _adam(model), CPU, mixed_precision=mixed_precision)
+        assert step.path == "fast" and step.bf16 is (mixed_precision and has_them)
+
+
+@pytest.mark.parametrize("mixed_precision", [True, False])
+def test_mixed_precision_setting_reaches_the_training_step_of_a_run(make_config, tracking_uri, monkeypatch, tmp_path,
+                                                                    mixed_precision):
+    """On a CPU with bf16 products (the detection answering yes, as it does on Zen 4 or Sapphire Rapids), a run's
+    trainer.mixed_precision decides whether its training step multiplies in bf16; the run's tag train.bf16 is that
+    step's ``bf16``."""
+    from mlflow.tracking import MlflowClient
+
+    from aeexp import experiment
+
+    monkeypatch.setattr(fastpath, "cpu_has_bf16_products", lambda: True)
+    cfg = make_config(f"tracking.uri={tracking_uri}", "trainer.epochs=1", "trainer.progress=false", "embed=pca",
+                      "embed.n_samples=100", f"trainer.mixed_precision={mixed_precision}")
+    result = experiment.run(cfg, tmp_path / "out")
+    tags = MlflowClient(tracking_uri).get_run(result.run_id).data.tags
+    assert tags["train.path"] == "fast" and tags["train.bf16"] == str(mixed_precision).lower()

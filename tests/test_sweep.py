@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +37,78 @@ def _report_artifacts(tracking_uri: str, run_id: str) -> set[str]:
     return {Path(a.path).name for a in MlflowClient(tracking_uri).list_artifacts(run_id, "comparison")}
 
 
-def _check_finished_sweep(tracking_uri: str, experiment: str, expected_names: set[str]) -> None:
+# What the README promises of comparison.csv / .md: "one row per child: status, the overrides that vary, dataset,
+# model, bottleneck, val_loss, test_loss, test_mse, test_knn_acc, embed_knn_acc, embed_trust, error" (and the run
+# name and the PCA baseline's two metrics).
+PROMISED_COLUMNS = ("run", "status", "overrides", "dataset", "model", "bottleneck", "val_loss", "test_loss",
+                    "test_mse", "pca_test_mse", "test_knn_acc", "pca_knn_acc", "embed_knn_acc", "embed_trust", "error")
+# metrics_vs_bottleneck.png: these metrics, and PCA's baseline of the same size dashed for two of them.
+PLOTTED = ("test_loss", "test_mse", "test_knn_acc", "embed_knn_acc")
+BASELINES = {"test_mse": "pca_test_mse", "test_knn_acc": "pca_knn_acc"}
+
+
+def _line_label(run) -> str:
+    return f"{run.params['model.name']} on {run.params['dataset.name']}"
+
+
+def _check_report(tracking_uri: str, parent, swept: tuple[str, ...], scratch: Path) -> None:
+    """The report logged to the parent holds what the README promises, computed from the children as MLflow has them:
+    the table's columns and values, and figures equal, pixel for pixel, to ones drawn here from the children's
+    records, whose plot has one line per model and dataset through each child's point."""
+    import matplotlib.image
+
+    from aeexp import compare, tracking
+
+    tracking.use_uri(tracking_uri)
+    children = tracking.child_runs(parent.info.run_id)
+    report = Path(MlflowClient(tracking_uri).download_artifacts(parent.info.run_id, "comparison", str(scratch)))
+    with (report / "comparison.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == PROMISED_COLUMNS
+        rows = {row["run"]: row for row in reader}
+    markdown = (report / "comparison.md").read_text().splitlines()
+    assert markdown[2] == "| " + " | ".join(PROMISED_COLUMNS) + " |"
+    assert set(rows) == {child.name for child in children} and len(rows) == len(children)
+    for child in children:
+        row = rows[child.name]
+        varying = {o for o in child.tags["sweep.job_overrides"].split() if o.split("=")[0] in swept}
+        assert set(row["overrides"].split()) == varying, row
+        assert (row["status"], row["dataset"], row["model"], row["bottleneck"]) == (
+            child.status, child.params["dataset.name"], child.params["model.name"], child.params["model.bottleneck"])
+        for metric in PROMISED_COLUMNS[6:-1]:
+            assert row[metric] == f"{child.metrics[metric]:.4f}", (child.name, metric)
+        assert any(line.startswith(f"| {child.name} | {child.status} |") for line in markdown)
+
+    figure = compare.bottleneck_figure(children)
+    assert [ax.get_title() for ax in figure.axes] == list(PLOTTED)
+    for ax, metric in zip(figure.axes, PLOTTED, strict=True):
+        lines = {bars.get_label(): bars.lines[0] for bars in ax.containers}  # errorbar: mean ± std over seeds
+        assert set(lines) == {_line_label(c) for c in children} and len(lines) > 1  # a line per model and dataset
+        for label, line in lines.items():
+            points = sorted((int(c.params["model.bottleneck"]), c.metrics[metric]) for c in children
+                            if _line_label(c) == label)
+            assert list(line.get_xdata()) == [x for x, _ in points]
+            assert list(line.get_ydata()) == [y for _, y in points]
+        dashed = {line.get_label(): line for line in ax.get_lines() if line.get_linestyle() == "--"}
+        if metric in BASELINES:  # PCA of the same size, one dashed line per dataset
+            assert set(dashed) == {f"PCA on {c.params['dataset.name']}" for c in children}
+            (line,) = dashed.values()
+            pca = {(int(c.params["model.bottleneck"]), c.metrics[BASELINES[metric]]) for c in children}
+            assert list(line.get_xdata()) == sorted({x for x, _ in pca})
+            assert set(zip(line.get_xdata(), line.get_ydata(), strict=True)) <= pca
+        else:
+            assert not dashed
+    panel = compare.tsne_panel(children, scratch / "tsne")
+    assert [ax.get_title() for ax in panel.axes if ax.get_title()] == [child.name for child in children]
+    for name, drawn, dpi in (("metrics_vs_bottleneck.png", figure, compare.PLOT_DPI),
+                             ("tsne_panel.png", panel, compare.PANEL_DPI)):
+        drawn.savefig(scratch / name, dpi=dpi)
+        logged, redrawn = matplotlib.image.imread(report / name), matplotlib.image.imread(scratch / name)
+        assert logged.shape == redrawn.shape and (logged == redrawn).all(), f"{name} is not that figure"
+        assert logged[..., :3].std() > 0.05, f"{name} is blank"
+
+
+def _check_finished_sweep(tracking_uri: str, experiment: str, expected_names: set[str], scratch: Path) -> None:
     parent, children = _parent_and_children(tracking_uri, experiment)
     assert parent.info.status == "FINISHED"
     assert "model.bottleneck=2,8" in parent.data.tags["sweep.overrides"]
@@ -50,22 +124,27 @@ def _check_finished_sweep(tracking_uri: str, experiment: str, expected_names: se
         assert {"tsne.png", "reconstructions.png", "loss_curves.png"} <= {
             a.path for a in client.list_artifacts(child.info.run_id)}
     assert _report_artifacts(tracking_uri, parent.info.run_id) == REPORT
+    _check_report(tracking_uri, parent, ("model", "model.bottleneck"), scratch)
 
 
-def test_basic_sweep_on_a_server(run_cli, server_uri):
+def test_basic_sweep_on_a_server(run_cli, server_uri, tmp_path):
     done = run_cli("-m", "model.bottleneck=2,8", "model=ae32,ae25", f"tracking.uri={server_uri}",
                    "tracking.experiment=basic_sweep", *FAST)
     assert done.returncode == 0, done.stderr[-3000:]
     _check_finished_sweep(server_uri, "basic_sweep", {"ae32-b2-digits", "ae32-b8-digits", "ae25-b2-digits",
-                                                      "ae25-b8-digits"})
+                                                      "ae25-b8-digits"}, tmp_path)
 
 
-def test_joblib_sweep_on_a_server(run_cli, server_uri):
+def test_joblib_sweep_on_a_server(run_cli, server_uri, tmp_path):
     done = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=ae25,ae32",
                    "model.bottleneck=2,8", f"tracking.uri={server_uri}", "tracking.experiment=joblib_sweep", *FAST)
     assert done.returncode == 0, done.stderr[-3000:]
     _check_finished_sweep(server_uri, "joblib_sweep", {"ae32-b2-digits", "ae32-b8-digits", "ae25-b2-digits",
-                                                       "ae25-b8-digits"})
+                                                       "ae25-b8-digits"}, tmp_path)
+    # Each of the 2 parallel jobs got its share of the cores as torch threads.
+    cores = len(os.sched_getaffinity(0))
+    _, children = _parent_and_children(server_uri, "joblib_sweep")
+    assert {c.data.tags["sweep.threads"] for c in children} == {str(max(1, cores // min(2, cores)))}
 
 
 def test_submitit_local_sweep_on_a_server(run_cli, server_uri):
@@ -238,3 +317,186 @@ def test_sigterm_ends_the_sweep_and_its_runs_killed(tmp_path, tracking_uri):
     assert [c.info.status for c in children] == ["KILLED"]
     assert_no_running(tracking_uri)
     assert os.path.exists(parent.data.tags["sweep.dir"])
+
+
+# --- jobs whose process dies or is stopped: every child ends FAILED or KILLED, one line says which and why ---------
+
+
+def _sweep_in_background(tmp_path: Path, tracking_uri: str, *overrides: str) -> subprocess.Popen:
+    """``python -m aeexp -m OVERRIDES`` in a process group of its own (a terminal's Ctrl-C reaches the whole group),
+    its output in ``tmp_path / "out.txt"``."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    with (tmp_path / "out.txt").open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "aeexp", "-m", *overrides, f"tracking.uri={tracking_uri}",
+                                 "trainer.progress=false", "embed.n_samples=200"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_until_training(process: subprocess.Popen, tracking_uri: str, jobs: set[str], tmp_path: Path,
+                         timeout: float = 600) -> dict:
+    """The runs of the sweep's jobs numbered ``jobs``, once each is RUNNING and has finished an epoch."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (tmp_path / "out.txt").read_text()[-3000:]
+        try:
+            running = {r.data.tags["sweep.job"]: r for r in runs_in(tracking_uri)
+                       if r.info.status == "RUNNING" and "sweep.job" in r.data.tags}
+            if set(running) >= jobs and all(client.get_metric_history(running[j].info.run_id, "train_loss")
+                                            for j in jobs):
+                return running
+        except MlflowException:  # the store is busy with the jobs' writes: ask again
+            pass
+        time.sleep(1)
+    raise AssertionError("the jobs did not start training: " + (tmp_path / "out.txt").read_text()[-3000:])
+
+
+def _output_when_done(process: subprocess.Popen, tmp_path: Path, timeout: float = 300) -> str:
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return (tmp_path / "out.txt").read_text()
+
+
+def _the_error_line(output: str) -> str:
+    """The command's one line about what went wrong (no traceback, from any process it started)."""
+    assert "Traceback" not in output and "Error executing job" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if "error: " in line]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def _gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _report_rows(parent) -> dict[str, dict[str, str]]:
+    with (Path(parent.data.tags["sweep.dir"]) / "comparison" / "comparison.csv").open() as handle:
+        return {row["run"]: row for row in csv.DictReader(handle)}
+
+
+def _faulted_sweep(tmp_path: Path, tracking_uri: str, jobs: set[str], fault, exit_code: int, *overrides: str
+                   ) -> tuple[str, dict]:
+    """A sweep of ``overrides`` in the background, ``fault(process, runs)`` done to it once the jobs numbered ``jobs``
+    train; returns its one error line (after checking its exit code) and those jobs' runs."""
+    process = _sweep_in_background(tmp_path, tracking_uri, *overrides)
+    running = _wait_until_training(process, tracking_uri, jobs, tmp_path)
+    fault(process, running)
+    output = _output_when_done(process, tmp_path)
+    assert process.returncode == exit_code, output[-3000:]
+    return _the_error_line(output), running
+
+
+def _sigkill_job(num: str):
+    """The OOM killer's SIGKILL to the process of the job numbered ``num``."""
+    return lambda process, running: os.kill(int(running[num].data.tags["sweep.pid"]), signal.SIGKILL)
+
+
+def test_a_joblib_worker_killed_by_the_oom_killer_fails_its_jobs_in_one_line(tmp_path, tracking_uri):
+    """SIGKILL to one worker, as the OOM killer sends: loky stops the pool's other job too and never starts the
+    third; both runs end FAILED with the cause, the third job is named as not run, the report is written."""
+    line, _ = _faulted_sweep(tmp_path, tracking_uri, {"0", "1"}, _sigkill_job("1"), 1, "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=2", "model.bottleneck=2,8,32", "trainer.epochs=5000")
+    assert "2 of 2 jobs failed (" in line and "1 did not run (model.bottleneck=32)" in line, line
+    assert "a joblib worker process was killed" in line and "SIGKILL" in line, line
+    parent, children = _parent_and_children(tracking_uri, "digits")
+    assert parent.info.status == "FAILED" and parent.data.tags["error"] in line
+    assert {c.info.run_name: c.info.status for c in children} == {"ae32-b2-digits": "FAILED",
+                                                                   "ae32-b8-digits": "FAILED"}
+    for child in children:
+        assert "a joblib worker process was killed" in child.data.tags["error"]
+        assert f"resume={child.info.run_id}" in child.data.tags["error"]  # its checkpoint of the last whole epoch
+        assert _gone(int(child.data.tags["sweep.pid"]))
+    assert {run: row["status"] for run, row in _report_rows(parent).items()} == {
+        "ae32-b2-digits": "FAILED", "ae32-b8-digits": "FAILED"}
+    assert_no_running(tracking_uri)
+
+
+def test_a_submitit_job_killed_by_the_oom_killer_fails_alone(tmp_path, tracking_uri):
+    """SIGKILL to one submitit job: it ends FAILED with the cause, the other job still runs to its end."""
+    line, _ = _faulted_sweep(tmp_path, tracking_uri, {"1"}, _sigkill_job("1"), 1, "hydra/launcher=submitit_local",
+                             "hydra.launcher.timeout_min=20", "trainer.epochs=20,5000")
+    assert "1 of 2 jobs failed (ae32-b32-digits epochs=5000)" in line and "ended without a result" in line, line
+    parent, children = _parent_and_children(tracking_uri, "digits")
+    assert parent.info.status == "FAILED"
+    statuses = {c.info.run_name: c.info.status for c in children}
+    assert statuses == {"ae32-b32-digits epochs=20": "FINISHED", "ae32-b32-digits epochs=5000": "FAILED"}
+    assert {run: row["status"] for run, row in _report_rows(parent).items()} == statuses
+    assert_no_running(tracking_uri)
+
+
+def test_ctrl_c_to_a_joblib_sweep_marks_every_running_job_killed(tmp_path, tracking_uri):
+    """Ctrl-C at a terminal (SIGINT to the process group): the workers are stopped, their runs end KILLED, and the
+    closing line says so."""
+    line, running = _faulted_sweep(tmp_path, tracking_uri, {"0", "1"},
+                                   lambda process, _: os.killpg(process.pid, signal.SIGINT), 130,
+                                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.bottleneck=2,8",
+                                   "trainer.epochs=5000")
+    assert "interrupted (SIGINT received)" in line and "2 of 2 jobs were stopped and marked KILLED" in line, line
+    parent, children = _parent_and_children(tracking_uri, "digits")
+    assert parent.info.status == "KILLED"
+    assert sorted(c.info.status for c in children) == ["KILLED", "KILLED"]
+    assert all(_gone(int(run.data.tags["sweep.pid"])) for run in running.values())
+    assert sorted(row["status"] for row in _report_rows(parent).values()) == ["KILLED", "KILLED"]
+    assert_no_running(tracking_uri)
+
+
+def test_sigterm_to_a_submitit_sweep_cancels_its_jobs(tmp_path, tracking_uri):
+    """SIGTERM to the sweep's process alone (``kill``): it cancels its submitit jobs, which would otherwise train on,
+    and every run ends KILLED; the watchers' own tracebacks go to their log, not to the screen."""
+    line, running = _faulted_sweep(tmp_path, tracking_uri, {"0", "1"},
+                                   lambda process, _: process.send_signal(signal.SIGTERM), 130,
+                                   "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
+                                   "model.bottleneck=2,8", "trainer.epochs=5000")
+    assert "interrupted (SIGTERM received)" in line and "2 of 2 jobs were stopped and marked KILLED" in line, line
+    assert all(_gone(int(run.data.tags["sweep.pid"])) for run in running.values())
+    parent, children = _parent_and_children(tracking_uri, "digits")
+    assert parent.info.status == "KILLED"
+    assert sorted(c.info.status for c in children) == ["KILLED", "KILLED"]
+    assert "KeyboardInterrupt" in (Path(parent.data.tags["sweep.dir"]) / ".submitit" / "controllers.log").read_text()
+    assert_no_running(tracking_uri)
+
+
+def test_bottleneck_sweep_and_slurm_presets_compose_into_one_sweep(tmp_path):
+    """``-m experiment=bottleneck_sweep hydra/launcher=slurm``, composed as Hydra does for the command line: the six
+    jobs the README lists, the Slurm resources of aeexp's preset, run by aeexp's launcher; and without the preset's
+    experiment name, the sweep's experiment is the swept datasets joined with ``+``."""
+    from hydra import compose, initialize_config_module
+    from hydra.types import RunMode
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    from aeexp import sweep as sweeps
+    from aeexp.config import register_configs
+    from hydra_plugins.aeexp_launchers import launchers
+
+    register_configs()
+    with initialize_config_module(config_module="aeexp.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=bottleneck_sweep", "hydra/launcher=slurm",
+                                                       f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+        unnamed = compose(config_name="config", overrides=["experiment=bottleneck_sweep",
+                                                           f"tracking.experiment={sweeps.DEFAULT_EXPERIMENT}"],
+                          return_hydra_config=True)
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    assert dict(cfg.hydra.sweeper.params) == {"model.bottleneck": "2,8,32", "dataset": "mnist,fashion_mnist"}
+    assert cfg.model.name == "ae32" and cfg.trainer.epochs == 10 and cfg.trainer.batch_size == 256
+    assert sweeps.sweep_experiment(cfg) == "bottleneck_sweep" and sweeps.sweep_name(cfg) == "bottleneck_sweep"
+    assert sweeps.sweep_experiment(unnamed) == "mnist+fashion_mnist"
+    launcher = cfg.hydra.launcher
+    assert (launcher.timeout_min, launcher.cpus_per_task, launcher.gpus_per_node, launcher.mem_gb, launcher.nodes,
+            launcher.tasks_per_node) == (120, 4, 1, 16, 1, 1)
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    launchers.watch_jobs(cfg)  # what the sweep's callback does before Hydra builds the launcher
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.aeexp_launchers.launchers.SubmititSlurmLauncher"
+    assert issubclass(launchers.SubmititSlurmLauncher, SlurmLauncher)

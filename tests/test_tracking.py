@@ -1,15 +1,26 @@
-"""The MLflow layer against a real sqlite store: params in batches, run status, fast failures."""
+"""The MLflow layer against a real sqlite store and real servers: params in batches, run status, fast failures,
+credentials never shown, a server with a login, a new store used by several processes at once."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import hydra
+import mlflow
+import mlflow.artifacts
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_server import mlflow_server
 from mlflow_store import runs_in
 
-from aeexp import tracking
+from aeexp import encode, model_files, tracking
 from aeexp.errors import TrackingError
 
 
@@ -87,3 +98,176 @@ def test_sqlite_uri_that_is_not_a_database_is_refused(tmp_path):
     bogus.write_text("this is not sqlite " * 100)
     with pytest.raises(TrackingError, match="cannot open"):
         tracking.configure(f"sqlite:///{bogus}", "x")
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("postgresql://u:s3cret@db.example:5432/mlflow", "postgresql://u:***@db.example:5432/mlflow"),
+    ("error at http://alice:p@ss@host:5000 (HTTP 500)", "error at http://alice:***@host:5000 (HTTP 500)"),
+    ("https://ghp_token123@host/api", "https://***@host/api"),
+    ("mysql://host/db?user=u&password=s3cret&x=1", "mysql://host/db?user=u&password=***&x=1"),
+    ("sqlite:////data/mlflow.db and http://127.0.0.1:5000", "sqlite:////data/mlflow.db and http://127.0.0.1:5000"),
+    ("mail me at a@b.org", "mail me at a@b.org"),
+])
+def test_redact_masks_the_credentials_of_every_uri(text, masked):
+    assert tracking.redact(text) == masked
+
+
+@pytest.mark.parametrize("uri", ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?cache=shared"])
+def test_an_in_memory_sqlite_store_is_refused(uri):
+    """Its runs would vanish when the command ends; MLflow would accept it."""
+    with pytest.raises(TrackingError) as info:
+        tracking.configure(uri, "x")
+    assert str(info.value) == (f"tracking.uri={uri} is an in-memory database: the runs would be lost when the command "
+                               "ends; give a file, e.g. tracking.uri=sqlite:///mlflow.db")
+
+
+RACE_SCRIPT = """
+import sys, time
+from pathlib import Path
+from aeexp import tracking
+store, go = sys.argv[1], Path(sys.argv[2])
+Path(sys.argv[3]).touch()  # imported: ready
+while not go.exists():
+    time.sleep(0.005)
+tracking.configure(f"sqlite:///{store}", "race")
+with tracking.start_run("racer", {}) as run_id:
+    tracking.log_metrics({"x": 1.0}, step=1)
+print(run_id)
+"""
+
+
+def test_processes_that_start_together_on_a_new_sqlite_file_all_succeed(tmp_path):
+    """Three processes wait until MLflow is imported in each, then use one store file that does not exist yet: each
+    would run MLflow's schema migrations, and all but one failed (``duplicate column name``). Now the store is made
+    by one at a time."""
+    store, go = tmp_path / "new" / "mlflow.db", tmp_path / "go"
+    store.parent.mkdir()
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    ready = [tmp_path / f"ready-{i}" for i in range(3)]
+    racers = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, str(store), str(go), str(flag)], env=env,
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for flag in ready]
+    deadline = time.monotonic() + 120
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()  # all at once
+    outcomes = [racer.communicate(timeout=180) for racer in racers]
+    for racer, (_, err) in zip(racers, outcomes, strict=True):
+        assert racer.returncode == 0, err[-3000:]
+    runs = runs_in(f"sqlite:///{store}", "race")
+    assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _ in outcomes)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+# --- a shared server with a login (the README's cluster recipe), and a password in the URI --------------------
+
+ADMIN, ADMIN_PASSWORD = "admin", "aeexp-Admin-pw-4f9c"
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Iterator[str]:
+    """``mlflow server --app-name basic-auth`` on 127.0.0.1, as the README shows it."""
+    env = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "aeexp-test-secret", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    with mlflow_server(tmp_path_factory.mktemp("auth-server"), store_template, ["--app-name", "basic-auth"],
+                       env) as uri:
+        yield uri
+
+
+@pytest.fixture
+def logged_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's MLflow client logs in as the README says: credentials in the environment."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+def _error_lines(done: subprocess.CompletedProcess[str]) -> list[str]:
+    """The ``error:`` lines of a finished command (Hydra logs to stdout), from ``error:`` on."""
+    lines = (done.stdout + done.stderr).splitlines()
+    return [line[line.index("error: "):] for line in lines if "error: " in line]
+
+
+SMALL = ["model.widths=[16]", "model.bottleneck=4", "trainer.epochs=1", "trainer.progress=false", "embed=pca",
+         "embed.n_samples=100"]
+
+
+def test_without_a_login_the_server_refuses_in_one_line(auth_server, run_cli, logged_in):
+    done = run_cli(f"tracking.uri={auth_server}", *SMALL, timeout=180,
+                   env={"MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    assert _error_lines(done) == [
+        f"error: cannot use experiment 'digits' at {auth_server}: the server requires a login (HTTP 401); set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment"]
+    assert runs_in(auth_server) == []
+
+
+def _everything_logged(run_id: str, destination: Path) -> list[Path]:
+    """Every artifact of the run and of its model, downloaded."""
+    MlflowClient().download_artifacts(run_id, "", str(destination / "run"))
+    mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(destination / "model"))
+    return [p for p in destination.rglob("*") if p.is_file()]
+
+
+def test_a_password_in_the_tracking_uri_is_shown_and_recorded_nowhere(auth_server, run_cli, logged_in, tmp_path):
+    """A run with ``tracking.uri=http://admin:<password>@host``: the run is logged (the server takes the login from
+    the URI), and the password is in no line printed, not in cli.log, params, tags or any artifact. The same run
+    checks the ``tracking=server`` preset, ``+tags.*`` and the ``versions.*`` tags."""
+    with_login = auth_server.replace("http://", f"http://{ADMIN}:{ADMIN_PASSWORD}@")
+    done = run_cli("tracking=server", f"tracking.uri={with_login}", "+tags.owner=me", "+tags.project=aeexp-16",
+                   *SMALL, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    masked = auth_server.replace("http://", f"http://{ADMIN}:***@")
+    assert ADMIN_PASSWORD not in done.stdout + done.stderr
+    assert f"at {masked}" in done.stdout + done.stderr
+    (log,) = (tmp_path / "outputs").glob("*/*/cli.log")
+    assert ADMIN_PASSWORD not in log.read_text() and masked in log.read_text()
+
+    mlflow.set_tracking_uri(auth_server)
+    (run,) = runs_in(auth_server, "digits")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["tracking.uri"] == masked
+    assert ADMIN_PASSWORD not in repr(run.data.params) + repr(run.data.tags)
+    assert {k: run.data.tags[k] for k in ("owner", "project", "versions.mlflow", "versions.hydra")} == {
+        "owner": "me", "project": "aeexp-16", "versions.mlflow": mlflow.__version__,
+        "versions.hydra": hydra.__version__}
+    logged = _everything_logged(run.info.run_id, tmp_path / "logged")
+    assert {"config.yaml", "checkpoint.pt", model_files.WEIGHTS, model_files.CONFIG} <= {p.name for p in logged}
+    assert [p for p in logged if ADMIN_PASSWORD.encode() in p.read_bytes()] == []
+
+    # The model comes back over the server, the login from the environment, made from its config and weights.
+    images = tmp_path / "x.npy"
+    np.save(images, np.zeros((3, 8, 8), dtype=np.uint8))
+    assert encode.main([f"runs:/{run.info.run_id}/model", str(images), "--out", str(tmp_path / "codes.npy"),
+                        "--tracking-uri", auth_server]) == 0
+    assert np.load(tmp_path / "codes.npy").shape == (3, 4)
+
+
+def test_the_server_preset_points_at_a_local_server(make_config):
+    assert make_config("tracking=server").tracking.uri == "http://127.0.0.1:5000"
+
+
+def test_a_password_in_a_database_uri_is_masked_in_the_error_and_cli_log(run_cli, tmp_path):
+    """The issue's case: a PostgreSQL URI with a password (no such server, no driver): one line, no password."""
+    done = run_cli("tracking.uri=postgresql://mlflow:pg-s3cret-pw@127.0.0.1:1/mlflow", *SMALL, timeout=180)
+    assert done.returncode == 1
+    assert "pg-s3cret-pw" not in done.stdout + done.stderr
+    (line,) = _error_lines(done)
+    assert line.startswith("error: cannot use experiment 'digits' at postgresql://mlflow:***@127.0.0.1:1/mlflow: ")
+    (log,) = (tmp_path / "outputs").glob("*/*/cli.log")
+    assert "pg-s3cret-pw" not in log.read_text() and "postgresql://mlflow:***@127.0.0.1:1/mlflow" in log.read_text()
+
+
+def test_runs_made_outside_the_active_run_mask_credentials_too(tracking_uri):
+    """A sweep's parent run (tags and params of the sweep's overrides) and a failed job's run (its error)."""
+    tracking.configure(tracking_uri, "sweeps")
+    overrides = "model.bottleneck=2,8 tracking.uri=http://u:pw-in-sweep@10.0.0.5:5000"
+    parent = tracking.open_run("sweeps", "sweep", {"sweep.overrides": overrides}, {"sweep.overrides": overrides})
+    tracking.set_run_tag(parent, "error", f"job 1 failed at {overrides}")
+    failed = tracking.record_failed_run("sweeps", "job", {"sweep.job_overrides": overrides}, {"x": 1},
+                                        "TrackingError: lost http://u:pw-in-sweep@10.0.0.5:5000", parent)
+    tracking.end_run_by_id(parent, "FAILED")
+    for run in runs_in(tracking_uri, "sweeps"):
+        recorded = repr(run.data.tags) + repr(run.data.params)
+        assert "pw-in-sweep" not in recorded and "http://u:***@10.0.0.5:5000" in recorded, recorded
+    assert {r.info.run_id for r in runs_in(tracking_uri, "sweeps")} == {parent, failed}

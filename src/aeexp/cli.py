@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from aeexp import data, run_hooks, sweep_resume
 from aeexp import sweep as sweeps
-from aeexp.config import register_configs, validate
+from aeexp.config import plain, register_configs, validate
 from aeexp.errors import AeexpError
 from aeexp.training import interrupt
 
@@ -37,9 +37,23 @@ def _check_components(cfg: DictConfig) -> None:
     from aeexp import models
     from aeexp.training import optim
 
-    models.check(cfg.model, source.image_shape)
+    parameters = models.check(cfg.model, source.image_shape)
+    if parameters is not None:
+        _check_model_fits(cfg, parameters)
     optim.check_optimizer(cfg.optimizer)
     optim.check_scheduler(cfg.scheduler, cfg.trainer.epochs)
+
+
+def _check_model_fits(cfg: DictConfig, parameters: int) -> None:
+    """Refuse, with the figures, a model too large to train in the memory of the device it would train on."""
+    import torch
+
+    from aeexp.training import memory
+
+    settings = ", ".join(f"model.{key}={plain(cfg.model[key])}" for key in ("widths", "bottleneck") if key in cfg.model)
+    on_gpu = cfg.trainer.device.value != "cpu" and torch.cuda.is_available()
+    available = torch.cuda.mem_get_info()[0] if on_gpu else memory.available_host_memory()
+    memory.check_fits(parameters, available, "GPU" if on_gpu else "free", settings or "model")
 
 
 def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
@@ -56,7 +70,7 @@ def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     from aeexp import experiment
 
     if sweep is not None:
-        sweeps.limit_threads_for_parallel_jobs()
+        sweeps.prepare_job_process()
     hydra_config = HydraConfig.get()
     with interrupt.deferred():  # Ctrl-C/SIGTERM stop the run at its next safe point
         result = experiment.run(cfg, Path(hydra_config.runtime.output_dir), sweep, list(hydra_config.overrides.task))
@@ -110,21 +124,34 @@ def main() -> None:
     try:
         _hydra_main()
     except KeyboardInterrupt as err:
-        if isinstance(err, interrupt.RunInterrupted):
-            log.error("error: %s", err)
-        else:
-            log.error("error: interrupted (%s); an MLflow run it had started was marked KILLED", err or "Ctrl-C")
+        log.error("error: %s", _interrupted(err))
         sys.exit(130)
-    finally:
-        try:
-            sweeps.close_open_sweep(interrupted=True)  # only acts if the sweep did not end normally
-        except Exception as err:
-            log.error("could not close the sweep's parent run in MLflow: %s", err)
+    finally:  # a sweep still open here stopped on an error Hydra has reported (joblib's own, say)
+        _close_sweep(cause="the sweep stopped on the error above")
     outcome = sweeps.last_outcome
-    if outcome is not None and outcome.failed:
-        log.error("error: %d of %d jobs failed (%s); see parent run %s", len(outcome.failed), outcome.jobs,
-                  ", ".join(outcome.failed), outcome.parent_run_id)
+    if outcome is not None and outcome.status != "FINISHED":
+        log.error("error: %s; %s", outcome.problems() or "the sweep ran no job", outcome.where())
         sys.exit(1)
+
+
+def _close_sweep(interrupted: str | None = None, cause: str = "") -> sweeps.Outcome | None:
+    """Close the sweep left open, if any (see :func:`aeexp.sweep.close_open_sweep`); never raises."""
+    try:
+        return sweeps.close_open_sweep(interrupted, cause)
+    except Exception as err:  # e.g. the tracking server went away
+        log.error("could not close the sweep's parent run in MLflow: %s", err)
+        return None
+
+
+def _interrupted(err: KeyboardInterrupt) -> str:
+    """The one line for a Ctrl-C/SIGTERM: where a run stopped, or what became of the sweep and its jobs."""
+    run_stopped = isinstance(err, interrupt.RunInterrupted)  # its message says where and how to go on
+    signal = "a stop request" if run_stopped else str(err) or "Ctrl-C"
+    outcome = _close_sweep(interrupted=signal)
+    message = str(err) if run_stopped else f"interrupted ({signal})"
+    if outcome is None:
+        return message if run_stopped else f"{message}; an MLflow run it had started was marked KILLED"
+    return f"{message}; sweep {outcome.name!r} stopped: {outcome.problems() or 'no job had started'}; {outcome.where()}"
 
 
 def entry() -> None:

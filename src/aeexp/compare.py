@@ -31,6 +31,8 @@ FIGURES = (("Metrics against bottleneck size (dashed: PCA of the same size)", "m
            ("The same test images through each run", "reconstruction_panel.png"),
            ("t-SNE of each run's codes", "tsne_panel.png"), ("Optuna: the objective per trial", "optuna_history.png"))
 COLUMNS = ("run", "status", "overrides", "dataset", "model", "bottleneck", *METRICS, "error")
+# Of metrics_vs_bottleneck.png, reconstruction_panel.png and tsne_panel.png.
+PLOT_DPI, RECONSTRUCTION_DPI, PANEL_DPI = 100, 90, 80
 
 
 def _varying_overrides(runs: Sequence[RunRecord]) -> list[str]:
@@ -94,18 +96,25 @@ def _save(figure: plots.Figure | None, path: Path, dpi: int) -> list[Path]:
     return [path]
 
 
-def _tsne_panel(runs: Sequence[RunRecord]) -> plots.Figure | None:
+def bottleneck_figure(runs: Sequence[RunRecord]) -> plots.Figure:
+    """``PLOTTED`` metrics against the bottleneck: a line per setting but its bottleneck (mean and spread over seeds,
+    from the finished runs), PCA's dashed."""
+    return plots.metrics_vs_bottleneck(report.curves(report.settings(runs), PLOTTED, BASELINES), PLOTTED)
+
+
+def tsne_panel(runs: Sequence[RunRecord], scratch: Path) -> plots.Figure | None:
+    """The runs' ``tsne.png`` side by side, titled with the run names (downloaded to ``scratch``); None if no run
+    has one."""
     import matplotlib.image
 
     from aeexp import tracking
 
     images, titles = [], []
-    with tempfile.TemporaryDirectory() as scratch:
-        for run in runs:
-            path = tracking.download_artifact(run.run_id, "tsne.png", Path(scratch) / run.run_id)
-            if path is not None:
-                images.append(matplotlib.image.imread(path))
-                titles.append(run.name)
+    for run in runs:
+        path = tracking.download_artifact(run.run_id, "tsne.png", scratch / run.run_id)
+        if path is not None:
+            images.append(matplotlib.image.imread(path))
+            titles.append(run.name)
     return plots.image_panel(images, titles) if images else None
 
 
@@ -118,11 +127,11 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str, ui: str |
     groups = report.settings(runs)
     rows, setting_rows = _write_tables(runs, groups, out_dir, title)
     written = [out_dir / "comparison.csv", out_dir / SETTINGS_CSV, out_dir / "comparison.md"]
-    written += _save(plots.metrics_vs_bottleneck(report.curves(groups, PLOTTED, BASELINES), PLOTTED),
-                     out_dir / "metrics_vs_bottleneck.png", 100)
+    written += _save(bottleneck_figure(runs), out_dir / "metrics_vs_bottleneck.png", PLOT_DPI)
     written += _save(report.reconstruction_panel(runs, tracking.download_artifact),
-                     out_dir / "reconstruction_panel.png", 90)
-    written += _save(_tsne_panel(runs), out_dir / "tsne_panel.png", 80)
+                     out_dir / "reconstruction_panel.png", RECONSTRUCTION_DPI)
+    with tempfile.TemporaryDirectory() as scratch:
+        written += _save(tsne_panel(runs, Path(scratch)), out_dir / "tsne_panel.png", PANEL_DPI)
     ui = ui or report.ui_base(tracking.current_uri())
     page = report.Page(title, COLUMNS, rows, [report.run_url(ui, run) for run in runs],
                        *report.shown_rows(setting_rows, METRICS),

@@ -41,6 +41,9 @@ class TrainerConfig:
     # bf16 matrix products: autocast on CUDA; on a CPU with bf16 dot-product instructions (AVX512-BF16, AMX) the
     # products of the dense AE's large layers (float32 everywhere else); no effect on other CPUs.
     mixed_precision: bool = True
+    # Log the checkpoint to MLflow every this many epochs (and when the run ends or stops), so that a run whose
+    # machine is lost can go on from MLflow; 0: only when it ends or stops. Cost measured in BENCHMARKS.md.
+    checkpoint_every: int = 5
     # Keys that moved: kept only to say where they went (validate refuses them, naming the new key).
     lr: Any = None
     optimizer: Any = None
@@ -55,6 +58,11 @@ MOVED = {
     "momentum": "optimizer=sgd optimizer.momentum={value}",
     "loss": "model.loss={value}",
 }
+
+
+# The fewest codes embedded: 5 per class of a 10-class dataset, so that each fold of the 5-fold cross-validated
+# 5-NN accuracy holds every class, and well above the 2 x 10 + 1 points trustworthiness (k=10) needs.
+EMBED_MIN_SAMPLES = 50
 
 
 @dataclass
@@ -147,7 +155,14 @@ def validate(cfg: DictConfig) -> None:
              "give one or more different methods, e.g. [tsne,pca,umap]")
     _require(cfg.embed.n_neighbors >= 2, "embed.n_neighbors", cfg.embed.n_neighbors, "it must be at least 2")
     _require(cfg.embed.min_dist >= 0, "embed.min_dist", cfg.embed.min_dist, "it must be >= 0")
-    _require(cfg.embed.n_samples > 0, "embed.n_samples", cfg.embed.n_samples, "it must be positive")
+    _require(cfg.trainer.checkpoint_every >= 0, "trainer.checkpoint_every", cfg.trainer.checkpoint_every,
+             "it must be >= 0 (0: log the checkpoint to MLflow only when the run ends or stops)")
+    _require(cfg.embed.n_samples >= EMBED_MIN_SAMPLES, "embed.n_samples", cfg.embed.n_samples,
+             f"it must be at least {EMBED_MIN_SAMPLES} (the 5-fold 5-NN accuracy and the trustworthiness of the "
+             "embedding need that many points)")
+    if EmbedMethod.umap.value in methods:
+        _require(cfg.embed.n_neighbors < cfg.embed.n_samples, "embed.n_neighbors", cfg.embed.n_neighbors,
+                 f"it must be below embed.n_samples={cfg.embed.n_samples}")
     _require(cfg.embed.perplexity > 0, "embed.perplexity", cfg.embed.perplexity, "it must be positive")
     _require(cfg.embed.n_iter > 0, "embed.n_iter", cfg.embed.n_iter, "it must be positive")
     _require(cfg.embed.early_exaggeration_iter >= 0, "embed.early_exaggeration_iter",

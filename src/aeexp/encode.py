@@ -8,6 +8,7 @@ PNG images; their size is checked against the model's before anything is compute
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -42,36 +43,52 @@ class Images:
     source: Path
     files: list[str] | None = None
 
+    def paths(self) -> list[Path]:
+        """The files the images were read from."""
+        if self.files is not None and self.source.is_dir():
+            return [self.source / name for name in self.files]
+        return [self.source]
+
 
 # --- reading images ---------------------------------------------------------------------------------------
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` array, read only after its header's shape is checked against the file's size: the file is first
+    mapped (which refuses a header that claims more data than the file holds, without reading or allocating it)."""
     try:
-        array = np.load(path, allow_pickle=False)
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(mapped, np.ndarray):  # an .npz archive under a .npy name
+            mapped.close()
+            raise DataError(f"{path} is an .npz archive, not one array; save the images with numpy.save")
+        return np.array(mapped)
     except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"cannot read {path} as a .npy array ({str(err).splitlines()[0] if str(err) else err!r})"
-                        ) from None
-    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
-        raise DataError(f"{path} is an .npz archive, not one array; save the images with numpy.save")
-    return array
+        reason = str(err).splitlines()[0] if str(err) else repr(err)
+        if "mmap length is greater than file size" in reason:
+            reason = "its header declares more data than the file holds: it is truncated or not a .npy file"
+        raise DataError(f"cannot read {path} as a .npy array ({reason})") from None
 
 
 def _read_png(path: Path) -> np.ndarray:
     """One PNG as uint8: ``(H, W)`` for a grey one (16-bit scaled to 8 bits), ``(H, W, 3)`` for a colour one
     (alpha dropped); :func:`png_channels` fits them to the model."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     from aeexp.data.image_files import is_colour
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            # PIL warns of, then refuses, images of ~89M+ pixels (decompression bombs): both as one line here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             if image.format != "PNG":
                 raise DataError(f"{path} is a {image.format} image, not a PNG")
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return np.round(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)
             return np.array(image.convert("RGB" if is_colour(image) else "L"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as err:
         raise DataError(f"cannot read {path} as a PNG image ({err})") from None
 
 
@@ -115,6 +132,8 @@ def read_images(path: Path) -> Images:
         return images
     if not path.exists():
         raise DataError(f"images {path} not found; give {SUPPORTED}")
+    if not path.is_file():  # a device (/dev/zero never ends), a pipe, a socket
+        raise DataError(f"{path} is not a regular file or folder; give {SUPPORTED}")
     try:
         with path.open("rb") as handle:
             head = handle.read(8)
@@ -219,10 +238,10 @@ def _trained_on(model_uri: str) -> str | None:
         return None
 
 
-def mismatch_message(images: Images, image_shape: Sequence[int], model_uri: str) -> str:
-    """One line naming both shapes, the model's dataset and what to do."""
+def mismatch_message(images: Images, image_shape: Sequence[int], model_uri: str, trained_on: str | None = None
+                     ) -> str:
+    """One line naming both shapes, the model's dataset (``trained_on``, when known) and what to do."""
     model_hw = _hw(image_shape[1:]) if int(image_shape[0]) == 1 else _hw(image_shape)
-    trained_on = _trained_on(model_uri)
     same_size = _datasets_of(tuple(int(s) for s in image_shape))
     origin = f" (trained on {trained_on})" if trained_on else f" (the size of {same_size})" if same_size else ""
     stored = _stored_shape(images.array.shape)
@@ -232,38 +251,110 @@ def mismatch_message(images: Images, image_shape: Sequence[int], model_uri: str)
             f"{model_hw} images{origin}; give {model_hw} images, or use {other}")
 
 
-# --- the model -------------------------------------------------------------------------------------------
+# --- the model ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """A loaded autoencoder (a torch module on the CPU) and the dataset it was trained on, when known."""
+
+    module: Any
+    dataset: str | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.module.image_shape)
 
 
 def _uses_store(model_uri: str) -> bool:
     return model_uri.startswith(("runs:/", "models:/"))
 
 
-def load_model(model_uri: str, tracking_uri: str | None) -> Any:
-    """The autoencoder at ``model_uri`` on the CPU; a missing store, run or model is one clear line."""
+def _local_folder(model_uri: str) -> Path | None:
+    """The folder a model URI names on this machine (``/path/to/model``, ``file:///path/to/model``), else None."""
+    if model_uri.startswith("file://"):
+        return Path(model_uri[len("file://"):])
+    return None if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]+:", model_uri) else Path(model_uri).expanduser()
+
+
+def _connect(model_uri: str, tracking_uri: str | None) -> str:
+    """Point MLflow at the store that holds ``model_uri``; return where it is, for messages (`` from <uri>``)."""
     from aeexp import tracking
 
-    if _uses_store(model_uri) or tracking_uri:
-        resolved = tracking.use_uri(tracking_uri)
-        store = Path(resolved[len("sqlite:///"):]) if resolved.startswith("sqlite:///") else None
-        if store is not None and not store.exists():
-            # MLflow would create an empty store here and then not find the run in it.
-            fix = ("check --tracking-uri" if tracking_uri else
-                   "run this where you trained (next to its mlflow.db) or pass --tracking-uri")
-            raise TrackingError(f"no MLflow store at {resolved}, so no model {model_uri}; {fix}")
-        where = f" from {tracking.configure_uri(tracking_uri)}"
-    else:
-        where = ""
+    if not (_uses_store(model_uri) or tracking_uri):
+        return ""
+    resolved = tracking.use_uri(tracking_uri)
+    store = Path(resolved[len("sqlite:///"):]) if resolved.startswith("sqlite:///") else None
+    if store is not None and not store.exists():
+        # MLflow would create an empty store here and then not find the run in it.
+        fix = ("check --tracking-uri" if tracking_uri else
+               "run this where you trained (next to its mlflow.db) or pass --tracking-uri")
+        raise TrackingError(f"no MLflow store at {tracking.redact(resolved)}, so no model {model_uri}; {fix}")
+    return f" from {tracking.redact(tracking.configure_uri(tracking_uri))}"
+
+
+TRUST_HINT = ("--trust-pickle loads its pickled form instead, which runs any code the file holds: only for a model "
+              "from a source you trust")
+
+
+def _rebuilt(model_uri: str, tracking_uri: str | None) -> Model:
+    """The model made from its config and weights (:mod:`aeexp.model_files`); nothing from its files is executed."""
+    import tempfile
+
+    from aeexp import model_files
+
+    folder = _local_folder(model_uri)
+    if folder is not None:
+        if not folder.is_dir():
+            problem = "is not a folder" if folder.exists() else "not found"
+            raise TrackingError(f"model folder {folder} {problem}; give a model folder (with MLmodel and "
+                                f"{model_files.FOLDER}/) or a logged model such as runs:/<run id>/model")
+        if not model_files.present(folder / model_files.FOLDER):
+            raise EncodeError(f"{folder} has no {model_files.FOLDER}/{model_files.WEIGHTS} (saved by an older aeexp or "
+                              f"outside aeexp); {TRUST_HINT}")
+        return _from_files(folder / model_files.FOLDER, model_uri)
+    from aeexp import tracking  # (MLflow: not needed for a local folder)
+
+    where = _connect(model_uri, tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="aeexp-encode-") as download:
+        try:
+            files_folder = tracking.download_model_files(model_uri, Path(download))
+        except tracking.NoModelFiles as err:
+            raise EncodeError(f"{err}{where}; {TRUST_HINT}") from None
+        return _from_files(files_folder, model_uri)
+
+
+def _from_files(folder: Path, model_uri: str) -> Model:
+    from aeexp import model_files
+
+    rebuilt = model_files.load(folder, f"model {model_uri}")
+    return Model(rebuilt.model, rebuilt.dataset)
+
+
+def _unpickled(model_uri: str, tracking_uri: str | None) -> Model:
+    """The model's pickled form, unpickled (``--trust-pickle``): runs the code its file holds."""
+    from aeexp import tracking
+
+    where = _connect(model_uri, tracking_uri)
     try:
-        model = tracking.load_model(model_uri)
+        module = tracking.load_pickled_model(model_uri)
     except Exception as err:  # MLflow raises MlflowException or plain errors (unpickling, missing files)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrackingError(f"cannot load model {model_uri}{where}: {first}; check the run id and that "
-                            "the run logged its model under model/ (e.g. runs:/<run id>/model)") from None
-    if not all(hasattr(model, name) for name in ("image_shape", "encode", "forward")):
-        raise TrackingError(f"{model_uri} is a {type(model).__name__}, not an aeexp autoencoder (it needs "
+        raise TrackingError(tracking.redact(f"cannot load model {model_uri}{where}: {first}; check the run id and "
+                                            "that the run logged its model under model/ (e.g. runs:/<run id>/model)")
+                            ) from None
+    if not all(hasattr(module, name) for name in ("image_shape", "encode", "forward")):
+        raise TrackingError(f"{model_uri} is a {type(module).__name__}, not an aeexp autoencoder (it needs "
                             "image_shape and encode)")
-    return model
+    return Model(module, _trained_on(model_uri))
+
+
+def load_model(model_uri: str, tracking_uri: str | None, trust_pickle: bool = False) -> Model:
+    """The autoencoder at ``model_uri`` on the CPU: by default made from its config and loaded with its weights only;
+    with ``trust_pickle`` unpickled as MLflow logged it. A missing store, run or model is one clear line."""
+    if trust_pickle:
+        return _unpickled(model_uri, tracking_uri)
+    return _rebuilt(model_uri, tracking_uri)
 
 
 # --- encoding --------------------------------------------------------------------------------------------
@@ -327,26 +418,45 @@ def _check_outputs(out: Path, recon: Path | None) -> None:
         raise EncodeError(f"--out and --reconstructions are both {out}; give two file names")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (also through links); False when either does not exist."""
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_not_inputs(images: Images, outputs: Sequence[tuple[str, Path]]) -> None:
+    """Refuse an output (``(what, path)``: written or replaced) that is one of the files the images came from."""
+    inputs = images.paths()
+    for what, path in outputs:
+        for source in inputs:
+            if _same_file(path, source):
+                raise EncodeError(f"{what} {path} is the input {source}: encoding would overwrite it; write the "
+                                  "outputs to other files")
+
+
 def run(model_uri: str, images_path: Path, out: Path, recon_path: Path | None, tracking_uri: str | None,
-        batch_size: int) -> list[str]:
+        batch_size: int, trust_pickle: bool = False) -> list[str]:
     """Read, check, encode, write; return the lines of the summary."""
     _check_outputs(out, recon_path)
     images = read_images(images_path)
+    order = files_list_path(out)  # written for PNGs, else removed
+    _check_not_inputs(images, [("--out", out), ("--reconstructions", recon_path or out), ("the file order", order)])
     if images.array.size == 0:
         raise DataError(f"{images.source} holds no images (its shape is {images.array.shape})")
-    model = load_model(model_uri, tracking_uri)
+    model = load_model(model_uri, tracking_uri, trust_pickle)
     array = images.array
     if images.files is not None:  # PNGs: grey or colour, made what the model takes
         array = png_channels(array, int(model.image_shape[0]))
     fitted = fit_to_model(array, model.image_shape)
     if fitted is None:
-        raise EncodeError(mismatch_message(images, model.image_shape, model_uri))
-    codes, recons = encode(model, fitted, batch_size, recon_path is not None)
+        raise EncodeError(mismatch_message(images, model.image_shape, model_uri, model.dataset))
+    codes, recons = encode(model.module, fitted, batch_size, recon_path is not None)
 
     outputs: list[tuple[Path, files.Writer]] = [(out, _npy_writer(codes))]
     if recons is not None and recon_path is not None:
         outputs.append((recon_path, _npy_writer(recons)))
-    order = files_list_path(out)
     if images.files is not None:
         names = "".join(f"{name}\n" for name in images.files).encode()
         outputs.append((order, lambda handle: handle.write(names)))
@@ -391,12 +501,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "sqlite:///mlflow.db in the current folder)")
     parser.add_argument("--batch-size", type=_positive, default=EVAL_BATCH_SIZE,
                         help=f"images per forward pass (default {EVAL_BATCH_SIZE})")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="load the model's pickled form (mlflow.pytorch.load_model), which runs any code the "
+                             "file holds, instead of making it from its config and weights: only for a model from a "
+                             "source you trust")
     args = parser.parse_args(argv)
     try:
         lines = run(args.model_uri, args.images, args.out, args.reconstructions, args.tracking_uri,
-                    args.batch_size)
+                    args.batch_size, args.trust_pickle)
     except AeexpError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"error: not enough memory to encode {args.images}; split the images into smaller files",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written", file=sys.stderr)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import platform
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp import baseline, data, embed, metrics, models, plots, run_hooks, tracking
+from aeexp import baseline, data, embed, files, metrics, models, plots, run_hooks, tracking
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.sweep import PRUNED_TAG, Sweep, job_run_name, job_tags
@@ -179,6 +182,7 @@ class _Start:
     experiment: str
     tracking_uri: str
     resumed: checkpoint.Checkpoint | None = None
+    record: tracking.RunRecord | None = None  # the resumed run as MLflow had it
 
 
 def _fresh_start(cfg: DictConfig, sweep: Sweep | None) -> _Start:
@@ -187,7 +191,7 @@ def _fresh_start(cfg: DictConfig, sweep: Sweep | None) -> _Start:
     return _Start(cfg, experiment_name, tracking_uri)
 
 
-def _resumed_start(cfg: DictConfig, sweep: Sweep | None, overrides: Sequence[str], work_dir: Path) -> _Start:
+def _resumed_start(cfg: DictConfig, sweep: Sweep | None, overrides: Sequence[str]) -> _Start:
     tracking_uri = tracking.configure_uri(sweep.tracking_uri if sweep else cfg.tracking.uri)
     run_id = resume.resolve_run_id(str(cfg.resume))
     run_record, experiment_name = tracking.find_run(run_id)
@@ -195,14 +199,14 @@ def _resumed_start(cfg: DictConfig, sweep: Sweep | None, overrides: Sequence[str
         # (a resumed sweep continues its own children: aeexp.sweep_resume)
         raise ConfigError("resume= continues one run; it cannot be part of a sweep (drop -m, or finish a sweep "
                           "with sweep.resume=<parent run id>)")
-    state = resume.find_checkpoint(run_record, work_dir)
+    state = resume.find_checkpoint(run_record)
     resumed_cfg = resume.resumed_config(cfg, state.config, overrides, run_id, state.epoch)
     config_schema.validate(resumed_cfg)
     if run_record.status == "FINISHED" and resumed_cfg.trainer.epochs == state.epoch:
         raise ConfigError(f"resume: run {run_id} already finished its {state.epoch} epochs; give trainer.epochs "
                           f"above {state.epoch} to train it further")
     tracking.configure(tracking_uri, experiment_name)
-    return _Start(resumed_cfg, experiment_name, tracking_uri, state)
+    return _Start(resumed_cfg, experiment_name, tracking_uri, state, run_record)
 
 
 def resume_command(run_id: str, tracking_uri: str | None) -> str:
@@ -243,7 +247,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
     if output_dir is None:
         output_dir = Path(tempfile.mkdtemp(prefix="aeexp-"))
     if cfg.get("resume"):
-        start = _resumed_start(cfg, sweep, overrides, output_dir)
+        start = _resumed_start(cfg, sweep, overrides)
         parts = _build(start.cfg, _device(start.cfg))
     else:
         parts = _build(cfg, _device(cfg))  # a bad setting is refused before the tracking store is touched
@@ -296,57 +300,133 @@ class _Training:
                                   self.generator, self.history)
 
 
+class _Checkpoints:
+    """The run's checkpoint: saved locally after every epoch (whole or not at all), logged to MLflow every
+    ``trainer.checkpoint_every`` epochs and when the run ends or stops.
+
+    Each MLflow copy goes to a folder of its own epoch, and only once it is whole does the tag
+    ``aeexp.checkpoint.logged`` name it; then the copy before it is deleted. A run stopped during an upload keeps
+    its last whole copy, whatever the artifact store.
+    """
+
+    def __init__(self, path: Path, every: int, logged: str | None) -> None:
+        self.path, self.every = path, every
+        self.saved_epoch: int | None = None
+        self.named = False  # whether the tag aeexp.checkpoint names self.path
+        self.logged = logged  # the artifact path of the latest whole copy in MLflow, if any
+        self.logged_epoch = _artifact_epoch(logged)
+
+    def save(self, state: checkpoint.Checkpoint) -> None:
+        checkpoint.save(state, self.path)
+        self.saved_epoch = state.epoch
+
+    def name_in_run(self) -> None:
+        """Tag the run with the local checkpoint once it exists."""
+        if not self.named and self.saved_epoch is not None:
+            tracking.set_tags({tracking.CHECKPOINT_TAG: str(self.path)})
+            self.named = True
+
+    def after_epoch(self, epoch: int) -> None:
+        if self.every and epoch % self.every == 0:
+            self.upload()
+
+    def upload(self) -> None:
+        """Log the latest saved checkpoint to MLflow unless it already is; a failure is a warning (the local file
+        stays)."""
+        epoch = self.saved_epoch
+        if epoch is None or epoch == self.logged_epoch:
+            return
+        folder = checkpoint.artifact_folder(epoch)
+        try:
+            tracking.log_artifact(self.path, folder)
+            tracking.set_tags({checkpoint.ARTIFACT_TAG: f"{folder}/{checkpoint.FILENAME}"})
+        except Exception as err:
+            log.warning("could not log the checkpoint of epoch %d to MLflow (%s); it stays in %s", epoch,
+                        tracking.short_error(err), self.path)
+            return
+        previous = self.logged_epoch
+        self.logged, self.logged_epoch = f"{folder}/{checkpoint.FILENAME}", epoch
+        if previous is not None:
+            try:
+                tracking.delete_artifacts(checkpoint.artifact_folder(previous))
+            except Exception as err:  # a store that cannot delete keeps both copies
+                log.debug("could not delete the checkpoint of epoch %d in MLflow: %s", previous, err)
+
+
+def _artifact_epoch(artifact: str | None) -> int | None:
+    """The epoch of a checkpoint logged to ``checkpoint/epoch-<k>/...``; None for none or the older layout."""
+    match = re.fullmatch(r"checkpoint/epoch-(\d+)/.*", artifact or "")
+    return int(match.group(1)) if match else None
+
+
+class _MetricLog:
+    """The run's metrics in MLflow, each (metric, step) logged once: a resume logs what its checkpoint's history
+    holds and MLflow lacks (epochs a kill or a lost store kept from MLflow), and nothing twice."""
+
+    def __init__(self, logged: dict[str, set[int]] | None = None) -> None:
+        self.logged = logged or {}
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        missing = {key: value for key, value in values.items() if step not in self.logged.get(key, set())}
+        if missing:
+            tracking.log_metrics(missing, step=step)
+            for key in missing:
+                self.logged.setdefault(key, set()).add(step)
+
+    def backfill(self, history: loop.History) -> None:
+        for epoch, values in enumerate(history.epochs, start=1):
+            self.log(values, epoch)
+
+
+def _begin(start: _Start, run_id: str, cfg: DictConfig, config_yaml: str, output_dir: Path
+           ) -> tuple[_Checkpoints, _MetricLog]:
+    """Record the run's start in MLflow: its params (a new run), or (a resumed one) what changed, the metrics its
+    checkpoint holds that MLflow lacks, and a copy of the checkpoint in this run's output folder."""
+    path = checkpoint.local_path(output_dir, run_id)
+    every = cfg.trainer.checkpoint_every
+    if start.resumed is None or start.record is None:
+        tracking.log_params(config_schema.flatten(cfg))
+        checkpoints, metric_log = _Checkpoints(path, every, None), _MetricLog()
+    else:
+        record = start.record
+        _record_resume(record, start.resumed.epoch, run_id, cfg)
+        checkpoints = _Checkpoints(path, every, record.tags.get(checkpoint.ARTIFACT_TAG))
+        checkpoints.save(dataclasses.replace(start.resumed, config=config_yaml))  # the tag names a file that exists
+        checkpoints.name_in_run()
+        metric_log = _MetricLog(tracking.metric_steps(run_id, record.metrics))
+        metric_log.backfill(start.resumed.history)
+    tracking.log_text(config_yaml, "config.yaml")
+    return checkpoints, metric_log
+
+
+def _record_resume(record: tracking.RunRecord, epoch: int, run_id: str, cfg: DictConfig) -> None:
+    """Tags that describe the resumed run as it now is: ``resumed_from_epoch``, ``resumed.<key>`` for each setting
+    that differs from its params (which MLflow keeps as they were logged), and no ``error`` of an earlier failure."""
+    changed = resume.changed_settings(record.params, cfg)
+    tracking.set_tags({"resumed_from_epoch": str(epoch),
+                       **{f"resumed.{key}": value[:5000] for key, value in changed.items()}})
+    stale = [key for key in record.tags
+             if key == "error" or (key.startswith("resumed.") and key.removeprefix("resumed.") not in changed)]
+    for key in stale:
+        tracking.delete_tag(run_id, key)
+
+
 def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output_dir: Path) -> RunResult:
     """Train, evaluate and log inside the MLflow run (a new one, or the resumed one)."""
     cfg, model = training.cfg, training.model
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    checkpoint_path = output_dir / checkpoint.FILENAME
+    config_yaml = tracking.redact(OmegaConf.to_yaml(cfg, resolve=True))  # it goes to MLflow: no password
     device = next(model.parameters()).device
-    tags = (_run_tags(cfg, device, training.step) | (job_tags() if sweep else {})
-            | {tracking.CHECKPOINT_TAG: str(checkpoint_path)})
+    tags = _run_tags(cfg, device, training.step) | (job_tags() if sweep else {})
     name = job_run_name(run_name(cfg), sweep, cfg) if sweep else run_name(cfg)
     resumed_id = start.resumed.run_id if start.resumed else None
     with tracking.start_run(name, tags, sweep.parent_run_id if sweep else None, run_id=resumed_id) as run_id:
         log.info("run %s (%s) %s in experiment %r", run_id, name, "resumed" if resumed_id else "started",
                  start.experiment)
-        if resumed_id is None:
-            tracking.log_params(config_schema.flatten(cfg))
-        else:
-            tracking.set_tags({"resumed_from_epoch": str(start.resumed.epoch)})
-        tracking.log_text(config_yaml, "config.yaml")
-
-        def end_of_epoch(epoch: int, values: dict[str, float]) -> None:
-            # The checkpoint first: whatever happens to MLflow next, the epoch is not lost.
-            checkpoint.save(training.checkpoint(run_id, epoch, config_yaml), checkpoint_path)
-            try:
-                tracking.log_metrics(values, step=epoch)
-            except Exception as err:
-                raise TrackingError(
-                    f"lost the tracking store {start.tracking_uri} after epoch {epoch} ({type(err).__name__}); "
-                    f"training so far is saved in {checkpoint_path}: once MLflow is back, continue with "
-                    f"`{resume_command(run_id, cfg.tracking.uri)}`") from None
-            run_hooks.epoch_ended(epoch, values)  # e.g. an Optuna pruner, which may stop the run here
-
-        try:
-            history = training.fit(end_of_epoch)
-            results = _finish(cfg, model, training.dataset, history, output_dir)
-        except run_hooks.RunPruned as err:
-            tracking.set_tags({PRUNED_TAG: str(err.epoch)})
-            _log_checkpoint(checkpoint_path)
-            raise
-        except interrupt.Interrupted as err:
-            _log_checkpoint(checkpoint_path)
-            raise interrupt.RunInterrupted(
-                f"interrupted ({err}) after epoch {len(training.history)} of {cfg.trainer.epochs}; the MLflow run "
-                f"{run_id} was marked KILLED; continue with `{resume_command(run_id, cfg.tracking.uri)}`") from None
-        except TrackingError:
-            raise
-        except BaseException:
-            _log_checkpoint(checkpoint_path)
-            raise
-        _log_checkpoint(checkpoint_path)
+        checkpoints, metric_log = _begin(start, run_id, cfg, config_yaml, output_dir)
+        results, history = _train_and_finish(training, start, run_id, config_yaml, checkpoints, metric_log,
+                                             output_dir)
         model.cpu()
-        tracking.log_model(model, loop.to_float(training.dataset.test.images[:4]).cpu().numpy())
+        tracking.log_model(model, loop.to_float(training.dataset.test.images[:4]).cpu().numpy(), config_yaml)
     log.info("%s", _summary(results))
     return RunResult(run_id, start.experiment, start.tracking_uri, results, history.val_loss[-1])
 
@@ -360,6 +440,56 @@ def _summary(results: dict[str, float]) -> str:
         if name in results:
             parts.append(f"{name} {results[name]:{spec}}" + (f" (PCA {results[pca]:{spec}})" if pca else ""))
     return "  ".join(parts)
+
+
+def _train_and_finish(training: _Training, start: _Start, run_id: str, config_yaml: str, checkpoints: _Checkpoints,
+                      metric_log: _MetricLog, output_dir: Path) -> tuple[dict[str, float], loop.History]:
+    """The epochs still to train (a checkpoint and the metrics after each), then the final metrics and figures;
+    whatever stops them, the latest checkpoint is logged to MLflow if it can be, and the error says how to go on."""
+    cfg = training.cfg
+    go_on = resume_command(run_id, cfg.tracking.uri)
+
+    def end_of_epoch(epoch: int, values: dict[str, float]) -> None:
+        # The checkpoint first: whatever happens to MLflow next, the epoch is not lost (a resume logs its metrics).
+        checkpoints.save(training.checkpoint(run_id, epoch, config_yaml))
+        try:
+            checkpoints.name_in_run()
+            metric_log.log(values, epoch)
+        except Exception as err:
+            raise TrackingError(
+                f"lost the tracking store {start.tracking_uri} after epoch {epoch} ({tracking.short_error(err)}); "
+                f"training so far is saved in {checkpoints.path}: once MLflow is back, continue with `{go_on}`"
+            ) from None
+        checkpoints.after_epoch(epoch)
+        run_hooks.epoch_ended(epoch, values)  # e.g. an Optuna pruner, which may stop the run here
+
+    try:
+        history = training.fit(end_of_epoch)
+        results = _finish(cfg, training.model, training.dataset, history, output_dir, metric_log)
+    except run_hooks.RunPruned as err:
+        tracking.set_tags({PRUNED_TAG: str(err.epoch)})
+        checkpoints.upload()
+        raise
+    except interrupt.Interrupted as err:
+        checkpoints.upload()
+        raise interrupt.RunInterrupted(
+            f"interrupted ({err}) after epoch {len(training.history)} of {cfg.trainer.epochs}; the MLflow run "
+            f"{run_id} was marked KILLED; continue with `{go_on}`") from None
+    except TrackingError:
+        raise
+    except OSError as err:
+        checkpoints.upload()
+        failure = files.write_error(err)
+        if failure is None:
+            raise
+        saved = (f"training up to epoch {checkpoints.saved_epoch} is saved in {checkpoints.path}: once that is "
+                 f"fixed, continue with `{go_on}`") if checkpoints.saved_epoch else "start it again once that is fixed"
+        raise files.WriteError(f"{failure}; the MLflow run {run_id} was marked FAILED; {saved}") from None
+    except BaseException:
+        checkpoints.upload()
+        raise
+    checkpoints.upload()
+    return results, history
 
 
 INTERPOLATION_STEPS = 9
@@ -412,19 +542,10 @@ def _prior_samples(model: models.Autoencoder, seed: int) -> np.ndarray | None:
     return images.reshape(rows, columns, *images.shape[1:])
 
 
-def _log_checkpoint(path: Path) -> None:
-    """Log the latest checkpoint (if any) to the active run, so that a resume finds it without the local file."""
-    if not path.is_file():
-        return
-    try:
-        tracking.log_artifact(path, "checkpoint")
-    except Exception as err:
-        log.warning("could not log the checkpoint to MLflow (%s); it stays in %s", err, path)
-
-
 def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, history: loop.History,
-            output_dir: Path) -> dict[str, float]:
-    """Final metrics, the embedding and the figures, logged to the active run."""
+            output_dir: Path, metric_log: _MetricLog) -> dict[str, float]:
+    """Final metrics (at the step of the epochs trained: a run trained further gets them anew at its new length),
+    the embedding and the figures, logged to the active run."""
     interrupt.check()
     results, codes = _final_metrics(model, dataset)
     interrupt.check()
@@ -433,11 +554,13 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
     interrupt.check()
     embedding, views = _embedding_metrics(cfg, codes, _labels(dataset.test), cfg.seed)
     results.update(embedding)
-    tracking.log_metrics(results)
+    metric_log.log(results, step=len(history))
     interrupt.check()
     for filename, figure in _figures(cfg, model, dataset, history, views, results).items():
-        figure.savefig(output_dir / filename, dpi=100)  # drawn once, into the output folder; MLflow copies it
-        plots.plt.close(figure)
+        try:  # drawn once, into the output folder; MLflow copies it
+            files.write_atomically([(output_dir / filename, functools.partial(figure.savefig, format="png", dpi=100))])
+        finally:
+            plots.plt.close(figure)
         tracking.log_artifact(output_dir / filename)
     _log_reconstruction_examples(model, dataset, output_dir / "reconstructions.npz")
     interrupt.check()
@@ -455,8 +578,9 @@ def _log_reconstruction_examples(model: models.Autoencoder, dataset: data.Datase
     inputs = loop.to_float(dataset.test.images[examples])
     model.eval()
     outputs = model(inputs).float().cpu().numpy()
-    np.savez_compressed(path, indices=examples, inputs=inputs.cpu().numpy().astype(np.float16),
-                        outputs=outputs.astype(np.float16))
+    arrays = {"indices": examples, "inputs": inputs.cpu().numpy().astype(np.float16),
+              "outputs": outputs.astype(np.float16)}
+    files.write_atomically([(path, lambda file: np.savez_compressed(file, **arrays))])
     tracking.log_artifact(path)
 
 
@@ -505,5 +629,5 @@ def _log_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Data
                          f"{VIEW_NAMES[method]} of {model_label(cfg)} codes (bottleneck {model.bottleneck}) on "
                          f"{dataset.name}: hover a point for its image and reconstruction"
                          + (", click the legend to hide a class" if views.labels is not None else ""))
-    (output_dir / "explorer.html").write_text(html, encoding="utf-8")
+    files.write_atomically([(output_dir / "explorer.html", lambda file: file.write(html.encode("utf-8")))])
     tracking.log_artifact(output_dir / "explorer.html")

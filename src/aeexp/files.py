@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from aeexp.errors import AeexpError
+
 Writer = Callable[[IO[bytes]], None]
+
+# What stops a write that the user can fix: a full disk (or quota, or a file-size limit), or a folder that is not
+# writable (permissions, an immutable or read-only file system).
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class WriteError(AeexpError):
+    """A file could not be written: its disk is full or its folder is not writable."""
+
+
+def write_error(err: OSError) -> str | None:
+    """What went wrong, in a line naming the file and what to do, when ``err`` is a full disk or an unwritable
+    folder; None for any other error."""
+    where = err.filename or "a file"
+    if err.errno in _FULL:
+        return (f"cannot write {where} ({err.strerror}): the disk is full or a size limit was reached; free some "
+                "space there, or write elsewhere (hydra.run.dir=...)")
+    if err.errno in _NOT_WRITABLE:
+        return (f"cannot write {where} ({err.strerror}): its folder is not writable; make it writable, or write "
+                "elsewhere (hydra.run.dir=...)")
+    return None
 
 
 def _temporary_beside(target: Path) -> tuple[Path, IO[bytes]]:
@@ -23,13 +48,31 @@ def _temporary_beside(target: Path) -> tuple[Path, IO[bytes]]:
         return temporary, os.fdopen(descriptor, "wb")
 
 
+def _os_error_behind(err: BaseException) -> OSError | None:
+    """``err`` if it is an OSError, else the first one among the errors it was raised from or while handling. (A
+    writer may hide the OSError: torch.save, stopped by a full disk, raises a RuntimeError from its zip writer's
+    cleanup while handling it.)"""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 @contextlib.contextmanager
 def _errors_naming(target: Path) -> Iterator[None]:
-    """An OSError inside re-raised as one naming ``target``, not a temporary file or a folder on the way."""
+    """An OSError inside (or behind another error) re-raised as one naming ``target``, not a temporary file or a
+    folder on the way."""
     try:
         yield
-    except OSError as err:
-        raise OSError(err.errno, err.strerror or str(err), str(target)) from err
+    except Exception as err:
+        os_error = _os_error_behind(err)
+        if os_error is None:
+            raise
+        raise OSError(os_error.errno, os_error.strerror or str(os_error), str(target)) from err
 
 
 def write_atomically(outputs: Sequence[tuple[Path, Writer]], durable: bool = False) -> None:

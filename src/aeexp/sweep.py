@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import filter_overrides
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -47,16 +50,61 @@ class Sweep:
 
 @dataclass
 class Outcome:
-    """How the last sweep of this process ended (read by the CLI for its exit code)."""
+    """How the last sweep of this process ended (read by the CLI for its closing line and exit code)."""
 
+    name: str = ""
+    status: str = ""
     jobs: int = 0
     failed: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
+    causes: list[str] = field(default_factory=list)
     parent_run_id: str = ""
     report_dir: str = ""
 
+    @property
+    def complete(self) -> bool:
+        """Every job ran and finished."""
+        return not (self.failed or self.killed or self.not_run)
+
+    def problems(self) -> str:
+        """Which jobs failed, were stopped or did not run, and why, in a line (empty when all finished)."""
+        parts = []
+        if self.failed:
+            parts.append(f"{len(self.failed)} of {self.jobs} jobs failed ({', '.join(self.failed)})")
+        if self.killed:
+            parts.append(f"{len(self.killed)} of {self.jobs} jobs were stopped and marked KILLED "
+                         f"({', '.join(self.killed)})")
+        if self.not_run:
+            parts.append(f"{len(self.not_run)} did not run ({'; '.join(self.not_run)})")
+        text = ", ".join(parts)
+        if text and self.causes:
+            text += ": " + "; ".join(self.causes)
+        return text
+
+    def where(self) -> str:
+        """Where to look: the parent run, its status and the report; for a sweep that did not finish, how to."""
+        report = f"report in {self.report_dir}" if self.jobs else "no report (no job ran)"
+        finish = (f"; finish it with the same command and sweep.resume={self.parent_run_id}"
+                  if self.status in ("FAILED", "KILLED") and self.parent_run_id else "")
+        return f"parent run {self.parent_run_id} is {self.status}, {report}{finish}"
+
+
+@dataclass
+class _OpenSweep:
+    """The sweep this process opened: where it goes, the jobs aeexp's launchers started (number -> swept
+    overrides, and -> job key, which a resumed sweep's earlier runs are matched by) and why jobs were lost (a
+    killed worker, say)."""
+
+    sweep: Sweep
+    launched: dict[int, str] = field(default_factory=dict)
+    launched_keys: dict[int, str] = field(default_factory=dict)
+    causes: list[str] = field(default_factory=list)
+
 
 last_outcome: Outcome | None = None
-_open: Sweep | None = None
+_open: _OpenSweep | None = None
+ORPHANED = "its process ended without ending its MLflow run (killed, e.g. by the OOM killer, or crashed)"
 
 
 def _sweep_overrides(config: DictConfig) -> list[str]:
@@ -138,6 +186,7 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open, last_outcome
         from aeexp import tracking
+        from hydra_plugins.aeexp_launchers import launchers
 
         directory = Path(config.hydra.sweep.dir)
         directory.mkdir(parents=True, exist_ok=True)
@@ -156,44 +205,113 @@ class MlflowSweepCallback(Callback):
         except AeexpError as err:
             log.error("error: %s", err)
             sys.exit(1)
-        _open = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config), earlier)
-        last_outcome = None
-        (directory / SWEEP_FILE).write_text(json.dumps(asdict(_open)))
+        sweep = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config), earlier)
+        _open, last_outcome = _OpenSweep(sweep), None
+        (directory / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
+        launchers.watch_jobs(config)  # Hydra builds the launcher from this config next
         log.info("sweep %r: parent run %s in experiment %r at %s", name, run_id, experiment, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        close_open_sweep(interrupted=False)
+        close_open_sweep()
 
 
-def close_open_sweep(interrupted: bool) -> None:
-    """End the open sweep's parent run: report, then FINISHED, FAILED if a job failed, KILLED if cut short."""
-    global _open, last_outcome
+def note_launched(first_job: int, job_overrides: Sequence[Sequence[str]]) -> None:
+    """Remember the jobs a launcher starts (numbered from ``first_job``), to name those that never ran."""
     if _open is None:
         return
-    sweep, _open = _open, None
+    swept = set(_open.sweep.swept)
+    for num, overrides in enumerate(job_overrides, start=first_job):
+        shown = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+        _open.launched[num] = " ".join(shown or filter_overrides(overrides))
+        _open.launched_keys[num] = sweep_resume.job_key(list(overrides))
+
+
+def record_lost_jobs(job_nums: Iterable[int], cause: str) -> None:
+    """Jobs whose process ended without a result (killed, e.g. by the OOM killer): the runs they left RUNNING are
+    marked FAILED with ``cause`` as their error, and the sweep's closing line gives the cause."""
+    if _open is None:
+        return
+    if cause not in _open.causes:
+        _open.causes.append(cause)
+    _end_running_children(_open.sweep, "FAILED", cause, {str(num) for num in job_nums})
+
+
+def abort_open_sweep(message: str) -> NoReturn:
+    """Stop the sweep on an error of its own (its jobs cannot be started, say): the parent run ends FAILED with
+    ``message`` as its error, which is also the one line said; exit code 1."""
+    close_open_sweep(cause=message)
+    log.error("error: %s", message)
+    sys.exit(1)
+
+
+def _end_running_children(sweep: Sweep, status: str, reason: str, job_nums: set[str] | None = None) -> None:
+    """Mark the sweep's child runs still RUNNING (of ``job_nums`` only, when given) ``status``, with ``reason`` as
+    their ``error`` tag: their process is gone (killed, or stopped with the sweep) and cannot do it itself."""
+    from aeexp import tracking
+
+    for child in tracking.child_runs(sweep.parent_run_id):
+        if child.status != "RUNNING" or (job_nums is not None and child.tags.get("sweep.job") not in job_nums):
+            continue
+        checkpoint = child.tags.get(tracking.CHECKPOINT_TAG)
+        hint = (f"; continue it with `python -m aeexp resume={child.run_id} tracking.uri={sweep.tracking_uri}`"
+                if checkpoint and Path(checkpoint).is_file() else "")
+        tracking.set_run_tag(child.run_id, "error", reason + hint)
+        tracking.end_run_by_id(child.run_id, status)
+        log.debug("job run %s (%s) marked %s: %s", child.run_id, child.name, status, reason)
+
+
+def close_open_sweep(interrupted: str | None = None, cause: str = "") -> Outcome | None:
+    """End the open sweep's parent run, if any: mark the runs its jobs left RUNNING (KILLED when ``interrupted``,
+    the signal, e.g. ``SIGINT received``; else FAILED with ``cause``), write the report, then end the parent
+    FINISHED, FAILED if a job did not finish, or KILLED."""
+    global _open, last_outcome
+    if _open is None:
+        return None
+    state, _open = _open, None
+    sweep = state.sweep
+    from aeexp import tracking
+
+    if cause and cause not in state.causes:
+        state.causes.append(cause)
+    if interrupted is not None:
+        _end_running_children(sweep, "KILLED", f"interrupted ({interrupted}): the sweep was stopped while this job ran")
+    else:
+        _end_running_children(sweep, "FAILED", "; ".join(state.causes) or ORPHANED)
+    children = sweep_resume.counted(tracking.child_runs(sweep.parent_run_id))  # not those run again
+    ran = {child.tags.get("sweep.job") for child in children}
+    ran_keys = {sweep_resume.job_key(child.tags.get("sweep.job_overrides", "").split()) for child in children}
+    outcome = Outcome(sweep.name, "", len(children),
+                      failed=[c.name for c in children if c.status not in ("FINISHED", "KILLED")],
+                      # (a child an Optuna pruner stopped is KILLED on purpose: neither failed nor stopped)
+                      killed=[c.name for c in children if c.status == "KILLED" and PRUNED_TAG not in c.tags],
+                      not_run=[shown for num, shown in sorted(state.launched.items())
+                               if str(num) not in ran and state.launched_keys.get(num) not in ran_keys],
+                      causes=state.causes, parent_run_id=sweep.parent_run_id,
+                      report_dir=str(Path(sweep.directory) / REPORT_DIR))
+    _write_report(sweep, children, Path(outcome.report_dir))
+    if not outcome.complete:
+        tracking.set_run_tag(sweep.parent_run_id, "error", outcome.problems())
+    outcome.status = ("KILLED" if interrupted is not None else
+                      "FINISHED" if outcome.complete and children else "FAILED")
+    tracking.end_run_by_id(sweep.parent_run_id, outcome.status)
+    last_outcome = outcome
+    log.info("sweep %r %s: %d jobs, %d failed, %d stopped; %s", sweep.name, outcome.status, len(children),
+             len(outcome.failed), len(outcome.killed), outcome.where())
+    return outcome
+
+
+def _write_report(sweep: Sweep, children: Sequence[Any], report_dir: Path) -> None:
+    """The comparison report, in the sweep dir and logged to the parent; a failure is noted, never raised (it must
+    not leave the parent RUNNING)."""
     from aeexp import compare, tracking
 
-    children = sweep_resume.counted(tracking.child_runs(sweep.parent_run_id))
-    failed = [child.name for child in children if child.status != "FINISHED" and PRUNED_TAG not in child.tags]
-    report_dir = Path(sweep.directory) / REPORT_DIR
     try:
         if children:
             compare.write_report(children, report_dir, title=sweep.name)
             tracking.log_artifacts_to(sweep.parent_run_id, report_dir, REPORT_DIR)
-    except Exception as err:  # a report must not leave the parent RUNNING
+    except Exception as err:
         log.warning("comparison report failed: %s", err)
         tracking.set_run_tag(sweep.parent_run_id, "report_error", f"{type(err).__name__}: {err}")
-    if failed:
-        tracking.set_run_tag(sweep.parent_run_id, "error", f"{len(failed)} of {len(children)} jobs failed: "
-                             + ", ".join(failed))
-    status = "KILLED" if interrupted else "FAILED" if failed or not children else "FINISHED"
-    tracking.end_run_by_id(sweep.parent_run_id, status)
-    last_outcome = Outcome(len(children), failed, sweep.parent_run_id, str(report_dir))
-    log.info("sweep %r %s: %d jobs, %d failed; report in %s", sweep.name, status, len(children), len(failed),
-             report_dir)
-    if interrupted:
-        log.error("the sweep was cut short: finish it with the same command and sweep.resume=%s",
-                  sweep.parent_run_id)
 
 
 def current_sweep() -> Sweep | None:
@@ -213,10 +331,14 @@ def load_sweep(directory: str | Path) -> Sweep | None:
 
 
 def job_tags() -> dict[str, str]:
-    """Tags that tie a job's run to its place in the sweep."""
+    """Tags that tie a job's run to its place in the sweep and to the process that ran it (a host and pid to match
+    with the kernel's log of an OOM kill), and the torch threads it was given."""
     hydra_config = HydraConfig.get()
-    return {"sweep.job": str(hydra_config.job.num),
-            "sweep.job_overrides": " ".join(hydra_config.overrides.task)}
+    tags = {"sweep.job": str(hydra_config.job.num), "sweep.job_overrides": " ".join(hydra_config.overrides.task),
+            "sweep.host": socket.gethostname(), "sweep.pid": str(os.getpid())}
+    if _job_threads:
+        tags["sweep.threads"] = str(_job_threads)
+    return tags
 
 
 NAMED_KEYS = {"model", "model.name", "model.bottleneck", "dataset", "dataset.name"}  # already in the run name
@@ -237,18 +359,37 @@ def job_run_name(base: str, sweep: Sweep, cfg: DictConfig) -> str:
     return " ".join([base, *extra])
 
 
-def limit_threads_for_parallel_jobs() -> None:
-    """Under the joblib launcher, give each of the parallel jobs its share of the cores."""
-    import torch
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or Slurm's share), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
+
+def prepare_job_process() -> None:
+    """Ready this process for a sweep's job: under the joblib launcher, each of the parallel jobs gets its share of
+    the cores, ``cores // n_jobs`` torch threads (``n_jobs=-1``: all cores run jobs, one thread each), recorded as
+    the run's tag ``sweep.threads``; and progress bars take a thread lock, not tqdm's default inter-process
+    semaphore, which a worker killed mid-run (the OOM killer) would leave behind with a warning at exit."""
+    global _job_threads
+    import threading
+
+    import torch
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     hydra_config = HydraConfig.get()
     launcher = str(hydra_config.launcher.get("_target_", ""))
-    if "joblib" not in launcher.lower():
-        return
-    n_jobs = int(hydra_config.launcher.get("n_jobs") or 1)
-    cores = os.cpu_count() or 1
-    parallel = cores if n_jobs < 0 else min(n_jobs, cores)
-    torch.set_num_threads(max(1, cores // max(1, parallel)))
+    if "joblib" in launcher.lower():
+        n_jobs = int(hydra_config.launcher.get("n_jobs") or 1)
+        cores = usable_cores()
+        parallel = max(1, cores + 1 + n_jobs if n_jobs < 0 else min(n_jobs, cores))  # joblib's reading of n_jobs
+        torch.set_num_threads(max(1, cores // parallel))
+    _job_threads = torch.get_num_threads()
+
+
+_job_threads = 0  # torch threads of this process's current sweep job
 
 
 def record_failed_job(sweep: Sweep, cfg: DictConfig, run_name: str, error: BaseException) -> None:

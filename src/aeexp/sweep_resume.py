@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 RESUME_KEY = "sweep.resume"
 PARENT_TAG = "sweep.name"  # every sweep's parent run has it
 SUPERSEDED_TAG = "sweep.superseded"
-CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
 
 
 def requested(config: DictConfig) -> str | None:
@@ -101,10 +100,14 @@ def reopen(resume: str, directory: Path) -> tuple[RunRecord, str, dict[str, dict
 
 
 def _has_checkpoint(run: RunRecord) -> bool:
+    """Whether the run has a checkpoint to continue from: its local file, or the whole copy logged to MLflow (the
+    one the tag ``aeexp.checkpoint.logged`` names; runs of older aeexp logged ``checkpoint/checkpoint.pt``)."""
     from aeexp import tracking
+    from aeexp.training import checkpoint
 
     local = run.tags.get(tracking.CHECKPOINT_TAG)
-    return bool(local and Path(local).is_file()) or tracking.has_artifact(run.run_id, CHECKPOINT_ARTIFACT)
+    logged = run.tags.get(checkpoint.ARTIFACT_TAG, checkpoint.LEGACY_ARTIFACT)
+    return bool(local and Path(local).is_file()) or tracking.has_artifact(run.run_id, logged)
 
 
 def before_job(earlier: dict[str, dict[str, Any]], tracking_uri: str, cfg: DictConfig) -> float | None:

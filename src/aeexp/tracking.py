@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +24,74 @@ import mlflow
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
+from aeexp import model_files
 from aeexp.errors import TrackingError
 
 log = logging.getLogger(__name__)
+# MLflow's SQL store logs every failed statement with its traceback (dozens of lines each) before raising it as an
+# MlflowException, which aeexp reports in one line: the log adds nothing but noise.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 MLFLOW_VERSION = mlflow.__version__
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 SERVER_CHECK_TIMEOUT_S = 5.0
+STORE_LOCK_TIMEOUT_S = 120.0
+
+# --- credentials are never printed or logged ----------------------------------------------------------------
+
+MASK = "***"
+# scheme://userinfo@ : the userinfo runs to the last "@" before a space or a slash (a password may hold an "@")
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/]+)@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|token|access_token|secret|client_secret|api_key"
+                           r"|apikey|sig)=)[^&\s#]+", re.IGNORECASE)
+
+
+def _masked_userinfo(match: re.Match[str]) -> str:
+    user, colon, _ = match.group("userinfo").partition(":")
+    return f"{match.group('scheme')}{user}:{MASK}@" if colon else f"{match.group('scheme')}{MASK}@"
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URI in it masked: ``postgresql://u:secret@host/db`` ->
+    ``postgresql://u:***@host/db``, ``https://token@host`` -> ``https://***@host``, ``?password=x`` ->
+    ``?password=***``. Every URI aeexp prints, logs or records goes through it."""
+    if "@" in text:
+        text = _USERINFO.sub(_masked_userinfo, text)
+    if "=" in text:
+        text = _SECRET_QUERY.sub(lambda match: match.group("key") + MASK, text)
+    return text
+
+
+def _redacting(make_record: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """A log-record factory that masks credentials in each record's message and traceback, whichever logger made
+    it and whichever handler (the console, Hydra's ``<job>.log``) writes it."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logging reports it when the record is written
+            return record
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    make.aeexp_redacting = True  # type: ignore[attr-defined]
+    return make
+
+
+def mask_credentials_in_logs() -> None:
+    """From now on, mask credentials in every log record of this process (see :func:`redact`); done once."""
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "aeexp_redacting", False):
+        logging.setLogRecordFactory(_redacting(factory))
+
+
+mask_credentials_in_logs()
 
 
 def _check_server(uri: str) -> None:
@@ -39,20 +102,34 @@ def _check_server(uri: str) -> None:
         response = requests.get(health, timeout=SERVER_CHECK_TIMEOUT_S)
     except requests.RequestException as err:
         raise TrackingError(
-            f"tracking server {uri} is unreachable ({type(err).__name__}); start it with "
+            f"tracking server {redact(uri)} is unreachable ({type(err).__name__}); start it with "
             f"`mlflow server --host 127.0.0.1 --port {urlparse(uri).port or 5000}` or set tracking.uri"
         ) from None
     if response.status_code != 200:
         raise TrackingError(
-            f"{uri} does not answer like an MLflow tracking server (GET /health -> HTTP "
+            f"{redact(uri)} does not answer like an MLflow tracking server (GET /health -> HTTP "
             f"{response.status_code}); check tracking.uri"
         )
 
 
-def _check_sqlite(uri: str) -> None:
-    if not uri.startswith("sqlite:///"):
-        return  # in-memory or unusual forms: let MLflow judge
-    path = Path(uri[len("sqlite:///"):])  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+def _in_memory(uri: str) -> bool:
+    """Whether a ``sqlite:`` URI names a database that lives in memory (``sqlite://``, ``sqlite:///:memory:``)."""
+    parsed = urlparse(uri)
+    path = parsed.path.lstrip("/") if uri.startswith("sqlite:///") else ""
+    return path in ("", ":memory:") or path.startswith("file::memory:") or "mode=memory" in parsed.query
+
+
+def _sqlite_path(uri: str) -> Path:
+    """The database file of a ``sqlite:///`` URI: ``sqlite:///rel.db`` -> rel.db, ``sqlite:////abs.db`` -> /abs.db."""
+    return Path(urlparse(uri).path[1:])
+
+
+def _check_sqlite(uri: str) -> Path:
+    """The database file of a ``sqlite:`` URI, after checking that it can be used as one; TrackingError if not."""
+    if _in_memory(uri):
+        raise TrackingError(f"tracking.uri={uri} is an in-memory database: the runs would be lost when the command "
+                            "ends; give a file, e.g. tracking.uri=sqlite:///mlflow.db")
+    path = _sqlite_path(uri)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise TrackingError(f"tracking.uri={uri}: folder {directory} does not exist; create it first")
@@ -63,6 +140,56 @@ def _check_sqlite(uri: str) -> None:
             connection.execute("PRAGMA schema_version").fetchone()
     except sqlite3.Error as err:
         raise TrackingError(f"tracking.uri={uri}: cannot open {path} as SQLite ({err})") from None
+    return path
+
+
+_ready_stores: set[str] = set()
+
+
+@contextlib.contextmanager
+def _folder_lock(directory: Path, store: Path) -> Iterator[None]:
+    """An exclusive lock (``flock``) on ``directory`` for the block, waited for up to STORE_LOCK_TIMEOUT_S. Where the
+    system or filesystem cannot lock a folder (Windows, some network filesystems) the block runs unlocked."""
+    try:
+        import fcntl
+
+        descriptor = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        deadline = time.monotonic() + STORE_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TrackingError(f"{store}: another process has been creating this MLflow store for "
+                                        f"{STORE_LOCK_TIMEOUT_S:.0f} s; look for a stuck aeexp process, or retry"
+                                        ) from None
+                time.sleep(0.05)
+            except OSError:  # this filesystem has no flock
+                break
+        yield
+    finally:
+        os.close(descriptor)  # and with it the lock
+
+
+def _create_store_once(uri: str, path: Path) -> None:
+    """Let MLflow create (or only open) the SQLite store at ``path`` while this process holds a lock on its folder,
+    once per process. Processes that start together on a file that does not exist yet would otherwise all run
+    MLflow's schema migrations at once, and all but one fail (``duplicate column name: step``)."""
+    key = str(path.resolve())
+    if key in _ready_stores:
+        return
+    with _folder_lock(path.resolve().parent, path):
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as err:
+            raise TrackingError(f"tracking.uri={uri}: cannot use {path} as an MLflow store ({short_error(err)})"
+                                ) from None
+    _ready_stores.add(key)
 
 
 def use_uri(uri: str | None) -> str:
@@ -72,19 +199,21 @@ def use_uri(uri: str | None) -> str:
 
 
 def configure_uri(uri: str | None) -> str:
-    """Point MLflow at ``uri`` (None: MLflow's default) after checking it can be used; return the URI in force."""
-    if uri:
-        scheme = urlparse(uri).scheme
-        if scheme in ("http", "https"):
-            _check_server(uri)
-        elif scheme == "sqlite":
-            _check_sqlite(uri)
-        mlflow.set_tracking_uri(uri)
-    else:
-        mlflow.set_tracking_uri(None)
-    resolved = mlflow.get_tracking_uri()
-    if not uri and resolved.startswith("sqlite"):
-        _check_sqlite(resolved)
+    """Point MLflow at ``uri`` (None: MLflow's default) after checking it can be used; return the URI in force.
+
+    A SQLite store is created (or opened) here, one process at a time (see :func:`_create_store_once`).
+    """
+    scheme = urlparse(uri).scheme if uri else ""
+    if scheme in ("http", "https"):
+        _check_server(uri)
+    if uri and redact(uri) != uri:  # MLflow prints "View run ... at <the URI>" to stdout, credentials and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    store = _check_sqlite(uri) if scheme == "sqlite" else None  # before MLflow is pointed at it
+    resolved = use_uri(uri)
+    if store is None and urlparse(resolved).scheme == "sqlite":  # MLflow's default
+        store = _check_sqlite(resolved)
+    if store is not None:
+        _create_store_once(resolved, store)
     return resolved
 
 
@@ -97,8 +226,20 @@ def configure(uri: str | None, experiment: str) -> str:
     try:
         mlflow.set_experiment(experiment)
     except Exception as err:
-        raise TrackingError(f"cannot use experiment {experiment!r} at {resolved}: {err}") from None
+        raise TrackingError(redact(f"cannot use experiment {experiment!r} at {resolved}: {_refusal(err)}")) from None
     return resolved
+
+
+def _refusal(err: Exception) -> str:
+    """Why the store refused: for a server that asks for a login, what to set; else the error in one line."""
+    text = str(err)
+    if "error code 401" in text:
+        return ("the server requires a login (HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "in the environment")
+    if "error code 403" in text:
+        return ("the server refused this user (HTTP 403); ask its admin for permission on the experiment, or check "
+                "MLFLOW_TRACKING_USERNAME")
+    return short_error(err)
 
 
 @dataclass
@@ -135,20 +276,20 @@ def start_run(run_name: str | None, tags: Mapping[str, str], parent_run_id: str 
     """
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id)
-        mlflow.set_tags(dict(tags))
+        set_tags(tags)
     else:
-        run = mlflow.start_run(run_name=run_name, tags=dict(tags), parent_run_id=parent_run_id)
+        run = mlflow.start_run(run_name=run_name, tags=_redacted(tags), parent_run_id=parent_run_id)
     try:
         yield run.info.run_id
     except BaseException as err:
         # KILLED: stopped on request (Ctrl-C/SIGTERM) or on purpose (an error with run_status, e.g. pruned)
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else getattr(err, "run_status", "FAILED")
         with contextlib.suppress(Exception):
-            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+            mlflow.set_tag("error", redact(f"{type(err).__name__}: {err}")[:5000])
         try:
             mlflow.end_run(status=status)
         except Exception as tracking_err:  # e.g. the server went away: keep the original error
-            log.error("could not mark run %s %s in MLflow: %s", run.info.run_id, status, tracking_err)
+            log.error("could not mark run %s %s in MLflow: %s", run.info.run_id, status, short_error(tracking_err))
         raise
     mlflow.end_run(status="FINISHED")
 
@@ -167,8 +308,8 @@ def find_run(run_id: str) -> tuple[RunRecord, str]:
     try:
         run = client.get_run(run_id)
     except Exception:
-        raise TrackingError(f"no run {run_id!r} at {mlflow.get_tracking_uri()}; check the id (mlflow ui shows it) "
-                            "and tracking.uri") from None
+        raise TrackingError(f"no run {run_id!r} at {redact(mlflow.get_tracking_uri())}; check the id (mlflow ui "
+                            "shows it) and tracking.uri") from None
     return _record(run), client.get_experiment(run.info.experiment_id).name
 
 
@@ -183,9 +324,14 @@ def latest_run_with_tag(tag: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def _redacted(values: Mapping[str, Any]) -> dict[str, str]:
+    """Tags or params as strings, with the credentials of any URI in them masked."""
+    return {str(key): redact(str(value)) for key, value in values.items()}
+
+
 def _param_batches(params: Mapping[str, Any]) -> Iterator[dict[str, str]]:
-    """Params as batches within MLflow's limits (100 per call, 6000 chars per value)."""
-    items = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+    """Params as batches within MLflow's limits (100 per call, 6000 chars per value), credentials masked."""
+    items = [(key, value[:MAX_PARAM_LENGTH]) for key, value in _redacted(params).items()]
     for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
         yield dict(items[start:start + MAX_PARAMS_PER_BATCH])
 
@@ -201,15 +347,27 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 
 
 def set_tags(tags: Mapping[str, str]) -> None:
-    mlflow.set_tags(dict(tags))
+    mlflow.set_tags(_redacted(tags))
 
 
 def log_text(text: str, filename: str) -> None:
-    mlflow.log_text(text, filename)
+    """Log ``text`` (credentials masked) as the active run's artifact ``filename``."""
+    mlflow.log_text(redact(text), filename)
 
 
-def log_model(model: Any, example_input: Any) -> None:
-    """Log a torch autoencoder as the run's ``model`` (loadable with ``mlflow.pytorch.load_model``)."""
+MODEL_PATH = "model"
+
+
+def log_model(model: Any, example_input: Any, config_yaml: str) -> None:
+    """Log a torch autoencoder as the run's ``model``: pickled (loadable with ``mlflow.pytorch.load_model``, which
+    runs code from the file), and in ``model/extra_files/`` as files that rebuild it without running any
+    (:mod:`aeexp.model_files`: the weights, ``config_yaml`` and the image shape)."""
+    with tempfile.TemporaryDirectory(prefix="aeexp-model-") as folder:
+        safe_files = model_files.write(Path(folder), model, redact(config_yaml))
+        _log_pickled_model(model, example_input, safe_files)
+
+
+def _log_pickled_model(model: Any, example_input: Any, extra_files: list[Path]) -> None:
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
@@ -226,8 +384,8 @@ def log_model(model: Any, example_input: Any) -> None:
     pytorch_logger.setLevel(logging.ERROR)  # its pickle-safety warning is noise for our own models
     try:
         with _requirements_unchecked():
-            mlflow.pytorch.log_model(model, name="model", signature=signature, pip_requirements=requirements,
-                                     serialization_format="pickle")
+            mlflow.pytorch.log_model(model, name=MODEL_PATH, signature=signature, pip_requirements=requirements,
+                                     serialization_format="pickle", extra_files=[str(p) for p in extra_files])
     finally:
         pytorch_logger.setLevel(level)
 
@@ -253,11 +411,43 @@ def _requirements_unchecked() -> Iterator[None]:
         environment.warn_dependency_requirement_mismatches = checker
 
 
-def load_model(model_uri: str) -> Any:
-    """A logged autoencoder back as a torch module."""
+def load_pickled_model(model_uri: str) -> Any:
+    """A logged autoencoder back as a torch module, unpickled: this runs whatever code the model's file holds, so
+    only for a model from a trusted source (:func:`download_model_files` and :mod:`aeexp.model_files` run none)."""
     import mlflow.pytorch
 
     return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
+
+class NoModelFiles(TrackingError):
+    """The model exists but has no :mod:`aeexp.model_files` (logged by an older aeexp, or outside aeexp)."""
+
+
+def download_model_files(model_uri: str, destination: Path) -> Path:
+    """The folder of :mod:`aeexp.model_files` of the logged model ``model_uri`` (``runs:/<id>/model``,
+    ``models:/<name>/<version>``, ...), downloaded under ``destination``; the pickled model is not fetched.
+
+    NoModelFiles when the model exists without them; TrackingError (one line) when there is no such model.
+    """
+    import mlflow.artifacts
+
+    base = model_uri.rstrip("/")
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(f"{base}/{model_files.FOLDER}", dst_path=str(destination)))
+        if model_files.present(folder):
+            return folder
+    except Exception as err:  # MlflowException, or OSError from an artifact store
+        missing = short_error(err)
+    else:
+        missing = f"{folder} lacks them"
+    try:
+        mlflow.artifacts.download_artifacts(f"{base}/MLmodel", dst_path=str(destination / "probe"))
+    except Exception:
+        raise TrackingError(redact(f"cannot load model {model_uri} from {mlflow.get_tracking_uri()}: {missing}; check "
+                                   "the run id and that the run logged its model under model/ (e.g. "
+                                   "runs:/<run id>/model)")) from None
+    raise NoModelFiles(f"{model_uri} has no {model_files.FOLDER}/{model_files.WEIGHTS} (logged by an older aeexp, or "
+                       "outside aeexp)")
 
 
 def open_run(experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
@@ -265,7 +455,7 @@ def open_run(experiment: str, run_name: str, tags: Mapping[str, str], params: Ma
     :func:`end_run_by_id`."""
     client = MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    run = client.create_run(experiment_id, run_name=run_name, tags=_redacted(tags))
     for batch in _param_batches(params):
         client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in batch.items()])
     return run.info.run_id
@@ -293,14 +483,15 @@ def reopen_run(run_id: str) -> None:
 
 
 def set_run_tag(run_id: str, key: str, value: str) -> None:
-    MlflowClient().set_tag(run_id, key, value[:5000])
+    MlflowClient().set_tag(run_id, key, redact(value)[:5000])
 
 
 def get_run(run_id: str) -> RunRecord:
     try:
         return _record(MlflowClient().get_run(run_id))
     except Exception as err:
-        raise TrackingError(f"no run {run_id!r} at {mlflow.get_tracking_uri()} ({type(err).__name__})") from None
+        raise TrackingError(f"no run {run_id!r} at {redact(mlflow.get_tracking_uri())} ({type(err).__name__})"
+                            ) from None
 
 
 def child_runs(parent_run_id: str) -> list[RunRecord]:
@@ -316,7 +507,7 @@ def experiment_runs(experiment: str) -> list[RunRecord]:
     """All runs of an experiment, oldest first."""
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
-        raise TrackingError(f"no experiment {experiment!r} at {mlflow.get_tracking_uri()}")
+        raise TrackingError(f"no experiment {experiment!r} at {redact(mlflow.get_tracking_uri())}")
     runs = MlflowClient().search_runs([found.experiment_id], order_by=["attributes.start_time ASC"],
                                       max_results=10_000)
     return [_record(run) for run in runs]
@@ -342,3 +533,28 @@ def has_artifact(run_id: str, path: str) -> bool:
 def log_artifacts_to(run_id: str, directory: Path, artifact_path: str) -> None:
     """Log every file of ``directory`` to run ``run_id`` (which need not be the active run)."""
     MlflowClient().log_artifacts(run_id, str(directory), artifact_path)
+
+
+def short_error(err: BaseException) -> str:
+    """An MLflow error in one line: the database's own error for an SQL store (whose messages go on with the
+    statement and its parameters), else the first line."""
+    lines = str(err).splitlines() or [type(err).__name__]
+    database_error = next((line for line in lines if line.startswith("(") and "Error)" in line), lines[0])
+    return database_error[:300]
+
+
+def metric_steps(run_id: str, keys: Iterable[str]) -> dict[str, set[int]]:
+    """The steps at which run ``run_id`` has logged each metric of ``keys``."""
+    client = MlflowClient()
+    return {key: {metric.step for metric in client.get_metric_history(run_id, key)} for key in keys}
+
+
+def delete_tag(run_id: str, key: str) -> None:
+    MlflowClient().delete_tag(run_id, key)
+
+
+def delete_artifacts(artifact_path: str) -> None:
+    """Delete a file or folder of the active run's artifacts (where the artifact store allows it)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(mlflow.get_artifact_uri()).delete_artifacts(artifact_path)

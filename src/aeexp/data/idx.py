@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import threading
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import IO
 
 import numpy as np
 
@@ -29,24 +31,93 @@ IDX_FILES = {
 
 MAX_IDX_DIMS = 32  # numpy 1.x's limit; real IDX files have 1 to 4
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+# Deflate's highest ratio: one 258-byte match per 2 bits is 1032:1; no gzip file inflates to more than this many
+# times its size (plus its header), so a header that claims more is a lie, told without inflating anything.
+MAX_INFLATE_RATIO = 1032
+_READ_CHUNK = 1 << 24  # bytes per read: the inflated data is read into its final buffer a chunk at a time
 
 
 class IdxFormatError(DataError):
     """An IDX file is truncated, corrupt or not an IDX file at all."""
 
 
-def _file_bytes(path: Path) -> bytes:
-    """The bytes of a file, gunzipped when they are gzip's (told apart by content, not by name)."""
+def _header(raw: bytes | bytearray, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, dtype and header length an IDX file's first bytes declare; IdxFormatError when they are not an
+    IDX header or stop before its end."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 0 < raw[3] <= MAX_IDX_DIMS:
+        raise IdxFormatError(f"{path} is not an IDX file (bad magic number {bytes(raw[:4]).hex() or 'empty'})")
+    header_end = 4 + 4 * raw[3]
+    if len(raw) < header_end:
+        raise IdxFormatError(f"{path} is truncated: its header needs {header_end} bytes, has {len(raw)}")
+    shape = tuple(int(d) for d in np.frombuffer(bytes(raw[4:header_end]), dtype=">u4"))
+    return shape, np.dtype(_IDX_DTYPES[raw[2]]), header_end
+
+
+def _data_size(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+
+
+def _size_error(path: Path, shape: tuple[int, ...], expected: int, actual: str | int, longer: bool
+                ) -> IdxFormatError:
+    problem = "longer than its header says" if longer else "truncated"
+    return IdxFormatError(f"{path} is {problem}: header {shape} needs {expected} data bytes, file has {actual}; "
+                          "fetch it again")
+
+
+def _read_declared(stream: IO[bytes], path: Path, available: int, compressed: bool) -> bytearray:
+    """An IDX file's header, then exactly the data it declares, from ``stream`` (plain or inflating) that holds
+    ``available`` bytes (for a gzip file: at most). A size that does not fit is refused before the data is read,
+    and no more than the declared data (plus one byte) is read or inflated."""
+    raw = bytearray(stream.read(4))
+    if len(raw) == 4 and raw[0] == 0 and raw[1] == 0 and 0 < raw[3] <= MAX_IDX_DIMS:
+        raw += stream.read(4 * raw[3])
+    shape, dtype, header_end = _header(raw, path)
+    expected = _data_size(shape, dtype)
+    if compressed and header_end + expected > available:
+        raise _size_error(path, shape, expected, f"gzip data that inflates to at most {available - header_end}",
+                          longer=False)
+    if not compressed and header_end + expected != available:
+        raise _size_error(path, shape, expected, available - header_end, header_end + expected < available)
+    buffer = bytearray(header_end + expected + (1 if compressed else 0))  # one more: is there more than declared?
+    buffer[:header_end] = raw
+    filled = header_end
+    with memoryview(buffer) as view:
+        while filled < len(buffer):
+            got = stream.readinto(view[filled:filled + _READ_CHUNK])  # type: ignore[attr-defined]
+            if not got:
+                break
+            filled += got
+    if filled != header_end + expected:
+        longer = filled > header_end + expected
+        raise _size_error(path, shape, expected, "more" if longer else filled - header_end, longer)
+    del buffer[filled:]
+    return buffer
+
+
+def _file_bytes(path: Path) -> bytes | bytearray:
+    """An IDX file's bytes (header and data), gunzipped when they are gzip's (told apart by content, not by name).
+
+    Only a regular file is read (not a device such as /dev/zero, nor a pipe), and only as much as its header
+    declares, after checking that the file can hold that much: a lying header or a decompression bomb costs no
+    more memory than the data it declares.
+    """
     try:
-        raw = path.read_bytes()
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path} is not a regular file (a device, a pipe or a folder); give an IDX file")
+        handle = path.open("rb")
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}") from None
-    if raw[:2] == b"\x1f\x8b":
+    with handle:
+        if handle.read(2) != b"\x1f\x8b":
+            handle.seek(0)
+            return _read_declared(handle, path, info.st_size, compressed=False)
+        handle.seek(0)
         try:
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=handle, mode="rb") as stream:
+                return _read_declared(stream, path, MAX_INFLATE_RATIO * info.st_size + 1024, compressed=True)
         except (OSError, EOFError, zlib.error) as err:
             raise IdxFormatError(f"{path} is a corrupt or truncated gzip file ({err}); fetch it again") from None
-    return raw
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
@@ -109,27 +180,16 @@ def read_idx(path: Path) -> np.ndarray:
     raw = _read_ahead_bytes(path)
     if raw is None:
         raw = _file_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 0 < raw[3] <= MAX_IDX_DIMS:
-        raise IdxFormatError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    ndim = raw[3]
-    header_end = 4 + 4 * ndim
-    if len(raw) < header_end:
-        raise IdxFormatError(f"{path} is truncated: its header needs {header_end} bytes, has {len(raw)}")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    actual = len(raw) - header_end
+    shape, dtype, header_end = _header(raw, path)
+    expected, actual = _data_size(shape, dtype), len(raw) - header_end
     if actual != expected:
-        problem = "truncated" if actual < expected else "longer than its header says"
-        raise IdxFormatError(
-            f"{path} is {problem}: header {shape} needs {expected} data bytes, file has {actual}; "
-            "fetch it again"
-        )
+        raise _size_error(path, shape, expected, actual, actual > expected)
     try:
         array = np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape)
     except ValueError as err:  # e.g. a zero dimension beside dimensions too large for numpy
         raise IdxFormatError(f"{path} has an impossible shape {shape} ({err})") from None
-    return array.astype(dtype.newbyteorder("="))
+    native = array.astype(dtype.newbyteorder("="), copy=False)  # a buffer read for it alone: no copy needed
+    return native if native.flags.writeable else native.copy()
 
 
 class IdxDataset(StandardFiles):

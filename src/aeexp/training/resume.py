@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp import tracking
-from aeexp.config import Config, plain
+from aeexp.config import Config, flatten, plain
 from aeexp.errors import ConfigError
 from aeexp.training import checkpoint
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 # What a resumed run may change: how long it trains and how, the views of its codes, where MLflow is. Anything
 # else (data, model, optimiser, seed) would make it a different run.
 CHANGEABLE = ("trainer.epochs", "trainer.progress", "trainer.device", "trainer.compile", "trainer.mixed_precision",
-              "embed", "tracking.uri")
+              "trainer.checkpoint_every", "embed", "tracking.uri")
 
 
 def resolve_run_id(resume: str) -> str:
@@ -32,22 +33,52 @@ def resolve_run_id(resume: str) -> str:
     return run_id
 
 
-def find_checkpoint(run: tracking.RunRecord, download_dir: Path) -> checkpoint.Checkpoint:
-    """The run's latest checkpoint: the local file it names, else the copy logged to MLflow."""
+def find_checkpoint(run: tracking.RunRecord) -> checkpoint.Checkpoint:
+    """The run's latest usable checkpoint: the local file its tag names, else (that file gone, damaged or another
+    run's) the copy logged to MLflow; CheckpointError, in one line saying what was tried, if neither can be used."""
+    problems: list[str] = []
     local = run.tags.get(tracking.CHECKPOINT_TAG)
-    path = Path(local) if local and Path(local).is_file() else None
+    if local and Path(local).is_file():
+        found = _usable(Path(local), run.run_id, problems)
+        if found is not None:
+            return found
+    elif local:
+        problems.append(f"{local} is gone")
+    logged = run.tags.get(checkpoint.ARTIFACT_TAG, checkpoint.LEGACY_ARTIFACT)
+    with tempfile.TemporaryDirectory(prefix="aeexp-resume-") as download_dir:
+        path = tracking.download_artifact(run.run_id, logged, Path(download_dir))
+        found = _usable(path, run.run_id, problems, f"{logged} (logged to MLflow)") if path is not None else None
+    if found is not None:
+        if problems:
+            log.warning("%s; resuming from the copy logged to MLflow instead", "; ".join(problems))
+        return found
     if path is None:
-        path = tracking.download_artifact(run.run_id, f"checkpoint/{checkpoint.FILENAME}", download_dir)
-    if path is None:
-        where = f"{local} is gone and " if local else ""
-        raise checkpoint.CheckpointError(
-            f"run {run.run_id} has no checkpoint to resume from ({where}none was logged to MLflow); "
-            "start a new run instead")
-    found = checkpoint.load(path)
-    if found.run_id != run.run_id:
-        raise checkpoint.CheckpointError(f"checkpoint {path} belongs to run {found.run_id}, not {run.run_id}")
-    log.info("resuming run %s from its checkpoint after epoch %d (%s)", run.run_id, found.epoch, path)
+        problems.append("none was logged to MLflow")
+    raise checkpoint.CheckpointError(f"run {run.run_id} has no checkpoint to resume from ({'; '.join(problems)}); "
+                                     "start a new run instead")
+
+
+def _usable(path: Path, run_id: str, problems: list[str], name: str | None = None) -> checkpoint.Checkpoint | None:
+    """The checkpoint at ``path`` if it loads and belongs to run ``run_id``; else None, with the reason added to
+    ``problems`` (naming the file ``name``, by default its path)."""
+    try:
+        found = checkpoint.load(path)
+    except checkpoint.CheckpointError as err:
+        problems.append(str(err).replace(str(path), name or str(path)))
+        return None
+    if found.run_id != run_id:
+        problems.append(f"{name or path} belongs to run {found.run_id}")
+        return None
+    log.info("resuming run %s from its checkpoint after epoch %d (%s)", run_id, found.epoch, path)
     return found
+
+
+def changed_settings(logged_params: Mapping[str, str], cfg: DictConfig) -> dict[str, str]:
+    """The settings of the resumed ``cfg`` that differ from the params the run logged when it started (MLflow params
+    cannot change): ``{"trainer.epochs": "30", ...}``, to be recorded as ``resumed.<key>`` tags."""
+    now = {key: tracking.redact(value) for key, value in flatten(cfg).items()}  # as params are logged
+    return {key: value for key, value in now.items()
+            if key != "resume" and logged_params.get(key) != value[:tracking.MAX_PARAM_LENGTH]}
 
 
 def _key(override: str) -> str:
