@@ -21,7 +21,10 @@ def register() -> None:
     """Register each plugin's config and class with Hydra (idempotent)."""
     from hydra.core.plugins import Plugins
 
-    for config_module, class_path in PLUGINS:
+    classes = []
+    for config_module, class_path in PLUGINS:  # imported before Hydra's plugin scan, which then reuses them
         importlib.import_module(config_module)
         module, name = class_path.rsplit(".", 1)
-        Plugins.instance().register(getattr(importlib.import_module(module), name))
+        classes.append(getattr(importlib.import_module(module), name))
+    for plugin in classes:
+        Plugins.instance().register(plugin)

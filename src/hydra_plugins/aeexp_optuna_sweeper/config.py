@@ -1,7 +1,7 @@
 """The sweeper's config, registered as ``hydra/sweeper=aeexp_optuna`` (imported by Hydra's plugin scan)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules, where
+# dataclasses cannot resolve string annotations.
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -1,7 +1,7 @@
 """The launcher's config, registered as ``hydra/launcher=ray`` (imported by Hydra's plugin scan)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Hydra's plugin scan runs this module outside sys.modules, where
+# dataclasses cannot resolve string annotations.
 from dataclasses import dataclass, field
 from typing import Any
 
