@@ -49,7 +49,7 @@ def test_digits_run_logs_everything(run_cli, tracking_uri, tmp_path):
     assert params["model.widths"] == "[128, 64]"
     assert params["dataset.name"] == "digits"
     assert params["model._target_"] == "aeexp.models.DenseAutoencoder"
-    assert params["optimizer._target_"] == "torch.optim.Adam" and params["optimizer.lr"] == "0.001"
+    assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.lr"] == "0.001"
     assert params["scheduler._target_"] == "None"
     assert not {"trainer.optimizer", "trainer.lr", "trainer.momentum", "trainer.loss"} & set(params)  # moved keys
     assert params["trainer.epochs"] == "4"
@@ -211,7 +211,7 @@ BAD_INPUTS = [
     (["trainer.epochs=0"], "trainer.epochs=0 is invalid"),
     (["trainer.batch_size=-8"], "trainer.batch_size=-8 is invalid"),
     (["trainer.grad_clip=0"], "trainer.grad_clip=0.0 is invalid: it must be positive"),
-    (["optimizer.lr=-0.1"], "optimizer: torch.optim.Adam refused its settings (Invalid learning rate: -0.1)"),
+    (["optimizer.lr=-0.1"], "optimizer: torch.optim.AdamW refused its settings (Invalid learning rate: -0.1)"),
     (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9] is invalid: expected a list of 2 values."),
     (["+optimizer.momentum=0.9"], "optimizer.momentum is not a parameter of torch.optim"),
     (["scheduler=cosine", "scheduler.warmup_epochs=2"], "scheduler.warmup_epochs=2 is invalid: it must be >= 0 and "
@@ -397,7 +397,7 @@ def test_adamw_with_a_cosine_schedule_after_a_warm_up(run_cli, tracking_uri):
     run = _single_run(tracking_uri, "digits")
     assert run.info.status == "FINISHED"
     params = run.data.params
-    assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.weight_decay"] == "0.01"
+    assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.weight_decay"] == "0.05"
     assert params["scheduler._target_"] == "torch.optim.lr_scheduler.CosineAnnealingLR"
     assert params["scheduler.warmup_epochs"] == "2" and params["scheduler.T_max"] == "None"
     assert run.data.tags["train.path"] == "fast"  # AdamW (fused) on the exact dense AE

@@ -20,6 +20,7 @@ from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.sweep import Sweep, job_run_name, job_tags
 from aeexp.training import checkpoint, interrupt, loop, optim, resume
+from aeexp.training.early_stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,10 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _final_metrics(model: models.Autoencoder, dataset: data.Dataset
+def _final_metrics(model: models.Autoencoder, dataset: data.Dataset, seed: int
                    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Test-split losses and kNN accuracy of the codes; also return the test codes and labels."""
+    """Test-split losses and what the codes keep of the classes (:func:`aeexp.metrics.code_metrics`, as
+    ``test_*``); also return the test codes and labels."""
     test_images = dataset.test.images
     train_codes = loop.encode_all(model, dataset.train.images).numpy()
     test_codes = loop.encode_all(model, test_images).numpy()
@@ -72,8 +74,9 @@ def _final_metrics(model: models.Autoencoder, dataset: data.Dataset
     results = {
         "test_loss": loop.evaluate_loss(model, test_images),
         "test_mse": loop.reconstruction_mse(model, test_images),  # comparable to PCA's
-        "test_knn_acc": metrics.knn_accuracy(train_codes, train_labels, test_codes, test_labels),
     }
+    codes = metrics.code_metrics(train_codes, train_labels, test_codes, test_labels, seed)
+    results.update({f"test_{name}": value for name, value in codes.items()})
     return results, test_codes, test_labels
 
 
@@ -239,12 +242,14 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
                                     math.ceil(len(dataset.train) / cfg.trainer.batch_size))
     generator = torch.Generator().manual_seed(cfg.seed)
     history = loop.History()
+    patience = cfg.trainer.early_stopping.patience
+    stopping = EarlyStopping(patience, cfg.trainer.early_stopping.min_delta) if patience is not None else None
     if start.resumed is not None:
-        history = checkpoint.restore(start.resumed, model, optimizer, schedule, generator)
+        history = checkpoint.restore(start.resumed, model, optimizer, schedule, generator, stopping)
     step = loop.make_step(model, optimizer, device, cfg.trainer.compile, cfg.trainer.mixed_precision)
     log.info("training on the %s path%s", step.path, " with bf16 matrix products" if step.bf16 else "")
     interrupt.check()
-    training = _Training(cfg, dataset, model, optimizer, schedule, generator, history, step)
+    training = _Training(cfg, dataset, model, optimizer, schedule, generator, history, step, stopping)
     return _tracked_run(training, start, sweep, output_dir)
 
 
@@ -260,18 +265,28 @@ class _Training:
     generator: torch.Generator
     history: loop.History
     step: loop.TrainingStep
+    early_stopping: EarlyStopping | None
 
     def fit(self, on_epoch_end: loop.EpochHook) -> loop.History:
         trainer = self.cfg.trainer
         return loop.fit(self.model, self.dataset.train, self.dataset.val, epochs=trainer.epochs,
                         batch_size=trainer.batch_size, optimizer=self.optimizer, seed=self.cfg.seed,
                         schedule=self.schedule, step=self.step, grad_clip=trainer.grad_clip,
+                        early_stopping=self.early_stopping,
                         progress=trainer.progress, on_epoch_end=on_epoch_end, history=self.history,
                         generator=self.generator)
 
     def checkpoint(self, run_id: str, epoch: int, config_yaml: str) -> checkpoint.Checkpoint:
         return checkpoint.capture(run_id, epoch, config_yaml, self.model, self.optimizer, self.schedule,
-                                  self.generator, self.history)
+                                  self.generator, self.history, self.early_stopping)
+
+    def finish_training(self) -> dict[str, float]:
+        """Put back the best epoch's weights (early stopping); the metrics saying where training ended."""
+        ended = {"stopped_epoch": float(len(self.history))}
+        if self.early_stopping is not None and self.early_stopping.best_weights is not None:
+            self.early_stopping.restore_best(self.model)
+            ended["best_epoch"] = float(self.early_stopping.best_epoch)
+        return ended
 
 
 def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output_dir: Path) -> RunResult:
@@ -306,7 +321,9 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
 
         try:
             history = training.fit(end_of_epoch)
-            results = _finish(cfg, model, training.dataset, history, output_dir)
+            ended = training.finish_training()
+            tracking.log_metrics(ended)
+            results = ended | _finish(cfg, model, training.dataset, history, output_dir)
         except interrupt.Interrupted as err:
             _log_checkpoint(checkpoint_path)
             raise interrupt.RunInterrupted(
@@ -385,7 +402,7 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
             output_dir: Path) -> dict[str, float]:
     """Final metrics, the embedding and the figures, logged to the active run."""
     interrupt.check()
-    results, codes, labels = _final_metrics(model, dataset)
+    results, codes, labels = _final_metrics(model, dataset, cfg.seed)
     interrupt.check()
     results.update(baseline.cached_pca_metrics(dataset.train.images, dataset.train.labels.cpu().numpy(),
                                                dataset.test.images, labels, model.bottleneck))
