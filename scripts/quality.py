@@ -1,15 +1,17 @@
-"""Quality of each model preset against PCA of the same size and raw pixels, on Fashion-MNIST by default, and on
-CIFAR-10 when its files are present.
+"""Do aeexp's defaults train autoencoders that beat PCA of the same size? A table per dataset, into BENCHMARKS.md.
 
-    python scripts/quality.py [--dataset fashion_mnist] [--models ae32 ae25 conv vae] [--epochs 20]
-    python scripts/quality.py --dataset digits --models ae32 --epochs 1 --no-write     # a quick check
+    python scripts/quality.py                                   # every case below, the trainer's defaults
+    python scripts/quality.py --cases digits mnist-8k --models ae32 --no-write      # a part of it
+    python scripts/quality.py --cases digits --models ae32 --set trainer.epochs=2 --no-write   # a quick check
 
-Runs ``python -m aeexp dataset=<d> model=<m> trainer.epochs=<n>`` (any ``model=`` preset, with ``key=value``
-overrides after a colon, e.g. ``vae:model.beta=1.0``) into a temporary MLflow store, reads back test MSE and 5-NN
-accuracy of the codes (and the run's PCA baseline of the same size), adds raw pixels (no compression), prints a
-Markdown table and writes it into BENCHMARKS.md between the quality markers. When CIFAR-10's python batches are
-under ``--root`` (``cifar-10-batches-py``), a second table, of ``--cifar10-models`` (dense and conv AEs) on
-CIFAR-10's colour images, goes between the quality-cifar10 markers; ``--no-cifar10`` leaves it out.
+Each run is ``python -m aeexp dataset=<d> model=<m>`` with the shipped defaults (whatever ``conf/`` says:
+optimizer, schedule, epochs cap, early stopping, batch size), logging to a temporary MLflow store; the table reads
+back the test MSE and the codes' 5-NN and linear-probe accuracies, the run's PCA baseline of the same size, where
+training stopped, and the run's wall time on this machine. Cases: ``digits`` (the demo), ``mnist`` and
+``fashion_mnist`` (full), ``mnist-8k`` and ``fashion_mnist-8k`` (8,000 training images and 2,000 test images, a
+fixed stratified sample: ``dataset.train_size=8000 dataset.test_size=2000``), and ``cifar10`` when its files are
+found (under ``--cifar-root``, default ``--root``: ``cifar-10-batches-py``; not on this project's machines): dense
+and conv AEs (``--cifar10-models``) on CIFAR-10's colour images, in a table of their own.
 """
 
 from __future__ import annotations
@@ -25,83 +27,58 @@ from pathlib import Path
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 CIFAR10_MARKERS = ("<!-- quality-cifar10:begin -->", "<!-- quality-cifar10:end -->")
 ROOT = Path(__file__).resolve().parents[1]
+CASES = {
+    "digits": ["dataset=digits"],
+    "mnist": ["dataset=mnist"],
+    "fashion_mnist": ["dataset=fashion_mnist"],
+    "mnist-8k": ["dataset=mnist", "dataset.train_size=8000", "dataset.test_size=2000"],
+    "fashion_mnist-8k": ["dataset=fashion_mnist", "dataset.train_size=8000", "dataset.test_size=2000"],
+}
+COLUMNS = ("case", "model", "code", "test MSE", "PCA MSE", "5-NN acc", "PCA 5-NN", "probe acc", "PCA probe",
+           "beats PCA on MSE and 5-NN", "epochs (best)", "run s")
 
 
-def _dataset_overrides(dataset: str, root: str) -> list[str]:
-    """``dataset.root=<absolute root>`` for datasets read from files (the runs' working folder is temporary)."""
-    from aeexp import data
-
-    return [f"dataset.root={Path(root).resolve()}"] if isinstance(data.preset(dataset), data.StandardFiles) else []
-
-
-def _run(dataset: str, model: str, name: str, epochs: int, uri: str, workdir: Path, extra: list[str]
+def _run(case: list[str], model: str, name: str, uri: str, workdir: Path, extra: list[str]
          ) -> tuple[dict[str, float], dict[str, str], float]:
-    """Train ``model`` (a preset, optionally ``:key=value`` overrides) as MLflow run ``name``; its metrics, params
-    and wall seconds."""
+    """Train ``model`` (a preset, optionally ``:key=value`` overrides) on ``case`` as MLflow run ``name``; its
+    metrics, params and wall seconds."""
     preset, *overrides = model.split(":")
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "aeexp", f"dataset={dataset}", *extra, f"model={preset}",
-                           *overrides, f"trainer.epochs={epochs}", "trainer.progress=false", "embed.n_samples=1000",
-                           f"tracking.uri={uri}", f"tracking.run_name={name}"], cwd=workdir,
+    done = subprocess.run([sys.executable, "-m", "aeexp", *case, *extra, f"model={preset}", *overrides,
+                           "trainer.progress=false", "embed=pca", f"tracking.uri={uri}",
+                           f"tracking.run_name={name}", "tracking.experiment=quality"], cwd=workdir,
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"{model} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        raise SystemExit(f"{model} on {case} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(dataset)
+    experiment = client.get_experiment_by_name("quality")
     (run,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
     return run.data.metrics, run.data.params, time.perf_counter() - started
 
 
-def _describe(params: dict[str, str]) -> str:
-    """The model's family and settings from its logged config, e.g. ``dense VAE, widths [128, 64], beta 0.1``."""
-    target = params.get("model._target_", "").rsplit(".", 1)[-1]
-    kind = params.get("model.kind", "conv" if target == "ConvAutoencoder" else "dense")
-    family = {"VariationalAutoencoder": f"{kind} VAE", "SparseAutoencoder": f"{kind} sparse AE",
-              "VQVAE": f"{kind} VQ-VAE"}.get(target, kind)
-    parts = [family, f"widths {params.get('model.widths', '?')}"]
-    parts += [f"{name} {params[f'model.{name}']}" for name in ("beta", "l1", "codebook_size")
-              if f"model.{name}" in params]
-    if params.get("model.noise", "none") != "none":
-        parts.append(f"noise {params['model.noise']}")
-    return ", ".join(parts)
+def _row(case: str, model: str, m: dict[str, float], params: dict[str, str], seconds: float) -> str:
+    beats = m["test_mse"] < m["pca_test_mse"] and m["test_knn_acc"] > m["pca_knn_acc"]
+    epochs = f"{m.get('stopped_epoch', 0):.0f} ({m['best_epoch']:.0f})" if "best_epoch" in m else \
+        f"{m.get('stopped_epoch', 0):.0f}"
+    values = (case, model, params.get("model.bottleneck", "?"), f"{m['test_mse']:.4f}", f"{m['pca_test_mse']:.4f}",
+              f"{m['test_knn_acc']:.4f}", f"{m['pca_knn_acc']:.4f}", f"{m.get('test_probe_acc', float('nan')):.4f}",
+              f"{m.get('pca_probe_acc', float('nan')):.4f}", "yes" if beats else "**no**", epochs, f"{seconds:.0f}")
+    return "| " + " | ".join(values) + " |"
 
 
-def _raw_pixels(dataset: str, root: str) -> tuple[int, float]:
-    from aeexp import data, metrics
+def _settings(uri: str) -> str:
+    """The trainer, optimizer and schedule the runs used, read back from the first run's params."""
+    from mlflow.tracking import MlflowClient
 
-    source = data.preset(dataset)
-    if isinstance(source, data.StandardFiles):
-        source = data.preset(dataset, root=str(Path(root).resolve()), download=False)
-    loaded = data.load(source, seed=0)
-    flat = [split.images.reshape(len(split), -1).float().div(255).numpy() for split in (loaded.train, loaded.test)]
-    return flat[0].shape[1], metrics.knn_accuracy(flat[0], loaded.train.labels.numpy(), flat[1],
-                                                  loaded.test.labels.numpy())
-
-
-def quality_table(dataset: str, models: list[str], epochs: int, root: str) -> str:
-    """Train each model on ``dataset`` and return the Markdown table of its codes against PCA and raw pixels."""
-    extra = _dataset_overrides(dataset, root)
-    rows = ["| codes | size | test MSE | 5-NN acc of codes | PCA of that size: MSE | PCA: 5-NN acc | AE beats PCA "
-            "on both | run s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        for i, model in enumerate(models):
-            m, params, seconds = _run(dataset, model, f"quality-{i}", epochs, uri, Path(tmp), extra)
-            beats = m["test_mse"] < m["pca_test_mse"] and m["test_knn_acc"] > m["pca_knn_acc"]
-            rows.append(f"| {model} ({_describe(params)}) | {params.get('model.bottleneck', '?')} | "
-                        f"{m['test_mse']:.4f} | {m['test_knn_acc']:.4f} | {m['pca_test_mse']:.4f} | "
-                        f"{m['pca_knn_acc']:.4f} | {'yes' if beats else 'no'} | {seconds:.0f} |")
-            print(rows[-1], flush=True)
-    pixels, accuracy = _raw_pixels(dataset, root)
-    rows.append(f"| raw pixels | {pixels} | 0 | {accuracy:.4f} | | | | |")
-    return "\n".join([
-        f"Quality: {dataset}, each model preset with the default optimizer (`optimizer=adam`: torch.optim.Adam "
-        f"lr 0.001, fused), no schedule, trainer defaults (batch 128), BCE, for {epochs} epochs, seed 0; test "
-        "MSE per pixel of the reconstructions and 5-NN accuracy of the test codes against the training codes; PCA "
-        "fit on the same training split with as many components as the bottleneck. "
-        f"{platform.platform()}, {time.strftime('%Y-%m-%d %H:%M')}.", "", *rows])
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("quality")
+    run = client.search_runs([experiment.experiment_id], max_results=1)[0]
+    p = run.data.params
+    return (f"`{p.get('optimizer._target_')}` lr {p.get('optimizer.lr')}, schedule "
+            f"`{p.get('scheduler._target_')}`, batch {p.get('trainer.batch_size')}, at most "
+            f"{p.get('trainer.epochs')} epochs, early stopping patience {p.get('trainer.early_stopping.patience')}")
 
 
 def write_block(table: str, markers: tuple[str, str], heading: str) -> None:
@@ -118,36 +95,63 @@ def write_block(table: str, markers: tuple[str, str], heading: str) -> None:
     path.write_text(text)
 
 
-def cifar10_present(root: str) -> bool:
+def cifar10_present(root: Path) -> bool:
     from aeexp import data
 
-    return data.preset("cifar10", root=str(Path(root).resolve()), download=False).find_files() is not None
+    return data.preset("cifar10", root=str(root), download=False).find_files() is not None
+
+
+def quality_table(cases: dict[str, list[str]], models: list[str], extra: dict[str, list[str]]) -> str:
+    """Train each model on each case with the defaults (plus ``extra[case]``): the Markdown table and its caption."""
+    rows = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        for case, overrides in cases.items():
+            for i, model in enumerate(models):
+                metrics, params, seconds = _run(overrides, model, f"{case}-{i}", uri, Path(tmp), extra[case])
+                rows.append(_row(case, model, metrics, params, seconds))
+                print(rows[-1], flush=True)
+        settings = _settings(uri)
+    return "\n".join([
+        f"Quality with the defaults ({settings}), seed 0: test MSE per pixel of the reconstructions; 5-NN and "
+        "linear-probe accuracy of the test codes (fit on the training codes); PCA fit on the same training images "
+        "with as many components as the code; where training stopped (the best epoch, whose weights are evaluated); "
+        f"the run's wall time. {platform.platform()}, {time.strftime('%Y-%m-%d %H:%M')}.", "", *rows])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="fashion_mnist")
-    parser.add_argument("--root", default="./data", help="dataset.root of file datasets (default ./data; "
-                        "Fashion-MNIST is also found in Debian's folder)")
-    parser.add_argument("--models", nargs="+", default=["ae32", "ae25", "conv", "vae"],
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=[*CASES, "cifar10"],
+                        help="cifar10 is added by itself when its files are found")
+    parser.add_argument("--models", nargs="+", default=["ae32", "ae25", "conv"],
                         help="model presets, each optionally with overrides: vae:model.beta=1.0")
-    parser.add_argument("--epochs", type=int, default=20, help="trainer.epochs for every model (the default: 20)")
     parser.add_argument("--cifar10-models", nargs="+", default=["ae32:model.widths=[512,128]", "conv"],
                         help="the models of the CIFAR-10 table (default: a dense AE 3072-512-128-32 and the conv AE)")
+    parser.add_argument("--root", default="./data", help="dataset.root of the IDX datasets (Fashion-MNIST is also "
+                        "found in Debian's folder)")
+    parser.add_argument("--cifar-root", default=None, help="a folder with CIFAR-10's files (default: --root)")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for every run (not the defaults then)")
     parser.add_argument("--no-cifar10", action="store_true", help="no CIFAR-10 table, even when its files are there")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     args = parser.parse_args()
 
-    table = quality_table(args.dataset, args.models, args.epochs, args.root)
-    print(table)
-    if not args.no_write:
-        write_block(table, (BEGIN, END), "Quality: autoencoders against PCA of the same size")
-    if args.no_cifar10 or args.dataset == "cifar10":
+    root = [f"dataset.root={Path(args.root).resolve()}", "dataset.download=false"]
+    cases = {case: CASES[case] for case in args.cases if case != "cifar10"}
+    extra = {case: [*root, *args.set] if case != "digits" else list(args.set) for case in cases}
+    if cases:
+        table = quality_table(cases, args.models, extra)
+        if args.set:
+            table = table.replace("), seed 0", f"; with {' '.join(args.set)}), seed 0", 1)
+        print(table)
+        if not args.no_write:
+            write_block(table, (BEGIN, END), "Quality: autoencoders against PCA of the same size")
+    cifar_root = Path(args.cifar_root or args.root).resolve()
+    if args.no_cifar10 or not ("cifar10" in args.cases or cifar10_present(cifar_root)):
         return
-    if not cifar10_present(args.root):
-        print(f"no CIFAR-10 table: its python batches are not under {args.root} (cifar-10-batches-py)")
-        return
-    table = quality_table("cifar10", args.cifar10_models, args.epochs, args.root)
+    if not cifar10_present(cifar_root):
+        raise SystemExit(f"no CIFAR-10 table: its python batches are not under {cifar_root} (cifar-10-batches-py)")
+    table = quality_table({"cifar10": ["dataset=cifar10"]}, args.cifar10_models,
+                          {"cifar10": [f"dataset.root={cifar_root}", "dataset.download=false", *args.set]})
     print(table)
     if not args.no_write:
         write_block(table, CIFAR10_MARKERS, "Quality on CIFAR-10 (colour): autoencoders against PCA of the same size")

@@ -31,7 +31,8 @@ from PIL import Image
 
 from aeexp import encode, tracking
 
-NO_LABEL_METRICS = {"test_knn_acc", "pca_knn_acc", "embed_knn_acc"}
+NO_LABEL_METRICS = {f"{prefix}_{name}" for prefix in ("test", "pca") for name in
+                    ("knn_acc", "knn1_acc", "knn20_acc", "probe_acc", "kmeans_nmi", "kmeans_ari")} | {"embed_knn_acc"}
 
 
 def _single_run(tracking_uri: str, experiment: str):
@@ -99,8 +100,8 @@ def test_a_flat_folder_trains_without_labels(run_cli, tracking_uri, tmp_path):
                    f"tracking.uri={tracking_uri}", *FAST)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
-    assert output.count("folder has no labels: test_knn_acc, pca_knn_acc and the embeddings' kNN accuracies are "
-                        "left out") == 1  # one notice
+    assert output.count("folder has no labels: the metrics of the codes' classes (test_knn_acc, test_probe_acc, "
+                        "test_kmeans_*, their pca_* twins) and the embeddings' kNN accuracies are left out") == 1
     run = _single_run(tracking_uri, "scans")
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics

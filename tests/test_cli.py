@@ -49,7 +49,7 @@ def test_digits_run_logs_everything(run_cli, tracking_uri, tmp_path):
     assert params["model.widths"] == "[128, 64]"
     assert params["dataset.name"] == "digits"
     assert params["model._target_"] == "aeexp.models.DenseAutoencoder"
-    assert params["optimizer._target_"] == "torch.optim.Adam" and params["optimizer.lr"] == "0.001"
+    assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.lr"] == "0.001"
     assert params["scheduler._target_"] == "None"
     assert not {"trainer.optimizer", "trainer.lr", "trainer.momentum", "trainer.loss"} & set(params)  # moved keys
     assert params["trainer.epochs"] == "4"
@@ -164,8 +164,8 @@ def _read_idx_gz(path: Path) -> np.ndarray:
 def test_console_script_and_packaged_configs_from_any_dir(tmp_path):
     script = Path(sys.executable).with_name("aeexp")
     assert script.exists(), "the `aeexp` console script is not installed"
-    done = subprocess.run([str(script), "model=ae25", "--cfg", "job"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([str(script), "dataset=mnist", "model=ae25", "--cfg", "job"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "bottleneck: 25" in done.stdout and "- 400" in done.stdout
 
@@ -271,9 +271,9 @@ BAD_INPUTS = [
                                "clipping)."]),
     (["trainer.checkpoint_every=-1"], ["error: trainer.checkpoint_every=-1 is invalid: it must be >= 0 (0: log the "
                                        "checkpoint to MLflow only when the run ends or stops)."]),
-    (["optimizer.lr=-0.1"], ["error: optimizer: torch.optim.Adam refused its settings (Invalid learning rate: -0.1)"]),
+    (["optimizer.lr=-0.1"], ["error: optimizer: torch.optim.AdamW refused its settings (Invalid learning rate: -0.1)"]),
     (["optimizer.betas=[0.9]"], ["error: optimizer.betas=[0.9] is invalid: expected a list of 2 values."]),
-    (["+optimizer.momentum=0.9"], ["error: optimizer.momentum is not a parameter of torch.optim.adam.Adam (its "
+    (["+optimizer.momentum=0.9"], ["error: optimizer.momentum is not a parameter of torch.optim.adamw.AdamW (its "
                                    "parameters: lr, betas, eps, weight_decay,", "); remove it or fix its name"]),
     (["scheduler=cosine", "scheduler.warmup_epochs=2"], ["error: scheduler.warmup_epochs=2 is invalid: it must be >= 0 "
                                                          "and below trainer.epochs=2."]),
@@ -293,10 +293,10 @@ BAD_INPUTS = [
     # A model too large for any machine's memory: refused with the figures before anything is allocated. Its
     # parameters on 8x8 digits: 64-200000-200000-32 and back, weights and biases: 2 * (64 + 32) * 200000
     # + 2 * 200000 ** 2 + 4 * 200000 + 32 + 64.
-    (["model.widths=[200000,200000]"], ["error: model.widths=[200000, 200000], model.bottleneck=32: the model has "
-                                        "80,039,200,096 parameters, and training it needs at least 1,280.6 GB of "
-                                        "memory (16 bytes each: weight, gradient and the optimizer's state), more than "
-                                        "the ", " memory available; choose smaller model.widths or model.bottleneck"]),
+    (["model.widths=[200000,200000]", "model.bottleneck=32"],
+     ["error: model.widths=[200000, 200000], model.bottleneck=32: the model has 80,039,200,096 parameters, and "
+      "training it needs at least 1,280.6 GB of memory (16 bytes each: weight, gradient and the optimizer's state), "
+      "more than the ", " memory available; choose smaller model.widths or model.bottleneck"]),
     (["model.loss=l1"], ["error: model.loss='l1' is invalid: choose one of bce, mse."]),
     (["model.noise=blur"], ["error: model.noise='blur' is invalid: choose one of none, gaussian, masking, "
                             "salt_pepper."]),
@@ -427,9 +427,10 @@ MODEL_VARIANTS = [
     (["model=conv"], set(), {"model._target_": "aeexp.models.ConvAutoencoder", "model.widths": "[32, 64]"},
      "autograd", set()),
     (["model=vae", "embed=all"], {"prior_samples.png", "pca.png", "umap.png"},
-     {"model._target_": "aeexp.models.VariationalAutoencoder", "model.kind": "dense"}, "autograd", {"recon", "kl"}),
+     {"model._target_": "aeexp.models.VariationalAutoencoder", "model.kind": "dense"}, "autograd",
+     {"recon", "kl", "beta"}),
     (["model=vae", "model.kind=conv", "model.beta=0.5"], {"prior_samples.png"},
-     {"model.kind": "conv", "model.beta": "0.5"}, "autograd", {"recon", "kl"}),
+     {"model.kind": "conv", "model.beta": "0.5"}, "autograd", {"recon", "kl", "beta"}),
     (["model=sparse", "model.l1=0.05"], set(), {"model._target_": "aeexp.models.SparseAutoencoder", "model.l1": "0.05"},
      "autograd", {"recon", "l1"}),
     (["model.noise=salt_pepper", "model.noise_level=0.2"], set(),
@@ -490,7 +491,7 @@ def test_adamw_with_a_cosine_schedule_after_a_warm_up(run_cli, tracking_uri):
     run = _single_run(tracking_uri, "digits")
     assert run.info.status == "FINISHED"
     params = run.data.params
-    assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.weight_decay"] == "0.01"
+    assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.weight_decay"] == "0.05"
     assert params["scheduler._target_"] == "torch.optim.lr_scheduler.CosineAnnealingLR"
     assert params["scheduler.warmup_epochs"] == "2" and params["scheduler.T_max"] == "None"
     assert run.data.tags["train.path"] == "fast"  # AdamW (fused) on the exact dense AE
@@ -520,9 +521,9 @@ def test_any_torch_optimizer_by_its_class(run_cli, tracking_uri):
 
 def test_denoising_noise_reaches_training_and_the_figure_shows_it(make_config, tracking_uri, tmp_path):
     """With every pixel masked (model.noise=masking, model.noise_level=1.0) the first encoder layer sees only zeros
-    in training: its weights get zero gradients and Adam leaves them exactly as initialised, while a run without
-    noise moves them. The denoising run's reconstructions figure has its three rows (noisy input, output, clean
-    target) where a plain run has two."""
+    in training: its weights get zero gradients and Adam (no weight decay) leaves them exactly as initialised, while a
+    run without noise moves them. The denoising run's reconstructions figure has its three rows (noisy input,
+    output, clean target) where a plain run has two."""
     from PIL import Image
 
     from aeexp import experiment, models
@@ -530,7 +531,7 @@ def test_denoising_noise_reaches_training_and_the_figure_shows_it(make_config, t
 
     first_layer, heights = {}, {}
     for noise in (["model.noise=none"], ["model.noise=masking", "model.noise_level=1.0"]):
-        cfg = make_config(f"tracking.uri={tracking_uri}", *FAST, "embed=pca", *noise)
+        cfg = make_config(f"tracking.uri={tracking_uri}", *FAST, "embed=pca", "optimizer=adam", *noise)
         result = experiment.run(cfg, tmp_path / noise[0])
         state = checkpoint.load(checkpoint.local_path(tmp_path / noise[0], result.run_id))
         first_layer[cfg.model.noise] = state.model["encoder.0.weight"]

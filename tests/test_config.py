@@ -24,17 +24,19 @@ def _build(cfg):
 def test_defaults_run_offline_on_digits(make_config):
     cfg = make_config()
     assert cfg.dataset.name == "digits" and cfg.dataset._target_ == "aeexp.data.Digits"
-    assert cfg.model.name == "ae32" and list(cfg.model.widths) == [128, 64] and cfg.model.bottleneck == 32
+    assert cfg.model.name == "ae32" and list(cfg.model.widths) == [128, 64]
+    assert cfg.model.bottleneck == 4, "digits_ae32.yaml: a 4-d code on the 8x8 digits, where PCA of 32 is lossless"
+    assert cfg.trainer.epochs == 300 and cfg.trainer.early_stopping.patience == 10
     assert cfg.model._target_ == "aeexp.models.DenseAutoencoder"
-    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == pytest.approx(1e-3)
+    assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.optimizer.lr == pytest.approx(1e-3)
     assert cfg.scheduler._target_ is None
     assert cfg.tracking.uri is None
     assert cfg.tracking.experiment == "digits"
     validate(cfg)
     source, model, optimizer = _build(cfg)
     assert isinstance(source, data.Digits) and source.image_shape == (1, 8, 8)
-    assert type(model) is models.DenseAutoencoder and model.widths == [128, 64] and model.bottleneck == 32
-    assert type(optimizer) is torch.optim.Adam and optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert type(model) is models.DenseAutoencoder and model.widths == [128, 64] and model.bottleneck == 4
+    assert type(optimizer) is torch.optim.AdamW and optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
 def test_seed_models_and_overrides(make_config):
@@ -144,7 +146,7 @@ def test_invalid_values_name_the_key(make_config, override, message):
         ("dataset.val_fraction=1.5", "dataset.val_fraction=1.5 is invalid: it must lie strictly between 0 and 1."),
         ("dataset._target_=aeexp.data.Cifar", "dataset._target_='aeexp.data.Cifar' is invalid: aeexp.data has no "
                                               "class or function Cifar"),
-        ("optimizer.lr=-1", "optimizer: torch.optim.Adam refused its settings (Invalid learning rate: -1)"),
+        ("optimizer.lr=-1", "optimizer: torch.optim.AdamW refused its settings (Invalid learning rate: -1)"),
     ],
 )
 def test_invalid_values_of_built_components_name_the_key(make_config, override, message):

@@ -892,7 +892,7 @@ def test_a_dataset_of_your_own_has_its_parameters_checked(own_dataset):
     assert refused(val_fraction=1.5) == "dataset.val_fraction=1.5 is invalid: it must lie strictly between 0 and 1."
     assert refused(val_fraction="a") == "dataset.val_fraction='a' is invalid: expected a number."  # the base's hint
     assert refused(root="/data").startswith(f"dataset.root is not a parameter of {own_dataset} (its parameters: name, "
-                                            "side, n_train, n_test, lie, val_fraction)")
+                                            "side, n_train, n_test, lie, val_fraction, train_size, test_size)")
 
 
 @pytest.mark.parametrize(("lie", "message"), [

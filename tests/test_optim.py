@@ -82,7 +82,7 @@ def test_adamw_leaves_the_biases_undecayed(make_config):
 
 @pytest.mark.parametrize(("preset", "kind", "settings"), [
     ("adam", torch.optim.Adam, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "fused": True}),
-    ("adamw", torch.optim.AdamW, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01,
+    ("adamw", torch.optim.AdamW, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05,
                                   "fused": True}),
     ("sgd", torch.optim.SGD, {"lr": 0.01, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}),
 ])
@@ -117,11 +117,11 @@ def test_any_torch_optimizer_by_target(make_config):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["+optimizer.foo=1"], r"optimizer\.foo is not a parameter of torch\.optim\.adam\.Adam"),
+    (["+optimizer.foo=1"], r"optimizer\.foo is not a parameter of torch\.optim\.adamw\.AdamW"),
     (["optimizer=sgd", "+optimizer.betas=[0.9,0.99]"], r"optimizer\.betas is not a parameter of torch\.optim"),
     (["optimizer.betas=[0.9]"], r"optimizer\.betas=\[0\.9\] is invalid: expected a list of 2 values"),
     (["optimizer._target_=torch.optim.Nope"], r"optimizer\._target_='torch\.optim\.Nope' is invalid"),
-    (["optimizer.lr=-1.0"], r"optimizer: torch\.optim\.Adam refused its settings \(Invalid learning rate"),
+    (["optimizer.lr=-1.0"], r"optimizer: torch\.optim\.AdamW refused its settings \(Invalid learning rate"),
 ])
 def test_bad_optimizer_settings_name_the_key(make_config, overrides, message):
     with pytest.raises(ConfigError, match=message) as raised:

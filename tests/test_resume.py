@@ -341,9 +341,10 @@ DAMAGED = [
                                                                       "checkpoint ("),
     (lambda path: path.write_bytes(b""), "checkpoint {path} is damaged or not a checkpoint"),
     (_without("history"), "checkpoint {path} is incomplete (no history): it was not written whole by aeexp"),
-    (_without("format_version"), "{path} is not an aeexp checkpoint of format 2"),
-    (lambda path: torch.save({"format_version": 2, **{k: None for k in ("run_id", "epoch", "config", "model",
-                              "optimizer", "schedule", "generator", "history", "torch_rng", "numpy_rng")}}, path),
+    (_without("format_version"), f"{{path}} is not an aeexp checkpoint of format {checkpoint.FORMAT_VERSION}"),
+    (lambda path: torch.save({"format_version": checkpoint.FORMAT_VERSION, **{
+        k: None for k in ("run_id", "epoch", "config", "model", "optimizer", "schedule", "generator", "history",
+                          "torch_rng", "numpy_rng", "early_stopping")}}, path),
      "checkpoint {path} is malformed"),
 ]
 

@@ -17,7 +17,8 @@ from aeexp.data.cache import cache_dir
 log = logging.getLogger(__name__)
 
 CHUNK = 8192  # images converted to float at a time
-CACHE_VERSION = "pca-metrics-1"  # part of every cache key: change it when pca_metrics computes anything new
+CACHE_VERSION = "pca-metrics-2"  # part of every cache key: change it when pca_metrics computes anything new
+METRIC_NAMES = ("pca_test_mse", *(f"pca_{name}" for name in metrics.CODE_METRICS))
 
 
 @dataclass
@@ -64,9 +65,10 @@ def fit_pca(images: torch.Tensor, n_components: int) -> PCA:
 
 def pca_metrics(train_images: torch.Tensor, train_labels: np.ndarray | None, test_images: torch.Tensor,
                 test_labels: np.ndarray | None, n_components: int) -> dict[str, float]:
-    """``pca_test_mse`` (per pixel, test split) and, with labels, ``pca_knn_acc`` (5-NN on PCA codes, train ->
-    test) of a PCA fit on the training split (all channels): the autoencoder's ``test_mse`` and ``test_knn_acc``
-    side by side."""
+    """``pca_test_mse`` (per pixel, test split) and, with labels, the metrics of :func:`aeexp.metrics.code_metrics`
+    on the PCA codes (``pca_knn_acc``, ``pca_knn1_acc``, ``pca_knn20_acc``, ``pca_probe_acc``, ``pca_kmeans_nmi``,
+    ``pca_kmeans_ari``; k-means seeded with 0) of a PCA fit on the training split (all channels): the autoencoder's
+    ``test_*`` side by side."""
     pca = fit_pca(train_images, n_components)
 
     def codes_of(images: torch.Tensor) -> np.ndarray:
@@ -80,8 +82,8 @@ def pca_metrics(train_images: torch.Tensor, train_labels: np.ndarray | None, tes
     pixels = len(test_images) * int(np.prod(test_images.shape[1:]))
     results = {"pca_test_mse": squared_error / pixels}
     if train_labels is not None and test_labels is not None:
-        results["pca_knn_acc"] = metrics.knn_accuracy(codes_of(train_images), train_labels, codes_of(test_images),
-                                                      test_labels)
+        codes = metrics.code_metrics(codes_of(train_images), train_labels, codes_of(test_images), test_labels, seed=0)
+        results.update({f"pca_{name}": value for name, value in codes.items()})
     return results
 
 
@@ -110,7 +112,7 @@ def cached_pca_metrics(train_images: torch.Tensor, train_labels: np.ndarray | No
     path = cache_dir() / "pca" / f"{key}.json"
     try:
         cached = json.loads(path.read_text(encoding="utf-8"))
-        expected = {"pca_test_mse"} | ({"pca_knn_acc"} if train_labels is not None else set())
+        expected = set(METRIC_NAMES) if train_labels is not None else {"pca_test_mse"}
         if isinstance(cached, dict) and set(cached) == expected:
             return {key: float(value) for key, value in cached.items()}
     except (OSError, ValueError):

@@ -26,11 +26,21 @@ class EmbedMethod(str, Enum):
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop when ``val_loss`` has not improved by more than ``min_delta`` for ``patience`` epochs; the best epoch's
+    weights are the ones evaluated and logged. ``patience`` null: train all ``trainer.epochs``."""
+
+    patience: int | None = 10
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainerConfig:
     """The optimisation loop (the optimizer and its schedule are the ``optimizer`` and ``scheduler`` groups)."""
 
-    epochs: int = 20
+    epochs: int = 20  # the cap when early stopping is on
     batch_size: int = 128
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # Clip the gradients' total norm to this before each optimizer step; None: no clipping.
     grad_clip: float | None = None
     device: Device = Device.auto
@@ -148,6 +158,11 @@ def validate(cfg: DictConfig) -> None:
                  f"choose a preset ({group}=<name>) or name a class with {group}._target_")
     _require(cfg.trainer.epochs > 0, "trainer.epochs", cfg.trainer.epochs, "it must be positive")
     _require(cfg.trainer.batch_size > 0, "trainer.batch_size", cfg.trainer.batch_size, "it must be positive")
+    patience = cfg.trainer.early_stopping.patience
+    _require(patience is None or patience > 0, "trainer.early_stopping.patience", patience,
+             "it must be positive (or null: no early stopping)")
+    _require(cfg.trainer.early_stopping.min_delta >= 0, "trainer.early_stopping.min_delta",
+             cfg.trainer.early_stopping.min_delta, "it must be >= 0")
     _require(cfg.trainer.grad_clip is None or cfg.trainer.grad_clip > 0, "trainer.grad_clip", cfg.trainer.grad_clip,
              "it must be positive (or null: no clipping)")
     methods = plain(cfg.embed.methods)

@@ -23,6 +23,7 @@ from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.sweep import PRUNED_TAG, Sweep, job_run_name, job_tags
 from aeexp.training import checkpoint, interrupt, loop, optim, resume
+from aeexp.training.early_stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,15 @@ def _labels(split: data.Split) -> np.ndarray | None:
     return None if split.labels is None else split.labels.cpu().numpy()
 
 
-UNLABELLED_NOTICE = ("%s has no labels: test_knn_acc, pca_knn_acc and the embeddings' kNN accuracies are left out, "
-                     "and the figures and the explorer do not colour points by class")
+UNLABELLED_NOTICE = ("%s has no labels: the metrics of the codes' classes (test_knn_acc, test_probe_acc, "
+                     "test_kmeans_*, their pca_* twins) and the embeddings' kNN accuracies are left out, and the "
+                     "figures and the explorer do not colour points by class")
 
 
-def _final_metrics(model: models.Autoencoder, dataset: data.Dataset) -> tuple[dict[str, float], np.ndarray]:
-    """Test-split losses and (with labels) the kNN accuracy of the codes; also return the test codes."""
+def _final_metrics(model: models.Autoencoder, dataset: data.Dataset, seed: int
+                   ) -> tuple[dict[str, float], np.ndarray]:
+    """Test-split losses and, with labels, what the codes keep of the classes (:func:`aeexp.metrics.code_metrics`,
+    as ``test_*``); also return the test codes."""
     test_images = dataset.test.images
     test_codes = loop.encode_all(model, test_images).numpy()
     results = {
@@ -83,7 +87,8 @@ def _final_metrics(model: models.Autoencoder, dataset: data.Dataset) -> tuple[di
     train_labels, test_labels = _labels(dataset.train), _labels(dataset.test)
     if train_labels is not None and test_labels is not None:
         train_codes = loop.encode_all(model, dataset.train.images).numpy()
-        results["test_knn_acc"] = metrics.knn_accuracy(train_codes, train_labels, test_codes, test_labels)
+        codes = metrics.code_metrics(train_codes, train_labels, test_codes, test_labels, seed)
+        results.update({f"test_{name}": value for name, value in codes.items()})
     return results, test_codes
 
 
@@ -265,12 +270,14 @@ def run(cfg: DictConfig, output_dir: Path | None = None, sweep: Sweep | None = N
                                     math.ceil(len(dataset.train) / cfg.trainer.batch_size))
     generator = torch.Generator().manual_seed(cfg.seed)
     history = loop.History()
+    patience = cfg.trainer.early_stopping.patience
+    stopping = EarlyStopping(patience, cfg.trainer.early_stopping.min_delta) if patience is not None else None
     if start.resumed is not None:
-        history = checkpoint.restore(start.resumed, model, optimizer, schedule, generator)
+        history = checkpoint.restore(start.resumed, model, optimizer, schedule, generator, stopping)
     step = loop.make_step(model, optimizer, device, cfg.trainer.compile, cfg.trainer.mixed_precision)
     log.info("training on the %s path%s", step.path, " with bf16 matrix products" if step.bf16 else "")
     interrupt.check()
-    training = _Training(cfg, dataset, model, optimizer, schedule, generator, history, step)
+    training = _Training(cfg, dataset, model, optimizer, schedule, generator, history, step, stopping)
     return _tracked_run(training, start, sweep, output_dir)
 
 
@@ -286,18 +293,28 @@ class _Training:
     generator: torch.Generator
     history: loop.History
     step: loop.TrainingStep
+    early_stopping: EarlyStopping | None
 
     def fit(self, on_epoch_end: loop.EpochHook) -> loop.History:
         trainer = self.cfg.trainer
         return loop.fit(self.model, self.dataset.train, self.dataset.val, epochs=trainer.epochs,
                         batch_size=trainer.batch_size, optimizer=self.optimizer, seed=self.cfg.seed,
                         schedule=self.schedule, step=self.step, grad_clip=trainer.grad_clip,
+                        early_stopping=self.early_stopping,
                         progress=trainer.progress, on_epoch_end=on_epoch_end, history=self.history,
                         generator=self.generator)
 
     def checkpoint(self, run_id: str, epoch: int, config_yaml: str) -> checkpoint.Checkpoint:
         return checkpoint.capture(run_id, epoch, config_yaml, self.model, self.optimizer, self.schedule,
-                                  self.generator, self.history)
+                                  self.generator, self.history, self.early_stopping)
+
+    def finish_training(self) -> dict[str, float]:
+        """Put back the best epoch's weights (early stopping); the metrics saying where training ended."""
+        ended = {"stopped_epoch": float(len(self.history))}
+        if self.early_stopping is not None and self.early_stopping.best_weights is not None:
+            self.early_stopping.restore_best(self.model)
+            ended["best_epoch"] = float(self.early_stopping.best_epoch)
+        return ended
 
 
 class _Checkpoints:
@@ -465,7 +482,9 @@ def _train_and_finish(training: _Training, start: _Start, run_id: str, config_ya
 
     try:
         history = training.fit(end_of_epoch)
-        results = _finish(cfg, training.model, training.dataset, history, output_dir, metric_log)
+        ended = training.finish_training()  # the best epoch's weights back (early stopping)
+        metric_log.log(ended, step=len(history))
+        results = ended | _finish(cfg, training.model, training.dataset, history, output_dir, metric_log)
     except run_hooks.RunPruned as err:
         tracking.set_tags({PRUNED_TAG: str(err.epoch)})
         checkpoints.upload()
@@ -547,7 +566,7 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
     """Final metrics (at the step of the epochs trained: a run trained further gets them anew at its new length),
     the embedding and the figures, logged to the active run."""
     interrupt.check()
-    results, codes = _final_metrics(model, dataset)
+    results, codes = _final_metrics(model, dataset, cfg.seed)
     interrupt.check()
     results.update(baseline.cached_pca_metrics(dataset.train.images, _labels(dataset.train), dataset.test.images,
                                                _labels(dataset.test), model.bottleneck))

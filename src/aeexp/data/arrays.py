@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,8 +73,8 @@ def to_nchw(images: np.ndarray, layout: str) -> np.ndarray:
 class ArraysDataset(ImageDataset):
     """The images (and labels) of the ``.npz`` file ``path``; see the module's docstring for its keys."""
 
-    def __init__(self, path: str | None = None, name: str = "arrays", val_fraction: float = 0.1) -> None:
-        super().__init__(name, val_fraction)
+    def __init__(self, path: str | None = None, name: str = "arrays", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
         require(path is not None and bool(str(path).strip()), "path", path,
                 "give the .npz file of images: dataset.path=FILE.npz")
         self.path = Path(str(path)).expanduser()

@@ -42,11 +42,15 @@ class ImageDataset:
     image_shape: tuple[int, int, int]
     class_names: list[str]
 
-    def __init__(self, name: str, val_fraction: float = 0.1) -> None:
+    def __init__(self, name: str, val_fraction: float = 0.1, train_size: int | None = None,
+                 test_size: int | None = None) -> None:
         require(bool(str(name).strip()), "name", name, "give the dataset a name")
         require(0.0 < val_fraction < 1.0, "val_fraction", val_fraction, "it must lie strictly between 0 and 1")
+        require(train_size is None or train_size >= 2, "train_size", train_size, "it must be at least 2 (or null)")
+        require(test_size is None or test_size >= 1, "test_size", test_size, "it must be positive (or null)")
         self.name = str(name)
         self.val_fraction = float(val_fraction)
+        self.train_size, self.test_size = train_size, test_size
 
     def read(self) -> Arrays:
         """The train and test images and labels."""
@@ -117,12 +121,30 @@ def _check(source: ImageDataset, arrays: Arrays) -> None:
             raise DataError(f"dataset {source.name}: {len(images)} {split} images but {len(labels)} labels")
 
 
+def _subset(images: np.ndarray, labels: np.ndarray | None, size: int | None
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A sample of ``size`` rows (all of them when None or not fewer; stratified when labelled), in file order, the
+    same for every run: a data size, not part of a run's randomness."""
+    from aeexp.metrics import stratified_sample
+
+    if size is None or size >= len(images):
+        return images, labels
+    if labels is None:
+        chosen = np.sort(np.random.default_rng(0).choice(len(images), size, replace=False))
+        return images[chosen], None
+    chosen = stratified_sample(np.asarray(labels), size, seed=0)
+    return images[chosen], labels[chosen]
+
+
 def load(source: ImageDataset, seed: int = 0) -> Dataset:
-    """Read ``source`` and hold out a seeded ``source.val_fraction`` of its training split for validation."""
+    """Read ``source``, keep ``train_size``/``test_size`` of its splits (stratified, fixed), and hold out a seeded
+    ``source.val_fraction`` of the training split for validation."""
     import torch
 
     arrays = source.read()
     _check(source, arrays)
+    arrays.train_images, arrays.train_labels = _subset(arrays.train_images, arrays.train_labels, source.train_size)
+    arrays.test_images, arrays.test_labels = _subset(arrays.test_images, arrays.test_labels, source.test_size)
     n = len(arrays.train_images)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     n_val = max(1, round(n * source.val_fraction))

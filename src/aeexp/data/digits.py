@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from aeexp.data.dataset import Arrays, ImageDataset
@@ -13,8 +15,8 @@ class Digits(ImageDataset):
     """``sklearn.datasets.load_digits`` as uint8 images (its 0..16 levels scaled to 0..255), with a fixed stratified
     20% test split (independent of the run's seed, so that runs compare on the same images)."""
 
-    def __init__(self, name: str = "digits", val_fraction: float = 0.1) -> None:
-        super().__init__(name, val_fraction)
+    def __init__(self, name: str = "digits", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
         self.image_shape = (1, 8, 8)
         self.class_names = [str(d) for d in range(10)]
 

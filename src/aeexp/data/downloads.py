@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from aeexp.data.dataset import ImageDataset
 from aeexp.errors import DataError
@@ -23,8 +24,8 @@ class StandardFiles(ImageDataset):
     suffixes: tuple[str, ...] = ("",)  # each file is also found with these added (e.g. ".gz")
 
     def __init__(self, name: str, root: str = "./data", download: bool = True, also_in: Sequence[str] = (),
-                 source: str = "", val_fraction: float = 0.1) -> None:
-        super().__init__(name, val_fraction)
+                 source: str = "", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
         self.root, self.download = Path(root).expanduser(), download
         self.also_in, self.source = [Path(p) for p in also_in], source
 

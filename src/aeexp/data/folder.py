@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -172,8 +173,8 @@ class FolderDataset(ImageDataset):
 
     def __init__(self, path: str | None = None, name: str = "folder", channels: int | None = None,
                  image_size: int | Sequence[int] | None = None, test_fraction: float = 0.2,
-                 val_fraction: float = 0.1) -> None:
-        super().__init__(name, val_fraction)
+                 **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
         require(path is not None and bool(str(path).strip()), "path", path,
                 "give the folder of images: dataset.path=DIR")
         require(channels in (None, 1, 3), "channels", channels, "choose 1 (grey) or 3 (colour), or null: what the "

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -205,8 +205,8 @@ class IdxDataset(StandardFiles):
 
     def __init__(self, name: str, folder: str, class_names: Sequence[str], image_size: Sequence[int] = (28, 28),
                  root: str = "./data", download: bool = True, also_in: Sequence[str] = (), source: str = "",
-                 val_fraction: float = 0.1) -> None:
-        super().__init__(name, root, download, also_in, source, val_fraction)
+                 **kwargs: Any) -> None:
+        super().__init__(name, root, download, also_in, source, **kwargs)
         require(len(image_size) == 2 and all(s > 0 for s in image_size), "image_size", list(image_size),
                 "give [height, width]")
         require(len(class_names) >= 1, "class_names", list(class_names), "give the name of each class")

@@ -79,8 +79,9 @@ class Cifar10(StandardFiles):
     folder = "CIFAR10"
 
     def __init__(self, name: str = "cifar10", root: str = "./data", download: bool = True,
-                 val_fraction: float = 0.1) -> None:
-        super().__init__(name, root, download, (), "https://www.cs.toronto.edu/~kriz/cifar.html", val_fraction)
+                 val_fraction: float = 0.1, train_size: int | None = None, test_size: int | None = None) -> None:
+        super().__init__(name, root, download, (), "https://www.cs.toronto.edu/~kriz/cifar.html",
+                         val_fraction=val_fraction, train_size=train_size, test_size=test_size)
         self.image_shape = (3, 32, 32)
         self.class_names = list(CIFAR10_CLASSES)
 
@@ -130,8 +131,9 @@ class Svhn(StandardFiles):
     folder = "SVHN"
 
     def __init__(self, name: str = "svhn", root: str = "./data", download: bool = True,
-                 val_fraction: float = 0.1) -> None:
-        super().__init__(name, root, download, (), "http://ufldl.stanford.edu/housenumbers/", val_fraction)
+                 val_fraction: float = 0.1, train_size: int | None = None, test_size: int | None = None) -> None:
+        super().__init__(name, root, download, (), "http://ufldl.stanford.edu/housenumbers/",
+                         val_fraction=val_fraction, train_size=train_size, test_size=test_size)
         self.image_shape = (3, 32, 32)
         self.class_names = list(DIGITS)
 
@@ -152,10 +154,11 @@ class Emnist(IdxDataset):
     ``byclass`` (62), ``bymerge`` (47), ``digits`` (10), ``letters`` (26) or ``mnist`` (10)."""
 
     def __init__(self, split: str = "balanced", name: str = "emnist", root: str = "./data", download: bool = True,
-                 val_fraction: float = 0.1) -> None:
+                 val_fraction: float = 0.1, train_size: int | None = None, test_size: int | None = None) -> None:
         require(split in EMNIST_CLASSES, "split", split, f"choose one of {', '.join(EMNIST_CLASSES)}")
         super().__init__(name, "EMNIST", EMNIST_CLASSES[split], (28, 28), root, download, (),
-                         "https://www.nist.gov/itl/products-and-services/emnist-dataset", val_fraction)
+                         "https://www.nist.gov/itl/products-and-services/emnist-dataset", val_fraction=val_fraction,
+                         train_size=train_size, test_size=test_size)
         self.split = split
         self.label_offset = 1 if split == "letters" else 0
 

@@ -26,10 +26,13 @@ class VariationalAutoencoder(Autoencoder):
     """
 
     def __init__(self, image_shape: Sequence[int], widths: Sequence[int] = (128, 64), bottleneck: int = 32,
-                 kind: Kind = "dense", beta: float = 1.0, **kwargs: Any) -> None:
+                 kind: Kind = "dense", beta: float = 1.0, beta_warmup_epochs: int = 0, **kwargs: Any) -> None:
         super().__init__(image_shape, bottleneck, **kwargs)
         require(beta >= 0, "beta", beta, "it must be >= 0")
+        require(beta_warmup_epochs >= 0, "beta_warmup_epochs", beta_warmup_epochs, "it must be >= 0")
         self.kind, self.beta, self.widths = kind, float(beta), list(widths)
+        self.beta_warmup_epochs = beta_warmup_epochs
+        self.beta_now = self.beta if beta_warmup_epochs == 0 else 0.0
         self.encoder, self.decoder = coders(kind, self.image_shape, self.widths, 2 * self.bottleneck,
                                             self.bottleneck)
         glorot_(self)
@@ -52,17 +55,25 @@ class VariationalAutoencoder(Autoencoder):
         kl = 0.5 * (mean.float().square() + logvar.float().exp() - 1.0 - logvar.float()).sum(dim=1)
         return kl.mean() / self.pixels
 
+    def start_epoch(self, epoch: int) -> None:
+        """The KL weight of epoch ``epoch`` (from 1): with ``beta_warmup_epochs`` W, it rises linearly from 0 at
+        epoch 1 to ``beta`` at epoch W + 1 (the KL warm-up of Bowman et al. 2016), then stays."""
+        warmup = self.beta_warmup_epochs
+        self.beta_now = self.beta * min(1.0, (epoch - 1) / warmup) if warmup else self.beta
+
     def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``recon + beta * kl`` of one sampled code per input, and the parts ``recon`` and ``kl``."""
+        """``recon + beta * kl`` of one sampled code per input (beta: this epoch's, see :meth:`start_epoch`), and
+        the parts ``recon``, ``kl`` and ``beta``."""
         mean, logvar = self.posterior(inputs)
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
         recon = pixel_loss(self.decode_logits(z), targets, self.loss)
         kl = self.kl_per_pixel(mean, logvar)
-        return recon + self.beta * kl, {"recon": recon, "kl": kl}
+        return recon + self.beta_now * kl, {"recon": recon, "kl": kl, "beta": kl.new_tensor(self.beta_now)}
 
     def evaluation_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """``recon(decode(mean)) + beta * KL / pixels``: the training objective at the mean code (deterministic)."""
+        """``recon(decode(mean)) + beta * KL / pixels``: the training objective at the mean code (deterministic),
+        with the full ``beta`` also during a warm-up, so that validation losses of all epochs compare."""
         mean, logvar = self.posterior(x)
         return pixel_loss(self.decode_logits(mean), x, self.loss) + self.beta * self.kl_per_pixel(mean, logvar)
 

@@ -11,6 +11,7 @@ import torch
 
 from aeexp import files
 from aeexp.errors import AeexpError
+from aeexp.training.early_stopping import EarlyStopping
 from aeexp.training.loop import History
 from aeexp.training.optim import Schedule
 
@@ -19,7 +20,7 @@ FILENAME = "checkpoint.pt"
 # aeexp before it logged only ``checkpoint/checkpoint.pt``, at their end.
 ARTIFACT_TAG = "aeexp.checkpoint.logged"
 LEGACY_ARTIFACT = f"checkpoint/{FILENAME}"
-FORMAT_VERSION = 2  # 2: the optimizer is a torch.optim one, with a schedule; the history is per-epoch dicts
+FORMAT_VERSION = 3  # 2: a torch.optim optimizer, a schedule, per-epoch dicts of history; 3: early stopping
 
 
 class CheckpointError(AeexpError):
@@ -36,6 +37,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     schedule: dict[str, Any]
+    early_stopping: dict[str, Any] | None
     generator: torch.Tensor
     history: History
     torch_rng: torch.Tensor
@@ -44,13 +46,15 @@ class Checkpoint:
 
 
 def capture(run_id: str, epoch: int, config: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            schedule: Schedule, generator: torch.Generator, history: History) -> Checkpoint:
+            schedule: Schedule, generator: torch.Generator, history: History,
+            early_stopping: EarlyStopping | None = None) -> Checkpoint:
     """A checkpoint of the current state (tensors copied to the CPU)."""
     return Checkpoint(
         run_id=run_id, epoch=epoch, config=config,
         model={key: value.detach().cpu().clone() for key, value in model.state_dict().items()},
         optimizer=_to_cpu(optimizer.state_dict()),
         schedule=_to_cpu(schedule.state_dict()),
+        early_stopping=early_stopping.state_dict() if early_stopping is not None else None,
         generator=generator.get_state(),
         history=History([dict(metrics) for metrics in history.epochs]),
         torch_rng=torch.get_rng_state(),
@@ -60,14 +64,17 @@ def capture(run_id: str, epoch: int, config: str, model: torch.nn.Module, optimi
 
 
 def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
-            generator: torch.Generator) -> History:
+            generator: torch.Generator, early_stopping: EarlyStopping | None = None) -> History:
     """Put a checkpoint's state back into ``model``, ``optimizer``, ``schedule``, ``generator`` and the global RNGs
-    (the optimizer and schedule freshly made from the run's config). CheckpointError if its state does not fit them.
+    (the optimizer and schedule freshly made from the run's config), and the early-stopping state into
+    ``early_stopping``. CheckpointError if its state does not fit them.
     """
     try:
         model.load_state_dict(checkpoint.model)
         optimizer.load_state_dict(checkpoint.optimizer)  # moves the state to the parameters' device
         schedule.load_state_dict(checkpoint.schedule)
+        if early_stopping is not None and checkpoint.early_stopping is not None:
+            early_stopping.load_state_dict(checkpoint.early_stopping)
         generator.set_state(checkpoint.generator)
         torch.set_rng_state(checkpoint.torch_rng)
         if checkpoint.cuda_rng is not None and torch.cuda.is_available():

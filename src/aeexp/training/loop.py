@@ -23,6 +23,7 @@ from aeexp.data import Split
 from aeexp.errors import TrainingError
 from aeexp.models import Autoencoder
 from aeexp.training import EVAL_BATCH_SIZE, fastpath, interrupt
+from aeexp.training.early_stopping import EarlyStopping
 from aeexp.training.optim import Schedule
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ def fit(
     schedule: Schedule | None = None,
     step: TrainingStep | None = None,
     grad_clip: float | None = None,
+    early_stopping: EarlyStopping | None = None,
     progress: bool = True,
     on_epoch_end: EpochHook | None = None,
     history: History | None = None,
@@ -217,11 +219,14 @@ def fit(
 
     To resume, pass the ``history`` of the epochs done (training continues after them, appending to it) and
     the shuffling ``generator`` in its saved state; by default a fresh history and a generator seeded with
-    ``seed``. Between steps a stop requested by Ctrl-C/SIGTERM (see :mod:`aeexp.training.interrupt`) raises
+    ``seed``. ``early_stopping``: stop once the validation loss stops improving (its state updated before the hook
+    runs, so a checkpoint taken there holds it; a resumed fit whose state says stop does not train). Between steps
+    a stop requested by Ctrl-C/SIGTERM (see :mod:`aeexp.training.interrupt`) raises
     :class:`~aeexp.training.interrupt.Interrupted`; the epoch under way is abandoned.
 
     The hook's metrics are ``train_loss``, ``val_loss`` (clean images), ``epoch_time``, ``lr`` (the first group's,
-    at the epoch's last step) and ``train_<part>`` (epoch means) for every part of the model's loss.
+    at the epoch's last step) and ``train_<part>`` (epoch means) for every part of the model's loss. A model with
+    a ``start_epoch(epoch)`` method has it called before each epoch (e.g. a VAE's KL warm-up).
     """
     history = History() if history is None else history
     generator = torch.Generator().manual_seed(seed) if generator is None else generator
@@ -231,7 +236,15 @@ def fit(
     steps = math.ceil(len(train) / batch_size)
     check_each_step = device.type == "cpu"  # reading a CPU loss costs nothing; on a GPU it would be a sync
     parameters = [p for p in model.parameters() if p.requires_grad]
+    start_epoch = getattr(model, "start_epoch", None)
     for epoch in range(len(history) + 1, epochs + 1):
+        if early_stopping is not None and early_stopping.stopped:
+            log.info("stopped early after epoch %d of %d: val_loss has not improved for %d epochs (the best: epoch %d, "
+                     "%.4f)", epoch - 1, epochs, early_stopping.patience, early_stopping.best_epoch,
+                     early_stopping.best_loss)
+            break
+        if callable(start_epoch):
+            start_epoch(epoch)
         model.train()
         started = time.perf_counter()
         running = torch.zeros((), device=device)
@@ -265,6 +278,8 @@ def fit(
         finally:
             bar.close()
         schedule.after_epoch(val_loss)
+        if early_stopping is not None:
+            early_stopping.update(epoch, val_loss, model)
         metrics = {"train_loss": train_loss, "val_loss": val_loss, "epoch_time": epoch_time, "lr": lr}
         metrics.update({f"train_{name}": float(total) / len(train) for name, total in part_sums.items()})
         history.epochs.append(metrics)

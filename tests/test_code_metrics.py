@@ -1,0 +1,83 @@
+"""The metrics of codes a run logs (k-NN at k = 1, 5, 20, the linear probe, k-means against the classes), each
+against scikit-learn's own computation of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
+
+from aeexp import metrics
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    """sklearn's digits (64 features, 10 classes) as train and test codes, labels relabelled to 3..12 so that a
+    lookup by position would fail."""
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order] + 3
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def test_knn_accuracies_at_several_k_are_scikit_learns(digits_split):
+    train_x, train_y, test_x, test_y = digits_split
+    ours = metrics.knn_accuracies(train_x, train_y, test_x, test_y, ks=(1, 5, 8, 20))
+    for k, value in ours.items():
+        expected = KNeighborsClassifier(n_neighbors=k).fit(train_x, train_y).score(test_x, test_y)
+        assert value == pytest.approx(expected, abs=1e-12), k
+    assert metrics.knn_accuracy(train_x, train_y, test_x, test_y, k=20) == ours[20]
+    assert len(set(ours.values())) > 1  # the k's give different accuracies: each is computed, not copied
+
+
+def test_linear_probe_is_scikit_learns_logistic_regression(digits_split):
+    """The same objective (C=1 on standardised features), so the same predictions once both have converged."""
+    train_x, train_y, test_x, test_y = digits_split
+    scaler = StandardScaler().fit(train_x)
+    reference = LogisticRegression(C=1.0, max_iter=5000, tol=1e-8).fit(scaler.transform(train_x), train_y)
+    expected = reference.score(scaler.transform(test_x), test_y)
+    ours = metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y, max_iter=500)
+    assert ours == pytest.approx(expected, abs=1 / len(test_y) + 1e-12)  # at most one prediction apart
+    quick = metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y)  # the default iterations
+    assert quick == pytest.approx(expected, abs=0.005)
+    weak = metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y, c=1e-2)  # a stronger penalty
+    reference_weak = LogisticRegression(C=1e-2, max_iter=5000).fit(scaler.transform(train_x), train_y)
+    assert weak == pytest.approx(reference_weak.score(scaler.transform(test_x), test_y), abs=1 / len(test_y) + 1e-12)
+    assert weak < ours
+
+
+def test_probe_of_constant_features_and_one_class():
+    x = np.zeros((20, 3), dtype=np.float32)
+    y = np.array([0, 1] * 10)
+    assert metrics.linear_probe_accuracy(x, y, x, y) == pytest.approx(0.5)  # nothing to learn: a coin
+    assert metrics.linear_probe_accuracy(x, np.full(20, 7), x, np.full(20, 7)) == 1.0
+
+
+def test_kmeans_agreement_is_scikit_learns():
+    x, y = make_blobs(n_samples=600, centers=5, n_features=8, cluster_std=3.0, random_state=2)
+    nmi, ari = metrics.kmeans_agreement(x, y, seed=4)
+    clusters = KMeans(n_clusters=5, n_init=1, random_state=4).fit_predict(x)
+    assert nmi == pytest.approx(normalized_mutual_info_score(y, clusters), abs=1e-12)
+    assert ari == pytest.approx(adjusted_rand_score(y, clusters), abs=1e-12)
+    assert 0.3 < ari < 1.0  # overlapping blobs: informative, not trivial
+    noise = np.random.default_rng(0).normal(size=(600, 8))
+    assert metrics.kmeans_agreement(noise, y)[0] < 0.05  # codes that know nothing of the classes
+
+
+def test_code_metrics_names_and_order(digits_split):
+    train_x, train_y, test_x, test_y = digits_split
+    values = metrics.code_metrics(train_x, train_y, test_x, test_y, seed=0)
+    assert tuple(values) == metrics.CODE_METRICS
+    assert values["knn_acc"] == metrics.knn_accuracy(train_x, train_y, test_x, test_y)
+    assert all(0 <= v <= 1 for v in values.values())
+    # better codes score higher: the digits' pixels against the same pixels with most of their signal drowned
+    rng = np.random.default_rng(0)
+    noisy = [a + rng.normal(scale=12.0, size=a.shape) for a in (train_x, test_x)]
+    worse = metrics.code_metrics(noisy[0], train_y, noisy[1], test_y, seed=0)
+    assert all(worse[name] < values[name] for name in metrics.CODE_METRICS)
