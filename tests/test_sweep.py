@@ -428,11 +428,11 @@ def test_a_submitit_job_killed_by_the_oom_killer_fails_alone(tmp_path, tracking_
     """SIGKILL to one submitit job: it ends FAILED with the cause, the other job still runs to its end."""
     line, _ = _faulted_sweep(tmp_path, tracking_uri, {"1"}, _sigkill_job("1"), 1, "hydra/launcher=submitit_local",
                              "hydra.launcher.timeout_min=20", "trainer.epochs=20,5000")
-    assert "1 of 2 jobs failed (ae32-b32-digits epochs=5000)" in line and "ended without a result" in line, line
+    assert "1 of 2 jobs failed (ae32-b4-digits epochs=5000)" in line and "ended without a result" in line, line
     parent, children = _parent_and_children(tracking_uri, "digits")
     assert parent.info.status == "FAILED"
     statuses = {c.info.run_name: c.info.status for c in children}
-    assert statuses == {"ae32-b32-digits epochs=20": "FINISHED", "ae32-b32-digits epochs=5000": "FAILED"}
+    assert statuses == {"ae32-b4-digits epochs=20": "FINISHED", "ae32-b4-digits epochs=5000": "FAILED"}
     assert {run: row["status"] for run, row in _report_rows(parent).items()} == statuses
     assert_no_running(tracking_uri)
 
