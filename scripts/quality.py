@@ -101,8 +101,10 @@ def cifar10_present(root: Path) -> bool:
     return data.preset("cifar10", root=str(root), download=False).find_files() is not None
 
 
-def quality_table(cases: dict[str, list[str]], models: list[str], extra: dict[str, list[str]]) -> str:
-    """Train each model on each case with the defaults (plus ``extra[case]``): the Markdown table and its caption."""
+def quality_table(cases: dict[str, list[str]], models: list[str], extra: dict[str, list[str]],
+                  changed: list[str]) -> str:
+    """Train each model on each case with the defaults (plus ``extra[case]``): the Markdown table and its caption,
+    which names the ``changed`` defaults."""
     rows = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
@@ -111,7 +113,7 @@ def quality_table(cases: dict[str, list[str]], models: list[str], extra: dict[st
                 metrics, params, seconds = _run(overrides, model, f"{case}-{i}", uri, Path(tmp), extra[case])
                 rows.append(_row(case, model, metrics, params, seconds))
                 print(rows[-1], flush=True)
-        settings = _settings(uri)
+        settings = _settings(uri) + (f"; with {' '.join(changed)}" if changed else "")
     return "\n".join([
         f"Quality with the defaults ({settings}), seed 0: test MSE per pixel of the reconstructions; 5-NN and "
         "linear-probe accuracy of the test codes (fit on the training codes); PCA fit on the same training images "
@@ -139,9 +141,7 @@ def main() -> None:
     cases = {case: CASES[case] for case in args.cases if case != "cifar10"}
     extra = {case: [*root, *args.set] if case != "digits" else list(args.set) for case in cases}
     if cases:
-        table = quality_table(cases, args.models, extra)
-        if args.set:
-            table = table.replace("), seed 0", f"; with {' '.join(args.set)}), seed 0", 1)
+        table = quality_table(cases, args.models, extra, args.set)
         print(table)
         if not args.no_write:
             write_block(table, (BEGIN, END), "Quality: autoencoders against PCA of the same size")
@@ -151,7 +151,7 @@ def main() -> None:
     if not cifar10_present(cifar_root):
         raise SystemExit(f"no CIFAR-10 table: its python batches are not under {cifar_root} (cifar-10-batches-py)")
     table = quality_table({"cifar10": ["dataset=cifar10"]}, args.cifar10_models,
-                          {"cifar10": [f"dataset.root={cifar_root}", "dataset.download=false", *args.set]})
+                          {"cifar10": [f"dataset.root={cifar_root}", "dataset.download=false", *args.set]}, args.set)
     print(table)
     if not args.no_write:
         write_block(table, CIFAR10_MARKERS, "Quality on CIFAR-10 (colour): autoencoders against PCA of the same size")
