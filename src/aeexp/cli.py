@@ -110,7 +110,8 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console-script entry point: ``aeexp [overrides]`` as ``python -m aeexp``; ``aeexp compare|encode ...``."""
+    """Console-script entry point: ``aeexp [overrides]`` as ``python -m aeexp``; ``aeexp compare|encode|evaluate
+    ...``."""
     if sys.argv[1:2] == ["compare"]:
         from aeexp import compare
 
@@ -119,6 +120,10 @@ def main() -> None:
         from aeexp import encode
 
         sys.exit(encode.main(sys.argv[2:]))
+    if sys.argv[1:2] == ["evaluate"]:
+        from aeexp import evaluate
+
+        sys.exit(evaluate.main(sys.argv[2:]))
     # SIGTERM as Ctrl-C: a run stops at a safe point and ends KILLED, a sweep's parent run is closed.
     interrupt.install()
     try:

@@ -283,14 +283,7 @@ def _connect(model_uri: str, tracking_uri: str | None) -> str:
 
     if not (_uses_store(model_uri) or tracking_uri):
         return ""
-    resolved = tracking.use_uri(tracking_uri)
-    store = Path(resolved[len("sqlite:///"):]) if resolved.startswith("sqlite:///") else None
-    if store is not None and not store.exists():
-        # MLflow would create an empty store here and then not find the run in it.
-        fix = ("check --tracking-uri" if tracking_uri else
-               "run this where you trained (next to its mlflow.db) or pass --tracking-uri")
-        raise TrackingError(f"no MLflow store at {tracking.redact(resolved)}, so no model {model_uri}; {fix}")
-    return f" from {tracking.redact(tracking.configure_uri(tracking_uri))}"
+    return f" from {tracking.redact(tracking.use_existing_store(tracking_uri, f'model {model_uri}'))}"
 
 
 TRUST_HINT = ("--trust-pickle loads its pickled form instead, which runs any code the file holds: only for a model "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp import baseline, data, embed, files, metrics, models, plots, run_hooks, tracking
+from aeexp import baseline, data, embed, files, metrics, models, plots, report, run_hooks, tracking
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.sweep import PRUNED_TAG, Sweep, job_run_name, job_tags
@@ -65,7 +65,8 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _labels(split: data.Split) -> np.ndarray | None:
+def labels_of(split: data.Split) -> np.ndarray | None:
+    """A split's labels as a numpy array; None for unlabelled images."""
     return None if split.labels is None else split.labels.cpu().numpy()
 
 
@@ -74,8 +75,8 @@ UNLABELLED_NOTICE = ("%s has no labels: the metrics of the codes' classes (test_
                      "figures and the explorer do not colour points by class")
 
 
-def _final_metrics(model: models.Autoencoder, dataset: data.Dataset, seed: int
-                   ) -> tuple[dict[str, float], np.ndarray]:
+def final_metrics(model: models.Autoencoder, dataset: data.Dataset, seed: int
+                  ) -> tuple[dict[str, float], np.ndarray]:
     """Test-split losses and, with labels, what the codes keep of the classes (:func:`aeexp.metrics.code_metrics`,
     as ``test_*``); also return the test codes."""
     test_images = dataset.test.images
@@ -84,7 +85,7 @@ def _final_metrics(model: models.Autoencoder, dataset: data.Dataset, seed: int
         "test_loss": loop.evaluate_loss(model, test_images),
         "test_mse": loop.reconstruction_mse(model, test_images),  # comparable to PCA's
     }
-    train_labels, test_labels = _labels(dataset.train), _labels(dataset.test)
+    train_labels, test_labels = labels_of(dataset.train), labels_of(dataset.test)
     if train_labels is not None and test_labels is not None:
         train_codes = loop.encode_all(model, dataset.train.images).numpy()
         codes = metrics.code_metrics(train_codes, train_labels, test_codes, test_labels, seed)
@@ -96,7 +97,7 @@ VIEW_NAMES = {"tsne": "t-SNE", "pca": "PCA", "umap": "UMAP"}
 
 
 @dataclass
-class _Views:
+class Views:
     """2-D views of a stratified sample of the test codes: ``points[method]``, rows ``chosen`` of the test split, and
     their labels (None: unlabelled)."""
 
@@ -114,8 +115,8 @@ def _sample(labels: np.ndarray | None, n_items: int, n: int, seed: int) -> np.nd
     return np.sort(np.random.default_rng(seed).choice(n_items, n, replace=False))
 
 
-def _embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray | None, seed: int
-                       ) -> tuple[dict[str, float], _Views]:
+def embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray | None, seed: int
+                      ) -> tuple[dict[str, float], Views]:
     """Each of ``embed.methods`` on the same sample: ``embed_<method>_{knn_acc,trust,time}`` (no ``knn_acc``
     without labels), and the first method's also as ``embed_knn_acc``, ``embed_trust``, ``embed_time``."""
     n_samples = cfg.embed.n_samples
@@ -140,7 +141,7 @@ def _embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray | 
         if i == 0:
             results.update({f"embed_{key}": value for key, value in measured.items()})
         views[method] = points
-    return results, _Views(views, chosen, labels)
+    return results, Views(views, chosen, labels)
 
 
 def _git_commit() -> dict[str, str]:
@@ -376,19 +377,26 @@ def _artifact_epoch(artifact: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class _MetricLog:
+class MetricLog:
     """The run's metrics in MLflow, each (metric, step) logged once: a resume logs what its checkpoint's history
-    holds and MLflow lacks (epochs a kill or a lost store kept from MLflow), and nothing twice."""
+    holds and MLflow lacks (epochs a kill or a lost store kept from MLflow), and nothing twice. They go to the
+    active run, or to run ``run_id`` without making it active (``aeexp evaluate``: its status stays as it is)."""
 
-    def __init__(self, logged: dict[str, set[int]] | None = None) -> None:
+    def __init__(self, logged: dict[str, set[int]] | None = None, run_id: str | None = None) -> None:
         self.logged = logged or {}
+        self.run_id = run_id
 
-    def log(self, values: dict[str, float], step: int) -> None:
+    def log(self, values: dict[str, float], step: int) -> dict[str, float]:
+        """Log those of ``values`` not yet logged at ``step``; return them."""
         missing = {key: value for key, value in values.items() if step not in self.logged.get(key, set())}
         if missing:
-            tracking.log_metrics(missing, step=step)
+            if self.run_id is None:
+                tracking.log_metrics(missing, step=step)
+            else:
+                tracking.log_metrics_to(self.run_id, missing, step=step)
             for key in missing:
                 self.logged.setdefault(key, set()).add(step)
+        return missing
 
     def backfill(self, history: loop.History) -> None:
         for epoch, values in enumerate(history.epochs, start=1):
@@ -396,21 +404,21 @@ class _MetricLog:
 
 
 def _begin(start: _Start, run_id: str, cfg: DictConfig, config_yaml: str, output_dir: Path
-           ) -> tuple[_Checkpoints, _MetricLog]:
+           ) -> tuple[_Checkpoints, MetricLog]:
     """Record the run's start in MLflow: its params (a new run), or (a resumed one) what changed, the metrics its
     checkpoint holds that MLflow lacks, and a copy of the checkpoint in this run's output folder."""
     path = checkpoint.local_path(output_dir, run_id)
     every = cfg.trainer.checkpoint_every
     if start.resumed is None or start.record is None:
         tracking.log_params(config_schema.flatten(cfg))
-        checkpoints, metric_log = _Checkpoints(path, every, None), _MetricLog()
+        checkpoints, metric_log = _Checkpoints(path, every, None), MetricLog()
     else:
         record = start.record
         _record_resume(record, start.resumed.epoch, run_id, cfg)
         checkpoints = _Checkpoints(path, every, record.tags.get(checkpoint.ARTIFACT_TAG))
         checkpoints.save(dataclasses.replace(start.resumed, config=config_yaml))  # the tag names a file that exists
         checkpoints.name_in_run()
-        metric_log = _MetricLog(tracking.metric_steps(run_id, record.metrics))
+        metric_log = MetricLog(tracking.metric_steps(run_id, record.metrics))
         metric_log.backfill(start.resumed.history)
     tracking.log_text(config_yaml, "config.yaml")
     return checkpoints, metric_log
@@ -460,7 +468,7 @@ def _summary(results: dict[str, float]) -> str:
 
 
 def _train_and_finish(training: _Training, start: _Start, run_id: str, config_yaml: str, checkpoints: _Checkpoints,
-                      metric_log: _MetricLog, output_dir: Path) -> tuple[dict[str, float], loop.History]:
+                      metric_log: MetricLog, output_dir: Path) -> tuple[dict[str, float], loop.History]:
     """The epochs still to train (a checkpoint and the metrics after each), then the final metrics and figures;
     whatever stops them, the latest checkpoint is logged to MLflow if it can be, and the error says how to go on."""
     cfg = training.cfg
@@ -561,37 +569,51 @@ def _prior_samples(model: models.Autoencoder, seed: int) -> np.ndarray | None:
     return images.reshape(rows, columns, *images.shape[1:])
 
 
+def final_and_baseline_metrics(model: models.Autoencoder, dataset: data.Dataset, seed: int
+                               ) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`final_metrics` and the PCA baseline of the same size (``pca_*``); also return the test codes."""
+    interrupt.check()
+    results, codes = final_metrics(model, dataset, seed)
+    interrupt.check()
+    results.update(baseline.cached_pca_metrics(dataset.train.images, labels_of(dataset.train), dataset.test.images,
+                                               labels_of(dataset.test), model.bottleneck))
+    interrupt.check()
+    return results, codes
+
+
+def save_figure(figure: plots.Figure, path: Path) -> None:
+    """Write ``figure`` to ``path`` as a PNG (whole or not at all) and close it."""
+    try:
+        files.write_atomically([(path, functools.partial(figure.savefig, format="png", dpi=100))])
+    finally:
+        plots.plt.close(figure)
+
+
 def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, history: loop.History,
-            output_dir: Path, metric_log: _MetricLog) -> dict[str, float]:
+            output_dir: Path, metric_log: MetricLog) -> dict[str, float]:
     """Final metrics (at the step of the epochs trained: a run trained further gets them anew at its new length),
     the embedding and the figures, logged to the active run."""
-    interrupt.check()
-    results, codes = _final_metrics(model, dataset, cfg.seed)
-    interrupt.check()
-    results.update(baseline.cached_pca_metrics(dataset.train.images, _labels(dataset.train), dataset.test.images,
-                                               _labels(dataset.test), model.bottleneck))
-    interrupt.check()
-    embedding, views = _embedding_metrics(cfg, codes, _labels(dataset.test), cfg.seed)
+    results, codes = final_and_baseline_metrics(model, dataset, cfg.seed)
+    embedding, views = embedding_metrics(cfg, codes, labels_of(dataset.test), cfg.seed)
     results.update(embedding)
     metric_log.log(results, step=len(history))
     interrupt.check()
     for filename, figure in _figures(cfg, model, dataset, history, views, results).items():
-        try:  # drawn once, into the output folder; MLflow copies it
-            files.write_atomically([(output_dir / filename, functools.partial(figure.savefig, format="png", dpi=100))])
-        finally:
-            plots.plt.close(figure)
+        save_figure(figure, output_dir / filename)  # drawn once, into the output folder; MLflow copies it
         tracking.log_artifact(output_dir / filename)
-    _log_reconstruction_examples(model, dataset, output_dir / "reconstructions.npz")
+    write_reconstruction_examples(model, dataset, output_dir / report.RECONSTRUCTIONS)
+    tracking.log_artifact(output_dir / report.RECONSTRUCTIONS)
     interrupt.check()
     _log_explorer(cfg, model, dataset, views, output_dir)
     return results
 
 
 @torch.no_grad()
-def _log_reconstruction_examples(model: models.Autoencoder, dataset: data.Dataset, path: Path) -> None:
-    """``reconstructions.npz``: the first test image of each class in turn (the first images when unlabelled; the
-    same images for every run on the dataset) and the model's outputs of them, for the sweep report's panel."""
-    labels = _labels(dataset.test)
+def write_reconstruction_examples(model: models.Autoencoder, dataset: data.Dataset, path: Path) -> None:
+    """``reconstructions.npz`` at ``path``: the first test image of each class in turn (the first images when
+    unlabelled; the same images for every run on the dataset) and the model's outputs of them, for the sweep report's
+    panel."""
+    labels = labels_of(dataset.test)
     examples = (np.arange(min(RECONSTRUCTION_EXAMPLES, len(dataset.test))) if labels is None
                 else plots.pick_one_per_class(labels, RECONSTRUCTION_EXAMPLES))
     inputs = loop.to_float(dataset.test.images[examples])
@@ -600,14 +622,13 @@ def _log_reconstruction_examples(model: models.Autoencoder, dataset: data.Datase
     arrays = {"indices": examples, "inputs": inputs.cpu().numpy().astype(np.float16),
               "outputs": outputs.astype(np.float16)}
     files.write_atomically([(path, lambda file: np.savez_compressed(file, **arrays))])
-    tracking.log_artifact(path)
 
 
 def _figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, history: loop.History,
-             views: _Views, results: dict[str, float]) -> dict[str, plots.Figure]:
+             views: Views, results: dict[str, float]) -> dict[str, plots.Figure]:
     """Every figure of a run, by file name."""
     label = f"{model_label(cfg)} (bottleneck {model.bottleneck})"
-    test_labels = _labels(dataset.test)
+    test_labels = labels_of(dataset.test)
     examples = (plots.pick_one_per_class(test_labels, RECONSTRUCTION_EXAMPLES) if test_labels is not None
                 else np.arange(min(RECONSTRUCTION_EXAMPLES, len(dataset.test))))
     originals = loop.to_float(dataset.test.images[examples])
@@ -624,19 +645,28 @@ def _figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, 
         "interpolation.png": plots.image_grid(interpolations, f"{label}: decoded codes between two test images",
                                               pair_names),
     }
-    for method, points in views.points.items():
-        measured = [f"5-NN acc in 2-D {results[f'embed_{method}_knn_acc']:.3f}"] if views.labels is not None else []
-        measured.append(f"trustworthiness {results[f'embed_{method}_trust']:.3f}")
-        figures[f"{method}.png"] = plots.embedding_scatter(
-            points, views.labels, dataset.class_names,
-            f"{VIEW_NAMES[method]} of {label} codes on {dataset.name} test images\n{', '.join(measured)}")
+    figures.update(view_figures(cfg, model, dataset, views, results))
     samples = _prior_samples(model, cfg.seed)
     if samples is not None:
         figures["prior_samples.png"] = plots.image_grid(samples, f"{model_label(cfg)}: decoded samples of its prior")
     return figures
 
 
-def _log_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, views: _Views,
+def view_figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, views: Views,
+                 results: dict[str, float]) -> dict[str, plots.Figure]:
+    """``<method>.png`` of each 2-D view: the test codes coloured by class, titled with the view's metrics."""
+    label = f"{model_label(cfg)} (bottleneck {model.bottleneck})"
+    figures = {}
+    for method, points in views.points.items():
+        measured = [f"5-NN acc in 2-D {results[f'embed_{method}_knn_acc']:.3f}"] if views.labels is not None else []
+        measured.append(f"trustworthiness {results[f'embed_{method}_trust']:.3f}")
+        figures[f"{method}.png"] = plots.embedding_scatter(
+            points, views.labels, dataset.class_names,
+            f"{VIEW_NAMES[method]} of {label} codes on {dataset.name} test images\n{', '.join(measured)}")
+    return figures
+
+
+def _log_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, views: Views,
                   output_dir: Path) -> None:
     """``explorer.html``: the first view, each point showing its test image and reconstruction on hover."""
     from aeexp.explorer import explorer_html

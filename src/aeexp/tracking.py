@@ -34,6 +34,7 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 MLFLOW_VERSION = mlflow.__version__
 MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
 SERVER_CHECK_TIMEOUT_S = 5.0
 STORE_LOCK_TIMEOUT_S = 120.0
@@ -217,6 +218,19 @@ def configure_uri(uri: str | None) -> str:
     return resolved
 
 
+def use_existing_store(uri: str | None, wanted: str) -> str:
+    """Point MLflow at ``uri`` (None: its default) to read what is there: a SQLite file that does not exist is refused
+    (MLflow would create an empty store and then not find ``wanted`` in it, e.g. ``run 3f2a...``); else as
+    :func:`configure_uri`. Returns the URI in force."""
+    resolved = use_uri(uri)
+    store = Path(resolved[len("sqlite:///"):]) if resolved.startswith("sqlite:///") else None
+    if store is not None and not store.exists():
+        fix = ("check --tracking-uri" if uri else
+               "run this where you trained (next to its mlflow.db) or pass --tracking-uri")
+        raise TrackingError(f"no MLflow store at {redact(resolved)}, so no {wanted}; {fix}")
+    return configure_uri(uri)
+
+
 def configure(uri: str | None, experiment: str) -> str:
     """Point MLflow at ``uri`` (None: MLflow's default) and ``experiment``; fail fast if unusable.
 
@@ -344,6 +358,22 @@ def log_params(params: Mapping[str, Any]) -> None:
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def log_metrics_to(run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Log metrics at ``step`` to run ``run_id`` without making it the active run: its status and end time stay as
+    they are."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+    for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
+        MlflowClient().log_batch(run_id, metrics=batch[start:start + MAX_METRICS_PER_BATCH])
+
+
+def log_artifact_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Log one local file to run ``run_id`` (which need not be the active run)."""
+    MlflowClient().log_artifact(run_id, str(path), artifact_path)
 
 
 def set_tags(tags: Mapping[str, str]) -> None:

@@ -1,0 +1,368 @@
+"""Re-evaluate finished runs from their logged model and data, writing what they lack back into the same MLflow runs.
+
+``python -m aeexp.evaluate RUN_ID | --parent-run ID | --experiment NAME [--embed tsne,pca,umap]`` (or ``aeexp
+evaluate ...``). Each finished run's model is made from its config and weights (nothing unpickled unless
+``--trust-pickle``), its dataset is read again from its config with its seed (the same splits), and the final
+metrics are measured again: ``test_*``, the PCA baseline ``pca_*`` and, with ``--embed``, the 2-D views
+(``embed_<method>_*`` and ``<method>.png``). They are logged at the run's final step (the epochs it trained) where that
+metric has no value at that step yet; what the run already has is kept as it was. A sweep's comparison report is
+written anew and logged to its parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from aeexp.errors import AeexpError, TrackingError
+
+log = logging.getLogger(__name__)
+
+EVALUATED_TAG = "aeexp.evaluated"
+SWEEP_TAG = "sweep.name"  # a sweep's parent run has it (aeexp.sweep)
+METHODS = ("tsne", "pca", "umap")
+# The metrics whose last step is the epochs a run trained, in the order they are looked for.
+STEP_METRICS = ("stopped_epoch", "test_loss", "train_loss")
+
+
+class Unavailable(AeexpError):
+    """A run cannot be evaluated: its model, config or data cannot be found or loaded."""
+
+
+@dataclass
+class Evaluated:
+    """One run evaluated: what was measured, what was logged (missing before) and what was already there."""
+
+    run_id: str
+    name: str
+    step: int
+    measured: dict[str, float]
+    added: dict[str, float]
+    figures: list[str] = field(default_factory=list)
+    skipped_views: list[str] = field(default_factory=list)
+
+    def kept(self, logged: dict[str, float]) -> dict[str, float]:
+        """The measured metrics the run already had, each with its difference (logged - measured)."""
+        return {key: logged[key] - value for key, value in self.measured.items()
+                if key not in self.added and key in logged and not key.startswith("embed_")}
+
+    def line(self, logged: dict[str, float]) -> str:
+        """What was done, in one line."""
+        added = f"added {len(self.added)} metrics ({', '.join(sorted(self.added))})" if self.added else \
+            "added no metrics"
+        if self.figures:
+            added += f" and {', '.join(self.figures)}"
+        kept = self.kept(logged)
+        said = f"run {self.run_id} ({self.name}) at step {self.step}: {added}"
+        if kept:
+            key = max(kept, key=lambda k: abs(kept[k]))
+            said += (f"; {len(kept)} already logged, kept as they were (largest difference from the value measured "
+                     f"now: {key} {kept[key]:+.2g})")
+        if self.skipped_views:
+            said += f"; views already there: {', '.join(self.skipped_views)}"
+        return said
+
+
+# --- one run ------------------------------------------------------------------------------------------------------
+
+
+def stored_config(run_id: str, scratch: Path) -> Any:
+    """The resolved config run ``run_id`` logged (its ``config.yaml`` artifact), checked against aeexp's schema."""
+    from omegaconf import OmegaConf
+
+    from aeexp import tracking
+    from aeexp.config import Config
+
+    path = tracking.download_artifact(run_id, "config.yaml", scratch)
+    if path is None:
+        raise Unavailable("its config.yaml artifact is missing, so its data cannot be read again")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(path.read_text(encoding="utf-8")))
+    except Exception as err:  # OSError, or one of OmegaConf's and YAML's many errors
+        raise Unavailable(f"its config.yaml is unreadable ({type(err).__name__}: {err})".splitlines()[0]) from None
+
+
+def final_step(steps: dict[str, set[int]]) -> int:
+    """The step of a run's final metrics: the epochs it trained (the last step of ``stopped_epoch``, else of
+    ``test_loss``, else of ``train_loss``)."""
+    for key in STEP_METRICS:
+        if steps.get(key):
+            return max(steps[key])
+    raise Unavailable("it has no training history (no train_loss), so it is not a trained aeexp run")
+
+
+def _model(run_id: str, tracking_uri: str | None, trust_pickle: bool) -> Any:
+    from aeexp import encode
+
+    try:
+        return encode.load_model(f"runs:/{run_id}/model", tracking_uri, trust_pickle).module
+    except AeexpError as err:
+        raise Unavailable(f"its model cannot be loaded: {err}") from None
+
+
+def _dataset(cfg: Any, device: Any) -> Any:
+    from aeexp import data
+
+    try:
+        return data.load(data.build(cfg.dataset), cfg.seed).to(device)
+    except AeexpError as err:
+        raise Unavailable(f"its data cannot be read again: {err}") from None
+
+
+def _views(cfg: Any, model: Any, dataset: Any, codes: Any, methods: list[str], folder: Path
+           ) -> tuple[dict[str, float], dict[str, Path]]:
+    """The 2-D views ``methods`` of the test codes, on the run's own sample: their metrics and figures (written
+    to ``folder``)."""
+    from aeexp import experiment
+
+    cfg.embed.methods = methods
+    results, views = experiment.embedding_metrics(cfg, codes, experiment.labels_of(dataset.test), cfg.seed)
+    figures = {}
+    for filename, figure in experiment.view_figures(cfg, model, dataset, views, results).items():
+        experiment.save_figure(figure, folder / filename)
+        figures[filename] = folder / filename
+    return results, figures
+
+
+def _missing_views(run_id: str, methods: Sequence[str], steps: dict[str, set[int]], step: int) -> list[str]:
+    """Those of ``methods`` whose metrics at ``step`` or figure the run lacks."""
+    from aeexp import tracking
+
+    return [method for method in methods
+            if not all(step in steps.get(f"embed_{method}_{key}", set()) for key in ("trust", "time"))
+            or not tracking.has_artifact(run_id, f"{method}.png")]
+
+
+def evaluate_run(run_id: str, tracking_uri: str | None = None, methods: Sequence[str] = (),
+                 trust_pickle: bool = False) -> Evaluated:
+    """Measure run ``run_id``'s final metrics again (and the views ``methods``) from its logged model and data, and
+    log those it lacks at its final step, the figures it lacks and the tag ``aeexp.evaluated``. Unavailable (one
+    line) when its model, config or data cannot be found; the run's status is left as it is."""
+    import torch
+
+    from aeexp import experiment, report, tracking
+    from aeexp.training import loop
+
+    record = tracking.get_run(run_id)
+    steps = tracking.metric_steps(run_id, record.metrics)
+    step = final_step(steps)
+    device = loop.resolve_device("auto")
+    with tempfile.TemporaryDirectory(prefix="aeexp-evaluate-") as scratch:
+        folder = Path(scratch)
+        cfg = stored_config(run_id, folder)
+        model = _model(run_id, tracking_uri, trust_pickle).to(device)
+        dataset = _dataset(cfg, device)
+        torch.manual_seed(cfg.seed)  # what draws from the global RNG draws the same on every evaluation
+        measured, codes = experiment.final_and_baseline_metrics(model, dataset, cfg.seed)
+        wanted = _missing_views(run_id, methods, steps, step)
+        figures: dict[str, Path] = {}
+        if wanted:
+            embedded, figures = _views(cfg, model, dataset, codes, wanted, folder)
+            measured.update(embedded)
+        added = experiment.MetricLog(steps, run_id).log(measured, step)
+        if not tracking.has_artifact(run_id, report.RECONSTRUCTIONS):  # the sweep report's panel needs it
+            figures[report.RECONSTRUCTIONS] = folder / report.RECONSTRUCTIONS
+            experiment.write_reconstruction_examples(model, dataset, figures[report.RECONSTRUCTIONS])
+        new_files = [name for name in figures if not tracking.has_artifact(run_id, name)]
+        for name in new_files:
+            tracking.log_artifact_to(run_id, figures[name])
+    tracking.set_run_tag(run_id, EVALUATED_TAG, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return Evaluated(run_id, record.name, step, measured, added, new_files,
+                     [m for m in methods if m not in wanted])
+
+
+# --- which runs ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Selection:
+    """The runs to evaluate, the sweep parents whose reports to write anew, and the runs left out (not finished)."""
+
+    runs: list[Any]
+    parents: list[Any]
+    unfinished: list[Any]
+
+
+def _is_parent(run: Any) -> bool:
+    return SWEEP_TAG in run.tags
+
+
+def _named_run(run_id: str) -> Any:
+    from aeexp import tracking
+
+    try:
+        return tracking.get_run(run_id)
+    except TrackingError:
+        raise TrackingError(f"no run {run_id!r} at {tracking.redact(tracking.current_uri())}; check the id (the "
+                            "MLflow UI shows it) and --tracking-uri") from None
+
+
+def select(run_id: str | None = None, parent_run: str | None = None, experiment: str | None = None) -> Selection:
+    """The runs one of ``run_id``, ``parent_run`` (its jobs) or ``experiment`` (every run, sweep parents' jobs
+    included) names; TrackingError (one line) for an unknown one."""
+    from aeexp import sweep_resume, tracking
+
+    if run_id is not None:
+        run = _named_run(run_id)
+        if _is_parent(run):
+            raise TrackingError(f"run {run_id} ({run.name}) is a sweep's parent run; give --parent-run {run_id} to "
+                                "evaluate its jobs and write its report anew")
+        if run.status != "FINISHED":
+            raise TrackingError(f"run {run_id} ({run.name}) is {run.status}: only finished runs are evaluated")
+        return Selection([run], [], [])
+    if parent_run is not None:
+        parent = _named_run(parent_run)
+        if not _is_parent(parent):
+            raise TrackingError(f"run {parent_run} ({parent.name}) is not a sweep's parent run; give its id as "
+                                "RUN_ID, or the id of a sweep's parent run")
+        candidates, parents = sweep_resume.counted(tracking.child_runs(parent_run)), [parent]
+    else:
+        every = tracking.experiment_runs(str(experiment))
+        parents = [run for run in every if _is_parent(run)]
+        candidates = sweep_resume.counted([run for run in every if not _is_parent(run)])
+    return Selection([run for run in candidates if run.status == "FINISHED"], parents,
+                     [run for run in candidates if run.status != "FINISHED"])
+
+
+def write_sweep_report(parent: Any, folder: Path) -> list[Path]:
+    """The comparison report of sweep ``parent`` over its jobs as they now are, written to ``folder`` and logged to
+    the parent under ``comparison/`` (replacing the files of the same names)."""
+    from aeexp import compare, sweep_resume, tracking
+    from aeexp.sweep import REPORT_DIR
+
+    children = sweep_resume.counted(tracking.child_runs(parent.run_id))
+    written = compare.write_report(children, folder, title=parent.tags.get(SWEEP_TAG, parent.name))
+    tracking.log_artifacts_to(parent.run_id, folder, REPORT_DIR)
+    return written
+
+
+# --- the command --------------------------------------------------------------------------------------------------
+
+
+def _methods(values: Sequence[str]) -> list[str]:
+    """``--embed`` values (``tsne,pca``, the option given again, or ``all``) as methods, in order, each once."""
+    chosen: list[str] = []
+    for value in values:
+        for name in filter(None, (part.strip() for part in value.split(","))):
+            for method in METHODS if name == "all" else [name]:
+                if method not in METHODS:
+                    raise argparse.ArgumentTypeError(f"--embed {name}: choose from {', '.join(METHODS)} or all")
+                if method not in chosen:
+                    chosen.append(method)
+    return chosen
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aeexp evaluate", description=__doc__.splitlines()[0],
+        epilog="Metrics a run already has at its final step are kept as they were; only missing ones are added. "
+               "Exit code 1 if any run could not be evaluated (each named in one line), else 0.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("run_id", metavar="RUN_ID", nargs="?", default=None, help="one finished run")
+    source.add_argument("--parent-run", help="every finished job of this sweep parent run; its comparison report "
+                                             "is written anew")
+    source.add_argument("--experiment", help="every finished run of this MLflow experiment (sweeps' jobs included, "
+                                             "their reports written anew)")
+    parser.add_argument("--embed", action="append", default=[], metavar="METHODS",
+                        help="add these 2-D views where a run lacks them: tsne, pca, umap, several as tsne,pca (or "
+                             "the option again), or all")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLflow's default, MLFLOW_TRACKING_URI or "
+                             "sqlite:///mlflow.db in the current folder)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="load the models' pickled form (mlflow.pytorch.load_model), which runs any code the "
+                             "file holds, instead of making them from their config and weights: only for models "
+                             "from a source you trust, or logged by an aeexp older than their weights files")
+    return parser
+
+
+def _evaluate_each(runs: Sequence[Any], args: argparse.Namespace, methods: list[str]) -> list[Any]:
+    """Evaluate each run, printing a line for each (errors to stderr); return those evaluated."""
+    done = []
+    for run in runs:
+        try:
+            evaluated = evaluate_run(run.run_id, args.tracking_uri, methods, args.trust_pickle)
+        except AeexpError as err:
+            print(f"error: run {run.run_id} ({run.name}): {err}", file=sys.stderr)
+            continue
+        except Exception as err:  # anything else: named in one line, and the other runs go on
+            reason = f"{type(err).__name__}: {err}".splitlines()[0]
+            print(f"error: run {run.run_id} ({run.name}) could not be evaluated ({reason})", file=sys.stderr)
+            continue
+        print(evaluated.line(run.metrics))
+        done.append(run)
+    return done
+
+
+def _write_reports(parents: Sequence[Any]) -> int:
+    """Write each sweep's report anew, printing a line for each (errors to stderr); return how many failed."""
+    failed = 0
+    for parent in parents:
+        with tempfile.TemporaryDirectory(prefix="aeexp-report-") as folder:
+            try:
+                write_sweep_report(parent, Path(folder))
+            except Exception as err:
+                reason = f"{type(err).__name__}: {err}".splitlines()[0]
+                print(f"error: the comparison report of sweep {parent.name} ({parent.run_id}) failed ({reason})",
+                      file=sys.stderr)
+                failed += 1
+                continue
+        print(f"wrote the comparison report of sweep {parent.name} anew to its parent run {parent.run_id} "
+              "(comparison/)")
+    return failed
+
+
+def _run(selection: Selection, args: argparse.Namespace, methods: list[str]) -> int:
+    """Evaluate the selection, then write the reports of the sweeps it touched; the exit code."""
+    done = _evaluate_each(selection.runs, args, methods)
+    if selection.unfinished:
+        print(f"left out {len(selection.unfinished)} runs that did not finish: "
+              + ", ".join(f"{run.name} ({run.status})" for run in selection.unfinished))
+    touched = {run.tags.get("mlflow.parentRunId") for run in done}
+    failed_reports = _write_reports([parent for parent in selection.parents
+                                     if args.parent_run is not None or parent.run_id in touched])
+    failed = len(selection.runs) - len(done)
+    if len(selection.runs) > 1:
+        print(f"evaluated {len(done)} of {len(selection.runs)} finished runs"
+              + (f"; {failed} could not be, each named in a line of its own" if failed else ""))
+    return 1 if failed or failed_reports else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: evaluate runs; 0 when every run was evaluated, 1 with a line for each that was not."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        methods = _methods(args.embed)
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from aeexp import tracking
+
+    try:
+        tracking.use_existing_store(args.tracking_uri, "runs to evaluate")
+        selection = select(args.run_id, args.parent_run, args.experiment)
+    except AeexpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not selection.runs and not selection.unfinished:
+        print(f"error: no runs to evaluate in {args.parent_run or args.experiment}", file=sys.stderr)
+        return 1
+    try:
+        return _run(selection, args, methods)
+    except KeyboardInterrupt:
+        print("error: interrupted; the runs evaluated so far keep what was logged to them", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    from aeexp.shutdown import run_and_exit
+
+    run_and_exit(main)
