@@ -49,7 +49,7 @@ def test_knn_accuracy_with_a_label_no_training_point_has(blobs):
     (1000, 300, 5),  # a partial last group and a partial block of queries
     (3000, 600, 7),  # several slices of points and blocks of queries
     (3000, 300, 20),  # a larger k: smaller groups (KNN_CANDIDATES // k points each)
-    (3000, 200, 100),  # the smallest groups (8 points)
+    (3000, 200, 100),  # the smallest groups (KNN_MIN_GROUP points)
 ])
 def test_nearest_neighbours_are_scikit_learns(monkeypatch, n_points, n_queries, k):
     from sklearn.neighbors import NearestNeighbors
