@@ -145,6 +145,29 @@ def test_a_sweep_parent_gets_its_jobs_evaluated_and_its_report_written_anew(stor
     assert client.get_run(store.parent_id).info.status == "FINISHED"
 
 
+def _artifact_folder(uri: str, run_id: str) -> Path:
+    return Path(MlflowClient(uri).get_run(run_id).info.artifact_uri.removeprefix("file://"))
+
+
+def test_a_view_added_again_writes_the_explorer_page_only_where_the_run_has_none(store: Store) -> None:
+    tracking.use_existing_store(store.uri, "runs")
+    folder = _artifact_folder(store.uri, store.run_id)
+    explorer_before = (folder / "explorer.html").read_bytes()
+    (folder / "pca.png").unlink()
+
+    assert evaluate.evaluate_run(store.run_id, store.uri, ["pca"]).figures == ["pca.png"]
+    assert (folder / "explorer.html").read_bytes() == explorer_before  # the run's own page is kept
+
+    (folder / "pca.png").unlink()
+    (folder / "explorer.html").unlink()  # a run from before the explorer, or whose page was deleted
+    evaluated = evaluate.evaluate_run(store.run_id, store.uri, ["pca"])
+
+    assert evaluated.figures == ["pca.png", "explorer.html"] and evaluated.added == {}
+    page = (folder / "explorer.html").read_text(encoding="utf-8")
+    assert "PCA of ae32 codes (bottleneck 4) on digits" in page and "data:image/png;base64," in page
+    _assert_one_value_per_step(store.uri, store.run_id)
+
+
 def _logged_model_folder(uri: str, run_id: str) -> Path:
     """Where the artifact store keeps run ``run_id``'s logged model (MLflow 3: a logged model of its own)."""
     client = MlflowClient(uri)

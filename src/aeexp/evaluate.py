@@ -4,9 +4,9 @@
 evaluate ...``). Each finished run's model is made from its config and weights (nothing unpickled unless
 ``--trust-pickle``), its dataset is read again from its config with its seed (the same splits), and the final
 metrics are measured again: ``test_*``, the PCA baseline ``pca_*`` and, with ``--embed``, the 2-D views
-(``embed_<method>_*`` and ``<method>.png``). They are logged at the run's final step (the epochs it trained) where that
-metric has no value at that step yet; what the run already has is kept as it was. A sweep's comparison report is
-written anew and logged to its parent run.
+(``embed_<method>_*``, ``<method>.png``, and ``explorer.html`` of the first where the run has none). They are logged
+at the run's final step (the epochs it trained) where that metric has no value at that step yet; what the run
+already has is kept as it was. A sweep's comparison report is written anew and logged to its parent run.
 """
 
 from __future__ import annotations
@@ -116,10 +116,10 @@ def _dataset(cfg: Any, device: Any) -> Any:
         raise Unavailable(f"its data cannot be read again: {err}") from None
 
 
-def _views(cfg: Any, model: Any, dataset: Any, codes: Any, methods: list[str], folder: Path
+def _views(cfg: Any, model: Any, dataset: Any, codes: Any, methods: list[str], folder: Path, explorer: bool
            ) -> tuple[dict[str, float], dict[str, Path]]:
     """The 2-D views ``methods`` of the test codes, on the run's own sample: their metrics and figures (written
-    to ``folder``)."""
+    to ``folder``), and with ``explorer`` the explorer page of the first of them."""
     from aeexp import experiment
 
     cfg.embed.methods = methods
@@ -128,6 +128,9 @@ def _views(cfg: Any, model: Any, dataset: Any, codes: Any, methods: list[str], f
     for filename, figure in experiment.view_figures(cfg, model, dataset, views, results).items():
         experiment.save_figure(figure, folder / filename)
         figures[filename] = folder / filename
+    if explorer:
+        figures[experiment.EXPLORER] = folder / experiment.EXPLORER
+        experiment.write_explorer(cfg, model, dataset, views, figures[experiment.EXPLORER])
     return results, figures
 
 
@@ -164,7 +167,8 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, methods: Sequence
         wanted = _missing_views(run_id, methods, steps, step)
         figures: dict[str, Path] = {}
         if wanted:
-            embedded, figures = _views(cfg, model, dataset, codes, wanted, folder)
+            embedded, figures = _views(cfg, model, dataset, codes, wanted, folder,
+                                       explorer=not tracking.has_artifact(run_id, experiment.EXPLORER))
             measured.update(embedded)
         added = experiment.MetricLog(steps, run_id).log(measured, step)
         if not tracking.has_artifact(run_id, report.RECONSTRUCTIONS):  # the sweep report's panel needs it

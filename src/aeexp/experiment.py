@@ -28,6 +28,7 @@ from aeexp.training.early_stopping import EarlyStopping
 log = logging.getLogger(__name__)
 
 RECONSTRUCTION_EXAMPLES = 12
+EXPLORER = "explorer.html"  # the interactive page of the first 2-D view
 
 
 @dataclass
@@ -604,7 +605,8 @@ def _finish(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, h
     write_reconstruction_examples(model, dataset, output_dir / report.RECONSTRUCTIONS)
     tracking.log_artifact(output_dir / report.RECONSTRUCTIONS)
     interrupt.check()
-    _log_explorer(cfg, model, dataset, views, output_dir)
+    write_explorer(cfg, model, dataset, views, output_dir / EXPLORER)
+    tracking.log_artifact(output_dir / EXPLORER)
     return results
 
 
@@ -666,9 +668,9 @@ def view_figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Datas
     return figures
 
 
-def _log_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, views: Views,
-                  output_dir: Path) -> None:
-    """``explorer.html``: the first view, each point showing its test image and reconstruction on hover."""
+def write_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, views: Views,
+                   path: Path) -> None:
+    """``explorer.html`` at ``path``: the first view, each point showing its test image and reconstruction on hover."""
     from aeexp.explorer import explorer_html
 
     method, points = next(iter(views.points.items()))
@@ -678,5 +680,4 @@ def _log_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Data
                          f"{VIEW_NAMES[method]} of {model_label(cfg)} codes (bottleneck {model.bottleneck}) on "
                          f"{dataset.name}: hover a point for its image and reconstruction"
                          + (", click the legend to hide a class" if views.labels is not None else ""))
-    files.write_atomically([(output_dir / "explorer.html", lambda file: file.write(html.encode("utf-8")))])
-    tracking.log_artifact(output_dir / "explorer.html")
+    files.write_atomically([(path, lambda file: file.write(html.encode("utf-8")))])
