@@ -301,7 +301,8 @@ BAD_INPUTS = [
     (["model.noise=blur"], ["error: model.noise='blur' is invalid: choose one of none, gaussian, masking, "
                             "salt_pepper."]),
     (["+model.depth=3"], ["error: model.depth is not a parameter of aeexp.models.dense.DenseAutoencoder (its "
-                          "parameters: widths, bottleneck, loss, noise, noise_level); remove it or fix its name"]),
+                          "parameters: widths, bottleneck, code_norm, loss, noise, noise_level); remove it or fix its "
+                          "name"]),
     (["model._target_=nowhere.Model"], ["error: model._target_='nowhere.Model' cannot be imported (No module named "
                                         "'nowhere'); put its module on PYTHONPATH"]),
     (["model._target_=torch.nn.Linear"], ["error: model._target_=torch.nn.Linear is invalid: it must be a subclass of "

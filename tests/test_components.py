@@ -134,7 +134,8 @@ def test_unknown_key_names_the_class_and_its_parameters():
     message = str(info.value)
     assert message.startswith("model.foo is not a parameter of aeexp.models.dense.DenseAutoencoder (its parameters: ")
     listed = message.split("(its parameters: ")[1].split(")")[0].split(", ")
-    assert listed == ["widths", "bottleneck", "loss", "noise", "noise_level"]  # image_shape is aeexp's to give
+    # image_shape is aeexp's to give
+    assert listed == ["widths", "bottleneck", "code_norm", "loss", "noise", "noise_level"]
     assert message.endswith("remove it or fix its name") and "\n" not in message
 
 
@@ -276,7 +277,7 @@ def test_unknown_keys_of_a_user_subclass_list_the_parameters_of_every_level(user
         models.build({"_target_": f"{USER}.DeepAE", "depth": 2, "gian": 2.0}, SHAPE)
     message = str(info.value)
     assert message.startswith(f"model.gian is not a parameter of {USER}.DeepAE (its parameters: depth, gain, widths, "
-                              "bottleneck, loss, noise, noise_level)")
+                              "bottleneck, code_norm, loss, noise, noise_level)")
     with pytest.raises(ConfigError, match=rf"^model\.depth is missing: {USER}\.DeepAE needs it"):
         models.build({"_target_": f"{USER}.DeepAE", "gain": 2.0}, SHAPE)
     deep = models.build({"_target_": f"{USER}.DeepAE", "depth": 3, "gain": 0.5, "widths": [8], "bottleneck": 2},

@@ -75,7 +75,7 @@ def test_wrong_types_of_the_schema_fail_at_compose_naming_the_key(make_config, o
     ("model.loss=l1", "model.loss='l1' is invalid: choose one of bce, mse."),
     ("model.noise_level=high", "model.noise_level='high' is invalid: expected a number or null."),
     ("+model.foo=3", "model.foo is not a parameter of aeexp.models.dense.DenseAutoencoder (its parameters: widths, "
-                     "bottleneck, loss, noise, noise_level); remove it or fix its name"),
+                     "bottleneck, code_norm, loss, noise, noise_level); remove it or fix its name"),
     ("dataset.val_fraction=half", "dataset.val_fraction='half' is invalid: expected a number."),
 ])
 def test_wrong_types_of_built_components_compose_and_fail_at_build(make_config, override, message):

@@ -250,6 +250,30 @@ def test_each_new_model_learns_on_tiny_data(kind, variational, noisy):
     assert history.val_loss[-1] < history.val_loss[0]
 
 
+def test_a_batch_normalised_code_has_zero_mean_and_unit_variance_and_trains_on_autograd():
+    split = _tiny(161)  # 5 batches of 32 and a last batch of one image: it trains too
+    torch.manual_seed(0)
+    model = models.DenseAutoencoder(DIGITS_SHAPE, [16], 4, code_norm="batch")
+    plain = models.DenseAutoencoder(DIGITS_SHAPE, [16], 4)
+    assert not fastpath.applies_to(model) and fastpath.applies_to(plain)
+    assert loop.make_step(model, _adam(model, 3e-3), torch.device("cpu")).path == "autograd"
+    images = loop.to_float(split.images)
+
+    model.train()
+    codes = model.encode(images)
+    assert torch.allclose(codes.mean(0), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(codes.var(0, unbiased=False), torch.ones(4), atol=1e-3)
+    running = model.encoder[-1].running_mean.clone()
+    one = model.encode(images[:1])  # no batch variance: the running statistics, left as they are
+    assert torch.isfinite(one).all() and torch.equal(model.encoder[-1].running_mean, running)
+
+    history = loop.fit(model, split, _tiny(64, seed=1), epochs=4, batch_size=32, optimizer=_adam(model, 3e-3),
+                       seed=0, progress=False)
+    assert history.val_loss[-1] < history.val_loss[0]
+    model.eval()  # after training: the running statistics, the same code for an image alone or in a batch
+    assert torch.allclose(model.encode(images[:1]), model.encode(images)[:1], atol=1e-6)
+
+
 def _fit_noisy_vae(epochs: int, state: checkpoint.Checkpoint | None = None, keep: list | None = None):
     """A conv VAE with masking noise, fitted on tiny data to ``epochs``; optionally resumed from ``state``."""
     split = _tiny(96)
@@ -299,6 +323,7 @@ def test_noisy_vae_resumed_from_a_checkpoint_is_bit_identical():
         (["model.bottleneck=1.5"], "model.bottleneck=1.5 is invalid: expected an integer"),
         (["model.bottleneck=64"], "model.bottleneck=64 is invalid: it must be smaller than the input size 64"),
         (["model.widths=[]"], "model.widths=[] is invalid: give at least one hidden width"),
+        (["model.code_norm=layer"], "model.code_norm='layer' is invalid: choose one of none, batch"),
         (["+model.beta=1.0"], "model.beta is not a parameter of aeexp.models.dense.DenseAutoencoder"),
         (["model=conv", "model.widths=[8,8,8,8]"], "model.widths=[8, 8, 8, 8] is invalid: .* allow at most 3"),
         (["model=conv", "model.widths=[8,-8]"], r"model.widths\[1\]=-8"),
