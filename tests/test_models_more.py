@@ -250,13 +250,15 @@ def test_each_new_model_learns_on_tiny_data(kind, variational, noisy):
     assert history.val_loss[-1] < history.val_loss[0]
 
 
-def test_a_batch_normalised_code_has_zero_mean_and_unit_variance_and_trains_on_autograd():
+@pytest.mark.parametrize("path", ["fast", "autograd"])
+def test_a_batch_normalised_code_has_zero_mean_and_unit_variance(path):
     split = _tiny(161)  # 5 batches of 32 and a last batch of one image: it trains too
     torch.manual_seed(0)
     model = models.DenseAutoencoder(DIGITS_SHAPE, [16], 4, code_norm="batch")
-    plain = models.DenseAutoencoder(DIGITS_SHAPE, [16], 4)
-    assert not fastpath.applies_to(model) and fastpath.applies_to(plain)
-    assert loop.make_step(model, _adam(model, 3e-3), torch.device("cpu")).path == "autograd"
+    optimizer = _adam(model, 3e-3)
+    step = (loop.make_step(model, optimizer, torch.device("cpu")) if path == "fast"
+            else loop.AutogradStep(model, optimizer, torch.device("cpu"), compiled=False, mixed_precision=False))
+    assert step.path == path
     images = loop.to_float(split.images)
 
     model.train()
@@ -267,9 +269,12 @@ def test_a_batch_normalised_code_has_zero_mean_and_unit_variance_and_trains_on_a
     one = model.encode(images[:1])  # no batch variance: the running statistics, left as they are
     assert torch.isfinite(one).all() and torch.equal(model.encoder[-1].running_mean, running)
 
-    history = loop.fit(model, split, _tiny(64, seed=1), epochs=4, batch_size=32, optimizer=_adam(model, 3e-3),
-                       seed=0, progress=False)
+    batches_before = int(model.encoder[-1].num_batches_tracked)
+    history = loop.fit(model, split, _tiny(64, seed=1), epochs=4, batch_size=32, optimizer=optimizer, seed=0,
+                       step=step, progress=False)
     assert history.val_loss[-1] < history.val_loss[0]
+    # 4 epochs of 5 batches of 32 counted; their batches of one left the statistics alone
+    assert int(model.encoder[-1].num_batches_tracked) - batches_before == 4 * 5
     model.eval()  # after training: the running statistics, the same code for an image alone or in a batch
     assert torch.allclose(model.encode(images[:1]), model.encode(images)[:1], atol=1e-6)
 

@@ -36,7 +36,8 @@ class DenseAutoencoder(Autoencoder):
 
     ``code_norm="batch"``: the code is a batch normalisation of the last encoder layer's outputs, without a learnt
     scale or shift, so each code dimension has mean 0 and variance 1 over the training images (batch statistics
-    while training, their running averages after) and none dominates the codes' distances.
+    while training, their running averages after) and none dominates the codes' distances. That layer has no bias
+    then: the normalisation would cancel it (its gradient is 0 but for rounding, which Adam would make steps of).
     """
 
     def __init__(self, image_shape: Sequence[int], widths: Sequence[int] = (128, 64), bottleneck: int = 32,
@@ -46,7 +47,8 @@ class DenseAutoencoder(Autoencoder):
         self.widths = check_widths(widths)
         self.code_norm = code_norm
         self.encoder = mlp([self.pixels, *self.widths, self.bottleneck])
-        if code_norm == "batch":
+        if code_norm == "batch":  # the normalisation subtracts the mean: the code layer's bias would do nothing
+            self.encoder[-1] = nn.Linear(self.encoder[-1].in_features, self.bottleneck, bias=False)
             self.encoder.append(nn.BatchNorm1d(self.bottleneck, affine=False))
         self.decoder = mlp([self.bottleneck, *reversed(self.widths), self.pixels])
         glorot_(self)

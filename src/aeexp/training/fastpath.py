@@ -2,7 +2,8 @@
 ``training_loss``, autograd and the configured ``torch.optim`` optimizer would, in less time.
 
 Used by :func:`select` only where that holds: the exact class (never a subclass, whose loss may differ), plain
-Linear/ReLU layers with float32 parameters all trained, a CPU, no ``torch.compile``. What it does instead:
+Linear/ReLU layers (and ``code_norm="batch"``'s BatchNorm of the code) with float32 parameters all trained, a CPU,
+no ``torch.compile``. What it does instead:
 
 - the backward pass written out (:func:`loss_and_grads`): the same matrix products as autograd's, without a graph,
   into buffers reused step after step (:class:`Workspace`: no fresh pages to fault in per step);
@@ -19,6 +20,7 @@ Private torch APIs used here, each behind one function with a fallback: ``torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -78,25 +80,70 @@ class Workspace:
         return buffer
 
 
-Layers = list[tuple[nn.Linear, bool]]
+class Layer(NamedTuple):
+    """One Linear layer of the plan, with what follows it: a ReLU, or a batch normalisation of its outputs."""
+
+    linear: nn.Linear
+    relu: bool = False
+    norm: nn.BatchNorm1d | None = None
+
+
+Layers = list[Layer]
+
+
+def plain_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm1d without scale or shift, keeping running statistics by momentum (the
+    dense AE's ``code_norm="batch"``): what :func:`loss_and_grads` writes out."""
+    return (type(module) is nn.BatchNorm1d and not module.affine and module.track_running_stats
+            and module.momentum is not None)
 
 
 def dense_layers(model: DenseAutoencoder) -> Layers | None:
-    """``(linear, followed by a ReLU)`` for every layer of the model, or None when a module is of another kind."""
+    """The model's layers as a plan (each Linear with the ReLU or the plain batch normalisation after it), or None
+    when a module is of another kind or order."""
     plan: Layers = []
     for module in (*model.encoder, *model.decoder):
         if isinstance(module, nn.Linear):
-            plan.append((module, False))
-        elif isinstance(module, nn.ReLU) and plan and not plan[-1][1]:
-            plan[-1] = (plan[-1][0], True)
+            plan.append(Layer(module))
+        elif isinstance(module, nn.ReLU) and plan and not plan[-1].relu:
+            plan[-1] = plan[-1]._replace(relu=True)
+        elif plain_batch_norm(module) and plan and not plan[-1].relu and plan[-1].norm is None:
+            plan[-1] = plan[-1]._replace(norm=module)
         else:
             return None
     return plan
 
 
+def batch_norm_(h: torch.Tensor, norm: nn.BatchNorm1d) -> torch.Tensor:
+    """``h`` normalised in place as ``norm`` does in training, its running statistics updated as it updates them;
+    returns the per-feature ``1 / std`` used. A batch of one image has no batch variance: it is normalised with
+    the running statistics, left as they are (as :meth:`DenseAutoencoder.encode` does)."""
+    n = h.shape[0]
+    if n == 1:
+        invstd = torch.rsqrt(norm.running_var + norm.eps)
+        h.sub_(norm.running_mean).mul_(invstd)
+        return invstd
+    var, mean = torch.var_mean(h, 0, correction=0)
+    momentum = float(norm.momentum)  # type: ignore[arg-type]  # plain_batch_norm: not None
+    norm.running_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
+    norm.running_var.mul_(1.0 - momentum).add_(var, alpha=momentum * n / (n - 1))  # the unbiased variance
+    norm.num_batches_tracked.add_(1)
+    invstd = torch.rsqrt(var.add_(norm.eps))
+    h.sub_(mean).mul_(invstd)
+    return invstd
+
+
+def batch_norm_backward(grad: torch.Tensor, normalised: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
+    """The gradient w.r.t. a batch normalisation's input from the one w.r.t. its output ``normalised`` (training
+    mode, batch statistics; a batch of one: the running statistics, constants)."""
+    if grad.shape[0] == 1:
+        return grad * invstd
+    return (grad - grad.mean(0) - normalised * (grad * normalised).mean(0)) * invstd
+
+
 def applies_to(model: nn.Module) -> bool:
     """Whether :func:`loss_and_grads` computes ``model.training_loss``: the exact DenseAutoencoder class, plain
-    Linear/ReLU layers, every parameter trained and float32."""
+    Linear/ReLU layers (and a plain batch normalisation of the code), every parameter trained and float32."""
     return (type(model) is DenseAutoencoder and model.loss in ("bce", "mse") and dense_layers(model) is not None
             and all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters()))
 
@@ -118,14 +165,15 @@ def loss_and_grads(model: DenseAutoencoder, inputs: torch.Tensor, targets: torch
     """
     layers = dense_layers(model)
     if layers is None:
-        raise ValueError("loss_and_grads needs a model of Linear and ReLU layers only")
+        raise ValueError("loss_and_grads needs a model of Linear and ReLU layers (and a plain BatchNorm1d) only")
     ws = workspace if workspace is not None else Workspace()
     batch = inputs.shape[0]
     activations = [inputs.reshape(batch, -1)]
     h = activations[0]
     # Per bf16 layer i: its input and weight as bf16 copies, kept for the backward products.
     low: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for i, (linear, relu) in enumerate(layers):
+    invstds: dict[int, torch.Tensor] = {}  # per normalised layer: the 1 / std its outputs were scaled by
+    for i, (linear, relu, norm) in enumerate(layers):
         out = ws.get(("h", i, batch), (batch, linear.out_features), h)
         if bf16 and bf16_pays(linear, batch):
             h16 = ws.get(("h16", i, batch), h.shape, h, torch.bfloat16).copy_(h)
@@ -134,18 +182,27 @@ def loss_and_grads(model: DenseAutoencoder, inputs: torch.Tensor, targets: torch
             product = torch.mm(h16, w16.t(), out=ws.get(("p16", i, batch), out.shape, h, torch.bfloat16))
             # Widened into float32, then the bias added in place (torch.add of mixed dtypes would allocate a
             # float32 copy of the product first: fresh pages to fault in, every step).
-            h = out.copy_(product).add_(linear.bias)
+            h = out.copy_(product)
+            if linear.bias is not None:
+                h.add_(linear.bias)
+        elif linear.bias is None:  # the layer before a batch normalisation, which would cancel a bias
+            h = torch.mm(h, linear.weight.t(), out=out)
         else:
             h = torch.addmm(linear.bias, h, linear.weight.t(), out=out)
+        if norm is not None:
+            invstds[i] = batch_norm_(h, norm)
         if relu:
             h.relu_()
         activations.append(h)
     value, grad = _loss_and_its_gradient(h, targets, model.loss, ws)
     for i in range(len(layers) - 1, -1, -1):
-        linear, _ = layers[i]
+        linear = layers[i].linear
+        if i in invstds:  # the normalisation of this layer's outputs (no ReLU after it: its output is activations[i+1])
+            grad = batch_norm_backward(grad, activations[i + 1], invstds[i])
         below = activations[i]
         dw = ws.get(("dw", i), linear.weight.shape, grad)
-        linear.bias.grad = torch.sum(grad, 0, out=ws.get(("db", i), linear.bias.shape, grad))
+        if linear.bias is not None:
+            linear.bias.grad = torch.sum(grad, 0, out=ws.get(("db", i), linear.bias.shape, grad))
         if i in low:
             below16, w16 = low[i]
             grad16 = ws.get(("g16", i, batch), grad.shape, grad, torch.bfloat16).copy_(grad)
@@ -160,7 +217,7 @@ def loss_and_grads(model: DenseAutoencoder, inputs: torch.Tensor, targets: torch
             grad = dh.copy_(torch.mm(grad16, w16, out=ws.get(("dh16", i, batch), dh.shape, dh, torch.bfloat16)))
         else:
             grad = torch.mm(grad, linear.weight, out=dh)
-        if layers[i - 1][1]:  # the ReLU after the layer below: its output is `below`
+        if layers[i - 1].relu:  # the ReLU after the layer below: its output is `below`
             grad = torch.ops.aten.threshold_backward.grad_input(grad, below, 0.0, grad_input=grad)
     return value
 
