@@ -15,7 +15,8 @@ the order reversed every other epoch), so that other load on the machine hits bo
    Glorot-uniform weights, float images preloaded once, index batches,
    ``F.binary_cross_entropy_with_logits``, ``loss.backward()``, ``optimizer.step()``. Rows:
 
-   - "dense ae32, Adam" (``model=ae32 optimizer=adam``: 784-128-64-32, ``torch.optim.Adam(fused=True)``, the
+   - "dense ae32, Adam" (``model=ae32 model.code_norm=none optimizer=adam``: 784-128-64-32 with a linear code,
+     the network the bare loops write; ``torch.optim.Adam(fused=True)``, the
      CPU fast path) against the bare loop with ``torch.optim.Adam(fused=True)`` and with ``foreach=True``; the
      fair baseline is whichever of the two is faster in this run. Also timed alongside: the epoch's matrix
      products alone (the arithmetic floor: per batch and Linear layer the forward, the weight-gradient and, but for
@@ -86,6 +87,10 @@ TARGET_OVERHEAD_S, TARGET_RSS_GB = 5.0, 1.5
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
+
+
+# The dense rows time the network the bare loops write: the linear code, without the preset's BatchNorm of it.
+PLAIN_CODE = "model.code_norm=none"
 
 
 def compose(*overrides: str) -> DictConfig:
@@ -413,7 +418,7 @@ def compile_override(setting: str) -> str:
 
 def bench_dense_adam(ds: data.Dataset, x: torch.Tensor, args: argparse.Namespace) -> tuple[Row, np.ndarray]:
     """Row 1; also returns the test codes of its last aeexp model (for the embedding part)."""
-    cfg = compose("model=ae32", "optimizer=adam", "scheduler=none", compile_override(args.compile))
+    cfg = compose("model=ae32", PLAIN_CODE, "optimizer=adam", "scheduler=none", compile_override(args.compile))
     widths, bottleneck = list(cfg.model.widths), int(cfg.model.bottleneck)
     betas, eps, lr = tuple(cfg.optimizer.betas), float(cfg.optimizer.eps), float(cfg.optimizer.lr)
     keras = None if args.no_keras else load_keras()
@@ -446,7 +451,8 @@ def bench_dense_adam(ds: data.Dataset, x: torch.Tensor, args: argparse.Namespace
 
 
 def bench_dense_adamw_cosine(ds: data.Dataset, x: torch.Tensor, args: argparse.Namespace) -> Row:
-    cfg = compose("model=ae32", "optimizer=adamw", "scheduler=cosine", compile_override(args.compile))
+    cfg = compose("model=ae32", PLAIN_CODE, "optimizer=adamw", "scheduler=cosine",
+                  compile_override(args.compile))
     widths, bottleneck = list(cfg.model.widths), int(cfg.model.bottleneck)
     opt = cfg.optimizer
     total_steps = args.epochs * math.ceil(len(ds.train) / args.batch_size)
@@ -703,7 +709,8 @@ def training_report(rows: list[Row], args: argparse.Namespace, ds: data.Dataset)
         "median of paired per-epoch ratios (epochs 2..) to the row's fair baseline; the fastest-epochs column is "
         "the ratio of the fastest epochs; test BCE after the same epochs, median over repeats.",
         "",
-        "- **dense ae32, Adam**: `model=ae32 optimizer=adam`, 784-128-64-32 and back (ReLUs, linear code), "
+        "- **dense ae32, Adam**: `model=ae32 model.code_norm=none optimizer=adam`, 784-128-64-32 and back (ReLUs, "
+        "linear code), "
         "`torch.optim.Adam(lr=0.001, fused=True)` over `optim.parameter_groups`. Bare loops: "
         "`torch.optim.Adam(fused=True)` and `torch.optim.Adam(foreach=True)`; the fair baseline is the faster of "
         "the two in this run (by the median of their paired epoch ratios). \"Matrix products alone\": the "

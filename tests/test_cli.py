@@ -291,10 +291,10 @@ BAD_INPUTS = [
     (["model.widths=[]"], ["error: model.widths=[] is invalid: give at least one hidden width, e.g. [128,64]."]),
     (["model.widths=[64,0]"], ["error: model.widths[1]=0 is invalid: widths must be positive integers."]),
     # A model too large for any machine's memory: refused with the figures before anything is allocated. Its
-    # parameters on 8x8 digits: 64-200000-200000-32 and back, weights and biases: 2 * (64 + 32) * 200000
-    # + 2 * 200000 ** 2 + 4 * 200000 + 32 + 64.
+    # parameters on 8x8 digits: 64-200000-200000-32 and back, weights and biases (none on the batch-normalised
+    # code's layer): 2 * (64 + 32) * 200000 + 2 * 200000 ** 2 + 4 * 200000 + 64.
     (["model.widths=[200000,200000]", "model.bottleneck=32"],
-     ["error: model.widths=[200000, 200000], model.bottleneck=32: the model has 80,039,200,096 parameters, and "
+     ["error: model.widths=[200000, 200000], model.bottleneck=32: the model has 80,039,200,064 parameters, and "
       "training it needs at least 1,280.6 GB of memory (16 bytes each: weight, gradient and the optimizer's state), "
       "more than the ", " memory available; choose smaller model.widths or model.bottleneck"]),
     (["model.loss=l1"], ["error: model.loss='l1' is invalid: choose one of bce, mse."]),
