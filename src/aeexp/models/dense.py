@@ -63,9 +63,8 @@ class DenseAutoencoder(Autoencoder):
     def _encode_one(self, x: torch.Tensor) -> torch.Tensor:
         """A training batch of one image (an epoch's last, where the split leaves one over) has no batch variance:
         its code is normalised with the running statistics, which it does not update."""
-        *layers, norm = self.encoder
-        h = nn.Sequential(*layers)(x)
-        return F.batch_norm(h, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+        norm = self.encoder[-1]
+        return F.batch_norm(self.encoder[:-1](x), norm.running_mean, norm.running_var, training=False, eps=norm.eps)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Codes -> pre-sigmoid reconstructions ``(N, C, H, W)``."""
