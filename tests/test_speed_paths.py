@@ -328,7 +328,11 @@ def test_fit_with_the_written_out_backward_trains_like_autograd(code_norm):
 
     def fit_once(fast: bool):
         model = _dense(digits.image_shape, (32, 16), 4, code_norm=code_norm)
-        optimizer = _adam(model)
+        # With a normalised code, the bias of a unit that stays active over a batch only shifts the code's mean,
+        # which the normalisation removes: its gradient is 0 but for rounding. Adam would make lr-sized steps of
+        # that rounding, different on the two paths; SGD's steps of it stay at rounding's size.
+        optimizer = (_adam(model) if code_norm == "none"
+                     else torch.optim.SGD(optim.parameter_groups(model), lr=0.05, momentum=0.9))
         step = (loop.make_step(model, optimizer, CPU) if fast
                 else loop.AutogradStep(model, optimizer, CPU, compiled=False, mixed_precision=False))
         assert step.path == ("fast" if fast else "autograd")
@@ -340,19 +344,10 @@ def test_fit_with_the_written_out_backward_trains_like_autograd(code_norm):
     autograd_model, autograd = fit_once(False)
     np.testing.assert_allclose(manual.train_loss, autograd.train_loss, rtol=1e-5)
     np.testing.assert_allclose(manual.val_loss, autograd.val_loss, rtol=1e-5)
-    if code_norm == "batch":
-        # The bias of a unit that stays active over a batch only shifts the normalised code's mean, which the
-        # normalisation removes: its gradient is 0 but for rounding, which Adam makes lr-sized steps of, so those
-        # biases differ between the two paths. What the models compute is the same.
-        images = loop.to_float(digits.test.images)
-        manual_model.eval(), autograd_model.eval()
-        with torch.no_grad():
-            # codes of variance 1, whose running mean lags those biases a little
-            torch.testing.assert_close(manual_model.encode(images), autograd_model.encode(images), rtol=0,
-                                       atol=1e-3)
-            torch.testing.assert_close(manual_model(images), autograd_model(images), rtol=0, atol=1e-4)
-        return
+    assert manual.train_loss[-1] < manual.train_loss[0]
     for a, b in zip(manual_model.parameters(), autograd_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(manual_model.buffers(), autograd_model.buffers(), strict=True):  # running statistics
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
