@@ -10,8 +10,8 @@ import torch
 from idx import synthetic_images
 
 from aeexp import data, models
-from aeexp.data import noise
 from aeexp.errors import ConfigError, InvalidParameter
+from aeexp.models import noise
 from aeexp.models.conv import conv_sizes, max_conv_layers
 from aeexp.training import checkpoint, fastpath, loop, optim
 

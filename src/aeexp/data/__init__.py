@@ -1,4 +1,4 @@
-"""Image data: sources built from ``conf/dataset`` (``_target_``), their splits as uint8 tensors, input noise.
+"""Image data: sources built from ``conf/dataset`` (``_target_``), their splits as uint8 tensors.
 
 A dataset is one source class (a subclass of :class:`ImageDataset` that declares its image shape and class names
 and reads its arrays) plus one YAML naming it. Nothing here imports torch at import time: the command line builds

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aeexp.data import noise as noises
 from aeexp.errors import require
+from aeexp.models import noise as noises
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Autoencoder(nn.Module):
     ``loss``: the per-pixel reconstruction loss, ``bce`` (binary cross-entropy on logits) or ``mse``. ``noise``:
     a denoising autoencoder; the training loop feeds ``corrupt(batch)`` as the inputs and the clean batch as the
     targets (``gaussian``: std ``noise_level``; ``masking``/``salt_pepper``: share of pixels hit). Without a
-    level, each kind has a default (:data:`aeexp.data.noise.DEFAULT_LEVELS`), named in the log.
+    level, each kind has a default (:data:`aeexp.models.noise.DEFAULT_LEVELS`), named in the log.
     """
 
     image_shape: tuple[int, ...]
