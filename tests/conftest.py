@@ -62,9 +62,9 @@ def make_config() -> Callable[..., DictConfig]:
     """Compose aeexp's config from its packaged YAML files with overrides, as the CLI does."""
     register_configs()
 
-    def _compose(*overrides: str) -> DictConfig:
+    def _compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
         with initialize_config_module(config_module="aeexp.conf", version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
+            return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
     return _compose
 

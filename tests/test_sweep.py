@@ -496,7 +496,30 @@ def test_bottleneck_sweep_and_slurm_presets_compose_into_one_sweep(tmp_path):
     launcher = cfg.hydra.launcher
     assert (launcher.timeout_min, launcher.cpus_per_task, launcher.gpus_per_node, launcher.mem_gb, launcher.nodes,
             launcher.tasks_per_node) == (120, 4, 1, 16, 1, 1)
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    launchers.watch_jobs(cfg)  # what the sweep's callback does before Hydra builds the launcher
-    assert cfg.hydra.launcher._target_ == "hydra_plugins.aeexp_launchers.launchers.SubmititSlurmLauncher"
+    # aeexp's launcher, named by the config itself (nothing rewrites it when the sweep starts)
+    assert launcher._target_ == "hydra_plugins.aeexp_launchers.launchers.SubmititSlurmLauncher"
     assert issubclass(launchers.SubmititSlurmLauncher, SlurmLauncher)
+
+
+SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher"
+
+
+@pytest.mark.parametrize(("choice", "ours", "plugins"), [
+    ("joblib", "JoblibLauncher", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("submitit_local", "SubmititLocalLauncher", f"{SUBMITIT}.LocalLauncher"),
+    ("submitit_slurm", "SubmititSlurmLauncher", f"{SUBMITIT}.SlurmLauncher"),
+])
+def test_the_launcher_configs_name_aeexp_s_launchers(make_config, choice, ours, plugins):
+    """``hydra/launcher=joblib`` (and the submitit ones) compose to the plugin's settings with aeexp's subclass of its
+    launcher as ``_target_``, whichever order Hydra's plugin scan ran the plugins' config modules in."""
+    from hydra.core.plugins import Plugins
+    from hydra.utils import get_class
+
+    from hydra_plugins.aeexp_launchers import launchers
+
+    launcher = make_config(f"hydra/launcher={choice}", return_hydra_config=True).hydra.launcher
+    assert launcher._target_ == f"hydra_plugins.aeexp_launchers.launchers.{ours}"
+    assert issubclass(getattr(launchers, ours), get_class(plugins))
+    assert launcher._target_ in Plugins.instance().class_name_to_class  # Hydra may build it (editable install too)
+    default = make_config(return_hydra_config=True).hydra.launcher
+    assert default._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"

@@ -186,7 +186,6 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open, last_outcome
         from aeexp import tracking
-        from hydra_plugins.aeexp_launchers import launchers
 
         directory = Path(config.hydra.sweep.dir)
         directory.mkdir(parents=True, exist_ok=True)
@@ -208,7 +207,6 @@ class MlflowSweepCallback(Callback):
         sweep = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config), earlier)
         _open, last_outcome = _OpenSweep(sweep), None
         (directory / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
-        launchers.watch_jobs(config)  # Hydra builds the launcher from this config next
         log.info("sweep %r: parent run %s in experiment %r at %s", name, run_id, experiment, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -5,7 +5,8 @@ Hydra: joblib a 50-line ``TerminatedWorkerError`` (after loky has killed the poo
 ``UncompletedJobError`` while its other jobs go on unwatched. These subclasses tell the sweep (:mod:`aeexp.sweep`)
 which jobs were lost and why, so that it marks their runs FAILED and goes on to its report and one closing line;
 on Ctrl-C/SIGTERM the submitit ones cancel the jobs they started. A sweep uses them in place of the plugins'
-classes (:func:`watch_jobs`); any other launcher is left as it is.
+classes (``hydra/launcher=joblib``, ``submitit_local``, ``submitit_slurm`` name them: :mod:`.config`); any other
+launcher is left as it is.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as PluginJoblibLauncher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from aeexp import sweep as sweeps
 
@@ -36,23 +37,6 @@ log = logging.getLogger(__name__)
 
 SELF_STOP_WAIT_S = 3.0  # how long an interrupted sweep waits for its submitit jobs to stop by themselves
 CANCEL_WAIT_S = 15.0  # and then for the jobs it cancelled to end their runs
-
-
-def watch_jobs(config: DictConfig) -> None:
-    """Make the sweep's launcher aeexp's subclass of the plugin named in ``config`` (Hydra builds it from there
-    right after the sweep's start), for the joblib, submitit_local and submitit_slurm launchers."""
-    from hydra.core.plugins import Plugins
-
-    target = str(config.hydra.launcher.get("_target_", ""))
-    ours = {_name(plugin): mine for plugin, mine in REPLACING.items()}.get(target)
-    if ours is not None:
-        Plugins.instance().register(ours)  # found by Hydra's plugin scan too, except from an editable install
-        with read_write(config.hydra.launcher):
-            config.hydra.launcher._target_ = _name(ours)
-
-
-def _name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def lost_job(overrides: Sequence[str]) -> JobReturn:
@@ -200,6 +184,3 @@ class SubmititLocalLauncher(_SubmititJobsWatched, LocalLauncher):
 class SubmititSlurmLauncher(_SubmititJobsWatched, SlurmLauncher):
     """hydra/launcher=submitit_slurm (and aeexp's slurm preset), each job waited for on its own."""
 
-
-REPLACING = {PluginJoblibLauncher: JoblibLauncher, LocalLauncher: SubmititLocalLauncher,
-             SlurmLauncher: SubmititSlurmLauncher}  # the plugin's class -> aeexp's
