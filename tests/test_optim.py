@@ -237,12 +237,12 @@ def test_a_fit_follows_its_schedule(make_config):
     expected = _drive(optim.build_schedule(config.scheduler, optim.build_optimizer(config.optimizer, _dense()), 3, 3),
                       3, 3)
     step = loop.make_step(model, optimizer, CPU)
-    assert step.path == "fast" and step.update != optimizer.step  # the kernel call: no optimizer.step() ever
+    assert step.path == "fast" and step.update != optimizer.step  # the kernel call after the first step
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = loop.fit(model, split, split, epochs=3, batch_size=32, optimizer=optimizer, schedule=schedule,
                            seed=0, step=step, progress=False)
-    # torch's warning about a scheduler stepped before its optimizer does not apply to the kernel call: not shown
+    # torch's warning about a scheduler stepped before its optimizer does not apply to the fast path: not shown
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
     assert history.series("lr") == pytest.approx(expected[2::3], rel=1e-12)
     assert schedule.steps == 9 and schedule.lr() == pytest.approx(0.0, abs=1e-12)

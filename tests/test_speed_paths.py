@@ -123,7 +123,7 @@ def test_fused_adam_update_is_optimizer_step_bit_for_bit(kind, weight_decay, sch
             ours.step()
         theirs.step()
         if scheduled:
-            with warnings.catch_warnings():  # `ours` saw no optimizer.step() before: torch warns, harmlessly
+            with warnings.catch_warnings():  # (in case torch counts the kernel call's steps as none)
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
                 for scheduler in schedulers:
                     scheduler.step()
@@ -159,6 +159,47 @@ def test_fused_adam_update_follows_a_state_loaded_after_it_was_made():
         assert torch.equal(a, b)
     _assert_same(ours.state_dict(), theirs.state_dict())
     assert float(ours.state_dict()["state"][0]["step"]) == 12
+
+
+def test_fused_adam_update_leaves_the_state_to_torch():
+    """The first call is ``optimizer.step()`` itself, which makes Adam's state in torch's own format; the kernel
+    calls after it update that state."""
+    model = _dense(widths=(16, 8))
+    optimizer = _adam(model, lr=3e-2)
+    update = fastpath.fused_adam_update(optimizer)
+    calls = []
+    optimizer.register_step_post_hook(lambda *_: calls.append("step"))
+    x = torch.rand(32, 1, 8, 8)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.training_loss(x, x)[0].backward()
+        update()
+    assert calls == ["step"]  # the first update only: step hooks do not run on the kernel calls
+    assert all(float(optimizer.state[p]["step"]) == 3 for p in model.parameters())
+
+
+@pytest.mark.parametrize("code_norm", ["none", "batch"])
+def test_written_out_backward_without_torch_internals_gives_the_same_bits(monkeypatch, code_norm):
+    """Where a torch build lacks ATen's threshold_backward or ``_foreach_add_``, their public fallbacks give the same
+    gradients and the same Adam steps, bit for bit."""
+    model = _dense((1, 28, 28), (64, 32), 8, code_norm=code_norm)
+    twin = copy.deepcopy(model)
+    optimizers = [_adam(m, lr=1e-2) for m in (model, twin)]
+    updates = [fastpath.fused_adam_update(o) for o in optimizers]
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.rand(40, 1, 28, 28, generator=generator) for _ in range(3)]
+    for x in batches:
+        fastpath.loss_and_grads(model, x, x)
+        updates[0]()
+    monkeypatch.setattr(fastpath, "_THRESHOLD_BACKWARD", None)
+    for i, x in enumerate(batches):
+        fastpath.loss_and_grads(twin, x, x)
+        updates[1]()
+        if i == 0:  # after the first update, torch's own optimizer.step(), which needs it
+            monkeypatch.delattr(torch, "_foreach_add_")
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+    _assert_same(optimizers[0].state_dict(), optimizers[1].state_dict())
 
 
 class _OwnAdam(torch.optim.Adam):

@@ -12,9 +12,19 @@ no ``torch.compile``. What it does instead:
 - for ``torch.optim.Adam``/``AdamW`` with ``fused=True``, torch's fused kernel called directly on the optimizer's
   own state (:func:`fused_adam_update`): what ``optimizer.step()`` runs, without its ~0.2 ms of Python per step.
 
-Private torch APIs used here, each behind one function with a fallback: ``torch._C._cpu._get_cpu_capability``
-(:func:`cpu_has_bf16_products`; False without it) and ``torch._fused_adam_``/``_fused_adamw_``
-(:func:`fused_adam_update`; ``optimizer.step()`` without them).
+Internals of torch used here, each behind one function with a fallback, each because no public call does the
+same as fast:
+
+- ``torch._C._cpu._get_cpu_capability`` (:func:`cpu_has_bf16_products`): the one place torch says whether the CPU
+  has bf16 dot products, which decides whether bf16 pays; False without it.
+- ``torch._fused_adam_``/``_fused_adamw_`` (:func:`fused_adam_update`): the kernel ``optimizer.step()`` runs,
+  called without its ~0.2 ms of Python per step; ``optimizer.step()`` without them.
+- ``torch._foreach_add_`` (:func:`increment_`): Adam's step counts in one call, as ``optimizer.step()`` does them;
+  one ``add_`` each without it.
+- ``torch.ops.aten.threshold_backward`` (:func:`relu_backward_`): the ReLU's backward in place in one pass, as
+  autograd does it; ``masked_fill_`` without it, several times slower.
+
+Adam's state is torch's own: the first step is ``optimizer.step()``, which makes it (:class:`FusedAdamUpdate`).
 """
 
 from __future__ import annotations
@@ -148,6 +158,16 @@ def applies_to(model: nn.Module) -> bool:
             and all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters()))
 
 
+class Forward(NamedTuple):
+    """What the forward pass keeps for the backward one: the flat inputs and each layer's output (after its ReLU
+    or normalisation), the bf16 copies of the large layers' input and weight, by layer, and the ``1 / std`` each
+    normalised layer's outputs were scaled by, by layer."""
+
+    activations: list[torch.Tensor]
+    low: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    invstds: dict[int, torch.Tensor]
+
+
 @torch.no_grad()
 def loss_and_grads(model: DenseAutoencoder, inputs: torch.Tensor, targets: torch.Tensor,
                    workspace: Workspace | None = None, bf16: bool = False) -> torch.Tensor:
@@ -167,18 +187,23 @@ def loss_and_grads(model: DenseAutoencoder, inputs: torch.Tensor, targets: torch
     if layers is None:
         raise ValueError("loss_and_grads needs a model of Linear and ReLU layers (and a plain BatchNorm1d) only")
     ws = workspace if workspace is not None else Workspace()
-    batch = inputs.shape[0]
-    activations = [inputs.reshape(batch, -1)]
-    h = activations[0]
-    # Per bf16 layer i: its input and weight as bf16 copies, kept for the backward products.
-    low: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    invstds: dict[int, torch.Tensor] = {}  # per normalised layer: the 1 / std its outputs were scaled by
+    forward = _forward(layers, inputs.reshape(inputs.shape[0], -1), ws, bf16)
+    value, grad = _loss_and_its_gradient(forward.activations[-1], targets, model.loss, ws)
+    _backward(layers, forward, grad, ws)
+    return value
+
+
+def _forward(layers: Layers, x: torch.Tensor, ws: Workspace, bf16: bool) -> Forward:
+    """The layers applied to the flat inputs ``x``, every output written into the workspace."""
+    batch = x.shape[0]
+    forward = Forward([x], {}, {})
+    h = x
     for i, (linear, relu, norm) in enumerate(layers):
         out = ws.get(("h", i, batch), (batch, linear.out_features), h)
         if bf16 and bf16_pays(linear, batch):
             h16 = ws.get(("h16", i, batch), h.shape, h, torch.bfloat16).copy_(h)
             w16 = ws.get(("w16", i), linear.weight.shape, h, torch.bfloat16).copy_(linear.weight)
-            low[i] = (h16, w16)
+            forward.low[i] = (h16, w16)
             product = torch.mm(h16, w16.t(), out=ws.get(("p16", i, batch), out.shape, h, torch.bfloat16))
             # Widened into float32, then the bias added in place (torch.add of mixed dtypes would allocate a
             # float32 copy of the product first: fresh pages to fault in, every step).
@@ -190,11 +215,17 @@ def loss_and_grads(model: DenseAutoencoder, inputs: torch.Tensor, targets: torch
         else:
             h = torch.addmm(linear.bias, h, linear.weight.t(), out=out)
         if norm is not None:
-            invstds[i] = batch_norm_(h, norm)
+            forward.invstds[i] = batch_norm_(h, norm)
         if relu:
             h.relu_()
-        activations.append(h)
-    value, grad = _loss_and_its_gradient(h, targets, model.loss, ws)
+        forward.activations.append(h)
+    return forward
+
+
+def _backward(layers: Layers, forward: Forward, grad: torch.Tensor, ws: Workspace) -> None:
+    """Every parameter's ``.grad`` from ``grad``, the loss's gradient w.r.t. the last layer's output."""
+    activations, low, invstds = forward
+    batch = grad.shape[0]
     for i in range(len(layers) - 1, -1, -1):
         linear = layers[i].linear
         if i in invstds:  # the normalisation of this layer's outputs (no ReLU after it: its output is activations[i+1])
@@ -218,8 +249,7 @@ def loss_and_grads(model: DenseAutoencoder, inputs: torch.Tensor, targets: torch
         else:
             grad = torch.mm(grad, linear.weight, out=dh)
         if layers[i - 1].relu:  # the ReLU after the layer below: its output is `below`
-            grad = torch.ops.aten.threshold_backward.grad_input(grad, below, 0.0, grad_input=grad)
-    return value
+            grad = relu_backward_(grad, below)
 
 
 def _loss_and_its_gradient(logits: torch.Tensor, targets: torch.Tensor, loss: str, ws: Workspace
@@ -265,15 +295,48 @@ def gather_batches(images: torch.Tensor, batch_size: int, generator: torch.Gener
         yield workspace.get(("batch", len(index)), shape, like).copy_(rows).div_(255.0)
 
 
+def _aten_threshold_backward() -> Callable[..., torch.Tensor] | None:
+    try:
+        return torch.ops.aten.threshold_backward.grad_input
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_THRESHOLD_BACKWARD = _aten_threshold_backward()
+
+
+def relu_backward_(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """``grad`` zeroed in place where the ReLU's ``output`` is 0 (its input was not positive): the gradient through
+    the ReLU. ATen's ``threshold_backward``, the kernel autograd runs for a ReLU, in one pass; where a torch build
+    lacks it, ``masked_fill_`` with a mask of the same values (a comparison pass, a mask and a slower fill: ten times
+    the time or more on a 256 x 128 layer, so several times a step's ReLUs' share)."""
+    if _THRESHOLD_BACKWARD is not None:
+        return _THRESHOLD_BACKWARD(grad, output, 0.0, grad_input=grad)
+    return grad.masked_fill_(output <= 0, 0.0)
+
+
+def increment_(counters: list[torch.Tensor]) -> None:
+    """Add 1 to each tensor of ``counters`` (Adam's per-parameter step counts) in one call: ``torch._foreach_add_``,
+    which torch.optim's own fused Adam calls for them; one ``add_`` each where a torch build lacks it (about twice
+    the time for the dozen counters of a dense AE)."""
+    foreach_add_ = getattr(torch, "_foreach_add_", None)
+    if foreach_add_ is not None:
+        foreach_add_(counters, 1)
+        return
+    for counter in counters:
+        counter.add_(1)
+
+
 class FusedAdamUpdate:
     """``optimizer.step()`` of a ``torch.optim.Adam``/``AdamW`` with ``fused=True``, as direct calls of the fused
     kernel that step runs, on the optimizer's own state, in its own format.
 
-    The kernel's argument lists are made once and kept while the optimizer's state and groups are the same objects
-    (``load_state_dict`` replaces both). The learning rate and the other hyperparameters are read at every call, so
-    schedulers work, and the groups that share them are updated by one call (each costs ~20 us besides its
-    arithmetic; the weights' and the biases' groups often differ by nothing). A parameter without a gradient makes
-    that call fall back to ``optimizer.step()``.
+    The first step is ``optimizer.step()`` itself, which makes the optimizer's state. The kernel's argument lists are
+    then made once and kept while the optimizer's state and groups are the same objects (``load_state_dict``
+    replaces both). The learning rate and the other hyperparameters are read at every call, so schedulers work, and
+    the groups that share them are updated by one call (each costs ~20 us besides its arithmetic; the weights' and
+    the biases' groups often differ by nothing). A parameter without a gradient makes that call fall back to
+    ``optimizer.step()``.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, kernels: tuple[Callable[..., None], Callable[..., None]]
@@ -282,15 +345,15 @@ class FusedAdamUpdate:
         self.made_for: tuple[int, int] | None = None
         self.lists: list[tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]] = []
 
+    def _state_made(self) -> bool:
+        """Whether every parameter has its state (torch.optim makes it at the parameter's first step)."""
+        state = self.optimizer.state
+        return all(state.get(p) for group in self.optimizer.param_groups for p in group["params"])
+
     def _make_lists(self) -> None:
         state = self.optimizer.state
         self.lists = []
         for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if not state[p]:  # torch.optim.Adam's lazy initialisation, in its format for fused=True
-                    state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
-                                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
             params = list(group["params"])
             self.lists.append((params, [state[p]["exp_avg"] for p in params],
                                [state[p]["exp_avg_sq"] for p in params], [state[p]["step"] for p in params]))
@@ -299,6 +362,9 @@ class FusedAdamUpdate:
     @torch.no_grad()
     def __call__(self) -> None:
         if self.made_for != (id(self.optimizer.state), id(self.optimizer.param_groups)):
+            if not self._state_made():  # the first step: torch makes the state, in its own format, as it steps
+                self.optimizer.step()
+                return
             self._make_lists()
         calls: dict[tuple, tuple[list[torch.Tensor], ...]] = {}
         for group, (params, exp_avgs, exp_avg_sqs, steps) in zip(self.optimizer.param_groups, self.lists,
@@ -314,7 +380,7 @@ class FusedAdamUpdate:
                 into += items
         for (lr, beta1, beta2, weight_decay, eps, decoupled), lists in calls.items():
             params, grads, exp_avgs, exp_avg_sqs, steps = lists
-            torch._foreach_add_(steps, 1)
+            increment_(steps)
             self.kernels[1 if decoupled else 0](params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr,
                                                 beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
                                                 amsgrad=False, maximize=False)

@@ -119,8 +119,9 @@ class Schedule:
             return
         if self.scheduled == 0:
             with warnings.catch_warnings():
-                # torch warns at a scheduler's first step if optimizer.step() was never called, which the fast
-                # path's direct kernel call (fastpath.fused_adam_update) does not: it updates the parameters alike.
+                # torch warns at a scheduler's first step if optimizer.step() was never called in this process,
+                # as in a resumed run on the fast path, whose direct kernel call (fastpath.fused_adam_update)
+                # updates the parameters alike without it.
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
                 self.scheduler.step(*args)
         else:
