@@ -3,13 +3,16 @@ checks in ``config.validate``, and the checks of what is built from a ``_target_
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from aeexp import data, models
-from aeexp.config import MOVED, flatten, validate
+from aeexp.config import MOVED, TrackingConfig, TrainerConfig, flatten, validate
 from aeexp.errors import ConfigError
 from aeexp.training import optim
 
@@ -192,3 +195,39 @@ def test_flatten_gives_dotted_resolved_keys(make_config):
     assert "trainer.epochs" in flat and "trainer.grad_clip" in flat
     assert all("." in key or key in ("seed", "resume") for key in flat)
     assert flat["resume"] == "None"
+
+
+# --- one source of truth per default -----------------------------------------------------------------------------
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.mark.parametrize(("group", "schema"), [("trainer", TrainerConfig), ("tracking", TrackingConfig)])
+def test_the_schema_s_defaults_are_not_repeated_in_its_groups_yaml(group, schema):
+    """A default of a schema-backed group lives in the schema only: no preset of the group sets a key to it (a
+    value there would be a second source, free to disagree with the schema that a user's own preset gets)."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
+
+    def repeats(node, schema_node, prefix):
+        for key, value in (node or {}).items():
+            if isinstance(value, dict):
+                yield from repeats(value, schema_node.get(key, {}), f"{prefix}{key}.")
+            elif key in schema_node and schema_node[key] == value:
+                yield f"{prefix}{key}={value!r}"
+
+    presets = sorted((CONF / group).glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        assert list(repeats(OmegaConf.to_container(OmegaConf.load(preset)), defaults, f"{group}.")) == [], preset.name
+
+
+def test_a_trainer_yaml_of_ones_own_gets_the_documented_defaults(run_cli, tmp_path):
+    """``--config-dir`` with a ``trainer/*.yaml`` that leaves ``epochs`` and the early stopping out: they are the
+    README's defaults (300, patience 10), not another value."""
+    (tmp_path / "mine" / "trainer").mkdir(parents=True)
+    (tmp_path / "mine" / "trainer" / "quick.yaml").write_text("batch_size: 32\ngrad_clip: 1.0\n")
+    done = run_cli("--config-dir", str(tmp_path / "mine"), "trainer=quick", "--cfg", "job", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trainer = OmegaConf.create(done.stdout).trainer
+    assert trainer.batch_size == 32 and trainer.grad_clip == 1.0
+    assert trainer.epochs == 300 and trainer.early_stopping.patience == 10 and trainer.checkpoint_every == 5

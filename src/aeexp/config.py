@@ -38,7 +38,7 @@ class EarlyStoppingConfig:
 class TrainerConfig:
     """The optimisation loop (the optimizer and its schedule are the ``optimizer`` and ``scheduler`` groups)."""
 
-    epochs: int = 20  # the cap when early stopping is on
+    epochs: int = 300  # the cap: early stopping ends training when val_loss stops improving
     batch_size: int = 128
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # Clip the gradients' total norm to this before each optimizer step; None: no clipping.

@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp import sweep_resume
+from aeexp.config import TrackingConfig
 from aeexp.errors import AeexpError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = ".aeexp_sweep.json"
 REPORT_DIR = "comparison"  # in the sweep dir, and the parent run's artifact folder
 PRUNED_TAG = "pruned_at_epoch"  # a child an Optuna pruner stopped: KILLED, not failed
-DEFAULT_EXPERIMENT = "${dataset.name}"
+DEFAULT_EXPERIMENT = TrackingConfig.experiment  # the schema's: the dataset's name
 
 
 @dataclass
