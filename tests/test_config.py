@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from aeexp import data, models
-from aeexp.config import MOVED, TrackingConfig, TrainerConfig, flatten, validate
+from aeexp.config import MOVED, TrackingConfig, TrainerConfig, flatten, from_stored, refuse_moved, validate
 from aeexp.errors import ConfigError
 from aeexp.training import optim
 
@@ -104,10 +104,26 @@ def test_unknown_key_fails_at_compose(make_config):
     ("trainer.loss=mse", "trainer.loss is no longer a setting: give model.loss=mse instead."),
 ])
 def test_moved_trainer_keys_are_refused_naming_the_new_key(make_config, override, message):
-    with pytest.raises(ConfigError) as info:
-        validate(make_config(override))
-    assert str(info.value) == message
+    for spelling in (override, f"+{override}", f"++{override}"):
+        with pytest.raises(ConfigError) as info:
+            refuse_moved(["-m", "dataset=mnist", spelling])
+        assert str(info.value) == message
     assert set(MOVED) == {"lr", "optimizer", "momentum", "loss"}
+    refuse_moved(["trainer.epochs=3", "optimizer.lr=0.01", "model.loss=mse", "--cfg", "job"])  # no moved key
+    shown = make_config().trainer  # nor are they settings: `--cfg job` does not show them
+    assert not set(MOVED) & set(shown) and "epochs" in shown
+
+
+def test_a_config_stored_before_the_keys_moved_still_reads():
+    """Runs made while the schema kept the moved keys (as null) stored them in their config.yaml: resume and evaluate
+    read those configs on today's schema."""
+    stored = ("model: {_target_: aeexp.models.DenseAutoencoder, name: ae32, bottleneck: 4}\n"
+              "trainer: {epochs: 7, batch_size: 64, lr: null, optimizer: null, momentum: null, loss: null}\n")
+    cfg = from_stored(stored)
+    assert cfg.trainer.epochs == 7 and cfg.trainer.batch_size == 64 and cfg.trainer.early_stopping.patience == 10
+    assert not set(MOVED) & set(cfg.trainer) and cfg.model.bottleneck == 4
+    with pytest.raises(ConfigKeyError):  # any other key the schema lacks is still an error
+        from_stored("trainer: {epoch: 7}\n")
 
 
 @pytest.mark.parametrize(

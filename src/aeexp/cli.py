@@ -13,11 +13,12 @@ from omegaconf import DictConfig
 
 from aeexp import data, run_hooks, sweep_resume
 from aeexp import sweep as sweeps
-from aeexp.config import plain, register_configs, validate
+from aeexp.config import plain, refuse_moved, register_configs, validate
 from aeexp.errors import AeexpError
 from aeexp.training import interrupt
 
 log = logging.getLogger("aeexp")
+HYDRA_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging (its default)
 
 register_configs()
 
@@ -124,6 +125,12 @@ def main() -> None:
         from aeexp import evaluate
 
         sys.exit(evaluate.main(sys.argv[2:]))
+    try:
+        refuse_moved(sys.argv[1:])
+    except AeexpError as err:  # before Hydra composes (and sets up logging): as its log would say it
+        logging.basicConfig(format=HYDRA_LOG_FORMAT)
+        log.error("error: %s", err)
+        sys.exit(1)
     # SIGTERM as Ctrl-C: a run stops at a safe point and ends KILLED, a sweep's parent run is closed.
     interrupt.install()
     try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -54,14 +55,9 @@ class TrainerConfig:
     # Log the checkpoint to MLflow every this many epochs (and when the run ends or stops), so that a run whose
     # machine is lost can go on from MLflow; 0: only when it ends or stops. Cost measured in BENCHMARKS.md.
     checkpoint_every: int = 5
-    # Keys that moved: kept only to say where they went (validate refuses them, naming the new key).
-    lr: Any = None
-    optimizer: Any = None
-    momentum: Any = None
-    loss: Any = None
 
 
-# trainer.<key> that moved -> the override to give instead.
+# trainer.<key> that moved -> the override to give instead (refuse_moved says so; a run stored before keeps them, null).
 MOVED = {
     "lr": "optimizer.lr={value}",
     "optimizer": "optimizer={value}",
@@ -144,14 +140,31 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {expected}.")
 
 
+def refuse_moved(overrides: Sequence[str]) -> None:
+    """Refuse a command-line override of a key that moved out of ``trainer`` (``trainer.lr=0.01``), with the one
+    line that names the new key; the schema no longer has them, so Hydra would say only that they are unknown."""
+    for override in overrides:
+        key, equals, value = override.lstrip("+~").partition("=")
+        moved = key.removeprefix("trainer.") if key.startswith("trainer.") else None
+        if moved in MOVED and equals:
+            raise ConfigError(f"trainer.{moved} is no longer a setting: give {MOVED[moved].format(value=value)} "
+                              "instead.")
+
+
+def from_stored(text: str) -> DictConfig:
+    """A config a run stored (its resolved ``config.yaml``) on the schema; the moved keys, which runs made before
+    they left the schema stored as null, are dropped. Raises OmegaConf's or YAML's errors for a config that does not
+    fit."""
+    stored = OmegaConf.create(text)
+    if OmegaConf.is_dict(stored) and OmegaConf.is_dict(stored.get("trainer")):
+        for key in MOVED:
+            stored.trainer.pop(key, None)
+    return OmegaConf.merge(OmegaConf.structured(Config), stored)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the values of the schema's groups that a type cannot express; raise ConfigError naming the first
     offending key. (Models, datasets, optimizers and schedulers check their own parameters when built.)"""
-    for key, instead in MOVED.items():
-        value = cfg.trainer.get(key)
-        if value is not None:
-            raise ConfigError(f"trainer.{key} is no longer a setting: give {instead.format(value=plain(value))} "
-                              "instead.")
     for group in ("dataset", "model", "optimizer"):
         _require(OmegaConf.is_dict(cfg.get(group)) and bool(cfg[group].get("_target_")), f"{group}._target_",
                  OmegaConf.select(cfg, f"{group}._target_", default=None),
@@ -213,6 +226,4 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
             flat[prefix] = str(node)
 
     walk("", container)
-    for key in MOVED:  # never set in a config that validate() accepted
-        flat.pop(f"trainer.{key}", None)
     return flat

@@ -75,16 +75,14 @@ class Evaluated:
 
 def stored_config(run_id: str, scratch: Path) -> Any:
     """The resolved config run ``run_id`` logged (its ``config.yaml`` artifact), checked against aeexp's schema."""
-    from omegaconf import OmegaConf
-
     from aeexp import tracking
-    from aeexp.config import Config
+    from aeexp.config import from_stored
 
     path = tracking.download_artifact(run_id, "config.yaml", scratch)
     if path is None:
         raise Unavailable("its config.yaml artifact is missing, so its data cannot be read again")
     try:
-        return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(path.read_text(encoding="utf-8")))
+        return from_stored(path.read_text(encoding="utf-8"))
     except Exception as err:  # OSError, or one of OmegaConf's and YAML's many errors
         raise Unavailable(f"its config.yaml is unreadable ({type(err).__name__}: {err})".splitlines()[0]) from None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp import tracking
-from aeexp.config import Config, flatten, plain
+from aeexp.config import flatten, from_stored, plain
 from aeexp.errors import ConfigError
 from aeexp.training import checkpoint
 
@@ -96,7 +96,7 @@ def resumed_config(cfg: DictConfig, stored_yaml: str, overrides: Sequence[str], 
 
     An override of anything else must agree with the stored value, or the resume is refused.
     """
-    stored = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(stored_yaml))
+    stored = from_stored(stored_yaml)
     for override in overrides:
         key = _key(override)
         if key == "resume" or key.startswith(("hydra", "sweep.")):  # how to run it, not what it is
