@@ -3,6 +3,7 @@ checks in ``config.validate``, and the checks of what is built from a ``_target_
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from aeexp import data, models
 from aeexp.config import MOVED, TrackingConfig, TrainerConfig, flatten, from_stored, refuse_moved, validate
 from aeexp.errors import ConfigError
+from aeexp.models.common import common_settings
 from aeexp.training import optim
 
 
@@ -247,3 +249,49 @@ def test_a_trainer_yaml_of_ones_own_gets_the_documented_defaults(run_cli, tmp_pa
     trainer = OmegaConf.create(done.stdout).trainer
     assert trainer.batch_size == 32 and trainer.grad_clip == 1.0
     assert trainer.epochs == 300 and trainer.early_stopping.patience == 10 and trainer.checkpoint_every == 5
+
+
+def test_model_yamls_leave_every_model_s_settings_to_the_class(make_config):
+    """``loss``, ``noise`` and ``noise_level`` are every model's (Autoencoder's) with one set of defaults, which its
+    signature uses: no model YAML repeats them, yet every composed model config shows them (``--cfg job``) and takes
+    an override of them without ``+``."""
+    common = common_settings()
+    assert set(common) == {"loss", "noise", "noise_level"}
+    signature = inspect.signature(models.Autoencoder.__init__).parameters
+    assert {key: signature[key].default for key in common} == common
+    presets = sorted((CONF / "model").glob("*.yaml"))
+    assert len(presets) == 6
+    for preset in presets:
+        assert not set(common) & set(OmegaConf.load(preset)), preset.name
+        cfg = make_config(f"model={preset.stem}", "model.noise=masking", "model.noise_level=0.3")
+        assert (cfg.model.loss, cfg.model.noise, cfg.model.noise_level) == ("bce", "masking", 0.3)
+        model = models.build(cfg.model, (1, 8, 8))
+        assert (model.loss, model.noise, model.noise_level) == ("bce", "masking", 0.3)
+    assert make_config("experiment=seed_mnist_ae25").model.loss == "bce"  # a preset may still set them
+
+
+def test_a_model_that_takes_no_common_settings_still_builds(make_config):
+    """A model of one's own whose ``__init__`` passes nothing on to Autoencoder's keeps working: the common settings
+    at their defaults are left out for it; one that is set is refused, naming the key."""
+    cfg = make_config("model._target_=test_config.FixedLossAE", "~model.widths", "~model.code_norm")
+    model = models.build(cfg.model, (1, 8, 8))
+    assert type(model) is FixedLossAE and model.loss == "bce" and model.bottleneck == 4
+    noisy = make_config("model._target_=test_config.FixedLossAE", "~model.widths", "~model.code_norm",
+                        "model.noise=masking")
+    with pytest.raises(ConfigError, match=r"^model\.noise is not a parameter of test_config\.FixedLossAE"):
+        models.build(noisy.model, (1, 8, 8))
+
+
+class FixedLossAE(models.Autoencoder):
+    """An autoencoder with a fixed loss and no noise: its ``__init__`` takes no ``**kwargs``."""
+
+    def __init__(self, image_shape, bottleneck: int = 2) -> None:
+        super().__init__(image_shape, bottleneck)
+        self.encoder = torch.nn.Linear(self.pixels, self.bottleneck)
+        self.decoder = torch.nn.Linear(self.bottleneck, self.pixels)
+
+    def encode(self, x):
+        return self.encoder(x.flatten(1))
+
+    def decode_logits(self, z):
+        return self.decoder(z).view(-1, *self.image_shape)

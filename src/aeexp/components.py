@@ -105,6 +105,11 @@ def _parameters(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter
     return parameters, hints, open_ended
 
 
+def parameter_names(target: Callable[..., Any]) -> set[str]:
+    """The named parameters ``target`` takes; for a class, those its ``__init__`` passes ``**kwargs`` on to too."""
+    return set(_parameters(target)[0])
+
+
 def _runtime_only(hint: Any) -> bool:
     """Whether ``hint`` is a type no config value can be: a tensor (torch.optim's ``lr: float | Tensor``)."""
     return inspect.isclass(hint) and f"{hint.__module__}.{hint.__qualname__}" == "torch.Tensor"

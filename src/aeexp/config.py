@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from aeexp.errors import ConfigError
+from aeexp.models.common import common_settings
 
 
 class Device(str, Enum):
@@ -108,9 +109,10 @@ class SweepConfig:
 class Config:
     """The whole experiment."""
 
-    # Built from their _target_ (aeexp.components): each class's parameters are its keys.
+    # Built from their _target_ (aeexp.components): each class's parameters are its keys. A model's config starts
+    # from the settings every model takes (loss, noise, noise_level, at their defaults): its YAML need not list them.
     dataset: Any = MISSING
-    model: Any = MISSING
+    model: Any = field(default_factory=common_settings)
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -3,25 +3,54 @@
 A config's ``model._target_`` names the class; :func:`build` makes it for the dataset's image shape, with its
 parameters checked before any data is read. A model of your own is a subclass of :class:`Autoencoder` (or of one
 of the families here) in any importable module, named by ``_target_`` in a YAML of your ``--config-dir``.
+
+The classes are imported at their first use (``aeexp.models.DenseAutoencoder``): importing this package, for its
+torch-free modules (:mod:`.common`, :mod:`.noise`), does not import torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aeexp.models.base import Autoencoder, glorot_, pixel_loss
-from aeexp.models.conv import ConvAutoencoder
-from aeexp.models.dense import DenseAutoencoder
-from aeexp.models.sparse import SparseAutoencoder
-from aeexp.models.vae import VariationalAutoencoder
-from aeexp.models.vqvae import VQVAE
+from aeexp.models.common import common_settings
+
+if TYPE_CHECKING:
+    from aeexp.models.base import Autoencoder, glorot_, pixel_loss
+    from aeexp.models.conv import ConvAutoencoder
+    from aeexp.models.dense import DenseAutoencoder
+    from aeexp.models.sparse import SparseAutoencoder
+    from aeexp.models.vae import VariationalAutoencoder
+    from aeexp.models.vqvae import VQVAE
 
 __all__ = ["VQVAE", "Autoencoder", "ConvAutoencoder", "DenseAutoencoder", "SparseAutoencoder",
            "VariationalAutoencoder", "build", "check", "glorot_", "pixel_loss"]
 
+# Each public class's or function's module, imported when the name is first used.
+HOMES = {"Autoencoder": "base", "glorot_": "base", "pixel_loss": "base", "ConvAutoencoder": "conv",
+         "DenseAutoencoder": "dense", "SparseAutoencoder": "sparse", "VariationalAutoencoder": "vae", "VQVAE": "vqvae"}
+
 # Keys of a model config that are not parameters of its class.
 NOT_PARAMETERS = ("name",)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    found = getattr(importlib.import_module(f"{__name__}.{HOMES[name]}"), name)
+    globals()[name] = found
+    return found
+
+
+def _not_taken(config: Any, target: Any) -> list[str]:
+    """The common settings (:mod:`.common`) that ``target`` does not take, a class whose ``__init__`` passes no
+    ``**kwargs`` to :class:`Autoencoder`'s, and that ``config`` leaves at their defaults: left out, not refused."""
+    from aeexp import components
+
+    taken = components.parameter_names(target)
+    return [key for key, default in common_settings().items()
+            if key not in taken and key in config and config[key] == default]
 
 
 def build(config: Any, image_shape: Sequence[int]) -> Autoencoder:
@@ -29,7 +58,8 @@ def build(config: Any, image_shape: Sequence[int]) -> Autoencoder:
     of a bad or unknown parameter, or of a ``_target_`` that is not an :class:`Autoencoder`."""
     from aeexp import components
 
-    return components.build(config, "model", exclude=NOT_PARAMETERS, base=Autoencoder,
+    exclude = (*NOT_PARAMETERS, *_not_taken(config, components.target_of(config, "model")))
+    return components.build(config, "model", exclude=exclude, base=__getattr__("Autoencoder"),
                             image_shape=tuple(int(s) for s in image_shape))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +20,9 @@ from torch import nn
 
 from aeexp.errors import require
 from aeexp.models import noise as noises
+from aeexp.models.common import DEFAULTS, LOSSES, Loss
 
 log = logging.getLogger(__name__)
-
-Loss = Literal["bce", "mse"]
-LOSSES: tuple[str, ...] = ("bce", "mse")
 
 
 def pixel_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
@@ -60,6 +57,7 @@ def check_widths(widths: Sequence[int]) -> list[int]:
 class Autoencoder(nn.Module):
     """The base of every model: image shape, code size, reconstruction loss and input noise, and the contract.
 
+    ``loss``, ``noise`` and ``noise_level`` are every model's settings (:mod:`aeexp.models.common`, their defaults).
     ``loss``: the per-pixel reconstruction loss, ``bce`` (binary cross-entropy on logits) or ``mse``. ``noise``:
     a denoising autoencoder; the training loop feeds ``corrupt(batch)`` as the inputs and the clean batch as the
     targets (``gaussian``: std ``noise_level``; ``masking``/``salt_pepper``: share of pixels hit). Without a
@@ -69,8 +67,8 @@ class Autoencoder(nn.Module):
     image_shape: tuple[int, ...]
     bottleneck: int
 
-    def __init__(self, image_shape: Sequence[int], bottleneck: int, *, loss: Loss = "bce",
-                 noise: noises.Kind = "none", noise_level: float | None = None) -> None:
+    def __init__(self, image_shape: Sequence[int], bottleneck: int, *, loss: Loss = DEFAULTS.loss,
+                 noise: noises.Kind = DEFAULTS.noise, noise_level: float | None = DEFAULTS.noise_level) -> None:
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         shape = "x".join(str(s) for s in self.image_shape)
