@@ -30,7 +30,7 @@ def test_defaults_run_offline_on_digits(make_config):
     cfg = make_config()
     assert cfg.dataset.name == "digits" and cfg.dataset._target_ == "aeexp.data.Digits"
     assert cfg.model.name == "ae32" and list(cfg.model.widths) == [128, 64]
-    assert cfg.model.bottleneck == 4, "digits_ae32.yaml: a 4-d code on the 8x8 digits, where PCA of 32 is lossless"
+    assert cfg.model.bottleneck == 4, "dataset_model/digits.yaml: a 4-d code on the 8x8 digits (PCA of 32 is lossless)"
     assert cfg.trainer.epochs == 300 and cfg.trainer.early_stopping.patience == 10
     assert cfg.model._target_ == "aeexp.models.DenseAutoencoder"
     assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.optimizer.lr == pytest.approx(1e-3)

@@ -90,7 +90,7 @@ def test_conv_layers_halve_the_image_and_transposed_ones_restore_it():
 def test_build_makes_each_family_from_its_config(make_config):
     plain = models.build(make_config().model, DIGITS_SHAPE)
     assert type(plain) is models.DenseAutoencoder and fastpath.applies_to(plain)
-    # digits' 4-d code (conf/dataset_model/digits_ae32.yaml); the preset's own 32 on other datasets
+    # digits' 4-d code (conf/dataset_model/digits.yaml); the preset's own 32 on other datasets
     assert plain.widths == [128, 64] and plain.bottleneck == 4 and plain.loss == "bce"
     assert make_config("dataset=mnist").model.bottleneck == 32
     conv = models.build(make_config("model=conv").model, DIGITS_SHAPE)

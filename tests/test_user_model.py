@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import FAST
 from mlflow_store import assert_no_running, metric_history, runs_in
+from omegaconf import OmegaConf
 
 MYMODELS = '''
     from __future__ import annotations
@@ -69,10 +70,10 @@ def test_a_model_of_ones_own_trains_and_logs_its_loss_parts(run_cli, tracking_ur
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (run,) = runs_in(tracking_uri, "digits")
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "sparse_ae-b6-digits"
+    assert run.info.run_name == "sparse_ae-b4-digits"  # digits' 4-d code, as any model's there
     params, tags = run.data.params, run.data.tags
     assert params["model._target_"] == "mymodels.SparseAE"
-    assert params["model.l1"] == "0.05" and params["model.widths"] == "[32]" and params["model.bottleneck"] == "6"
+    assert params["model.l1"] == "0.05" and params["model.widths"] == "[32]" and params["model.bottleneck"] == "4"
     assert tags["train.path"] == "autograd"  # a subclass may compute another loss: never the fast path
     assert tags["train.bf16"] == "false" and tags["model"] == "sparse_ae"
     for part in ("recon", "penalty"):
@@ -89,7 +90,25 @@ def test_a_model_of_ones_own_trains_and_logs_its_loss_parts(run_cli, tracking_ur
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model", map_location="cpu")
     assert type(model).__module__ == "mymodels" and type(model).__name__ == "SparseAE" and model.l1 == 0.05
-    assert model.encode(torch.rand(3, 1, 8, 8)).shape == (3, 6)
+    assert model.encode(torch.rand(3, 1, 8, 8)).shape == (3, 4)
+
+
+def _composed_model(run_cli, configs: Path, *overrides: str) -> dict:
+    done = run_cli("--config-dir", str(configs), "model=sparse_ae", *overrides, "--cfg", "job", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return OmegaConf.to_container(OmegaConf.create(done.stdout).model)
+
+
+def test_a_dataset_s_model_settings_apply_to_a_model_of_ones_own(run_cli, user_files):
+    """digits' 4-d code (conf/dataset_model/digits.yaml) reaches a model from ``--config-dir`` as it reaches the
+    presets, after the model's own YAML; the command line still wins, and another dataset keeps the YAML's code."""
+    _, configs = user_files
+    assert _composed_model(run_cli, configs)["bottleneck"] == 4
+    assert _composed_model(run_cli, configs, "model.bottleneck=5")["bottleneck"] == 5
+    assert _composed_model(run_cli, configs, "dataset=mnist")["bottleneck"] == 6
+    assert _composed_model(run_cli, configs, "~dataset_model")["bottleneck"] == 6
+    composed = _composed_model(run_cli, configs)
+    assert (composed["l1"], composed["widths"], composed["loss"], composed["noise"]) == (0.05, [32], "bce", "none")
 
 
 @pytest.mark.parametrize(("override", "message"), [
