@@ -206,6 +206,17 @@ def test_wheel_ships_configs_and_runs_without_the_repo(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(str(target)), done.stdout.splitlines()[0]
     assert "name: kmnist" in done.stdout
+    # every group, those under hydra/ and the Optuna search too, and a dataset's model settings (found by a glob)
+    groups = subprocess.run([sys.executable, "-c", "import aeexp.cli, sys; print(aeexp.cli.__file__); sys.argv=["
+                             "'aeexp', 'hparams_search=fashion_optuna', 'hydra/launcher=slurm', 'dataset=digits', "
+                             "'model=vqvae', 'scheduler=cosine', 'embed=all', 'tracking=server', '--cfg', 'all']; "
+                             "aeexp.cli.main()"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert groups.returncode == 0, groups.stderr[-3000:]
+    assert groups.stdout.startswith(str(target)), groups.stdout.splitlines()[0]
+    for line in ("study_name: fashion_optuna", "hydra_plugins.aeexp_launchers.launchers.SubmititSlurmLauncher",
+                 "partition: null", "vector_size: 1", "bottleneck: 4", "_target_: aeexp.models.VQVAE",
+                 "T_max: null", "uri: http://127.0.0.1:5000", "- umap"):
+        assert line in groups.stdout, line
 
 
 def test_nan_loss_marks_run_failed(run_cli, tracking_uri):
