@@ -47,6 +47,8 @@ def test_digits_run_logs_everything(run_cli, tracking_uri, tmp_path):
     params = run.data.params
     assert params["model.bottleneck"] == "16"
     assert params["model.widths"] == "[128, 64]"
+    assert params["model.code_norm"] == "batch"  # ae32's own; a model leaving it out logs its class's
+    assert params["model.image_shape"] == "[1, 8, 8]" and params["optimizer.decoupled_weight_decay"] == "True"
     assert params["dataset.name"] == "digits"
     assert params["model._target_"] == "aeexp.models.DenseAutoencoder"
     assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.lr"] == "0.001"

@@ -311,3 +311,53 @@ def test_a_partial_config_is_still_checked_and_a_full_one_needs_everything(user_
     make = components.build({"_target_": f"{USER}.Part", "_partial_": True, "rate": 0.25}, "part")
     part = make(count=4)
     assert (part.count, part.rate) == (4, 0.25)
+
+
+# --- the params say what was built ---------------------------------------------------------------------------------
+
+
+def test_arguments_are_the_config_s_values_and_the_class_s_defaults():
+    config = OmegaConf.create({"_target_": "aeexp.models.DenseAutoencoder", "name": "mine", "widths": [16],
+                               "bottleneck": 3})
+    built = models.arguments(config, (1, 8, 8))
+    assert built == {"image_shape": [1, 8, 8], "widths": [16], "bottleneck": 3, "code_norm": "none", "loss": "bce",
+                     "noise": "none", "noise_level": None}  # Autoencoder's too, through **kwargs; no name
+    model = models.build(config, (1, 8, 8))
+    assert (model.code_norm, model.widths, model.loss) == ("none", [16], "bce")  # what build made
+    partial = components.arguments({"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True,
+                                    "step_size": 3}, "scheduler")
+    assert partial == {"step_size": 3, "gamma": 0.1, "last_epoch": -1}  # the optimizer, given at the call: none
+
+
+def test_as_params_writes_values_as_a_config_shows_them():
+    assert components.as_params("model", {"widths": (128, 64), "code": {"norm": "batch", "of": {}}, "x": None}) == {
+        "model.widths": "[128, 64]", "model.code.norm": "batch", "model.code.of": "{}", "model.x": "None"}
+    assert components.as_params("optimizer.betas", (0.9, 0.999)) == {"optimizer.betas": "[0.9, 0.999]"}
+
+
+def _run_parts(make_config, *overrides):
+    from aeexp import data
+    from aeexp.training import optim
+
+    cfg = make_config(*overrides)
+    model = models.build(cfg.model, data.build(cfg.dataset).image_shape)
+    optimizer = optim.build_optimizer(cfg.optimizer, model)
+    return cfg, model, optimizer, optim.build_schedule(cfg.scheduler, optimizer, cfg.trainer.epochs, 10)
+
+
+def test_run_params_add_the_built_arguments_to_the_config(make_config):
+    """The class defaults a config leaves out are params too (``model.code_norm=none`` for a dense AE without the
+    key, ``batch`` for ae32, which sets it); what the config has keeps its value (a null T_max, the run's length)."""
+    from aeexp.config import flatten
+    from aeexp.params import run_params
+
+    cfg, *parts = _run_parts(make_config, "scheduler=cosine")
+    params = run_params(cfg, *parts)
+    assert set(flatten(cfg).items()) <= set(params.items())
+    assert params["model.code_norm"] == "batch" and params["model.image_shape"] == "[1, 8, 8]"
+    assert params["optimizer.amsgrad"] == "False" and params["optimizer.betas"] == "[0.9, 0.999]"
+    assert params["scheduler.T_max"] == "None" and params["scheduler.last_epoch"] == "-1"
+    plain = run_params(*_run_parts(make_config, "~model.code_norm", "optimizer=sgd"))
+    assert plain["model.code_norm"] == "none" and plain["optimizer.dampening"] == "0"
+    assert not any(key.startswith("scheduler.") and key not in ("scheduler._target_", "scheduler.interval",
+                                                                "scheduler.warmup_epochs") for key in plain)

@@ -74,6 +74,9 @@ def test_a_model_of_ones_own_trains_and_logs_its_loss_parts(run_cli, tracking_ur
     params, tags = run.data.params, run.data.tags
     assert params["model._target_"] == "mymodels.SparseAE"
     assert params["model.l1"] == "0.05" and params["model.widths"] == "[32]" and params["model.bottleneck"] == "4"
+    # what was built, the class's defaults included: its YAML leaves code_norm out, DenseAutoencoder's is none
+    assert params["model.code_norm"] == "none" and params["model.image_shape"] == "[1, 8, 8]"
+    assert params["optimizer.amsgrad"] == "False"
     assert tags["train.path"] == "autograd"  # a subclass may compute another loss: never the fast path
     assert tags["train.bf16"] == "false" and tags["model"] == "sparse_ae"
     for part in ("recon", "penalty"):

@@ -10,6 +10,7 @@ integer.``; a class of your own gets all of this from its ``__init__``'s signatu
 from __future__ import annotations
 
 import collections.abc
+import enum
 import importlib
 import inspect
 import types
@@ -183,6 +184,40 @@ def parameters_of(config: DictConfig | Mapping[str, Any], exclude: Collection[st
     plain = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
     assert isinstance(plain, dict)
     return {str(k): v for k, v in plain.items() if k not in HYDRA_KEYS and k not in exclude}
+
+
+def arguments(config: DictConfig | Mapping[str, Any], key: str, exclude: Collection[str] = (), **given: Any
+              ) -> dict[str, Any]:
+    """The keyword arguments :func:`build` gives the target of ``config`` (found at ``key``), its defaults included:
+    each named parameter of the target (see :func:`parameter_names`) with the config's value, else the ``given``
+    one, else its default (none for a required one left to the call, as a partial's); then any other key of the
+    config, for a function that takes ``**kwargs``."""
+    values = {**parameters_of(config, exclude), **given}
+    found: dict[str, Any] = {}
+    for name, parameter in _parameters(target_of(config, key))[0].items():
+        if name in values:
+            found[name] = values[name]
+        elif parameter.default is not parameter.empty:
+            found[name] = parameter.default
+    return found | {name: value for name, value in values.items() if name not in found}
+
+
+def as_params(key: str, value: Any) -> dict[str, str]:
+    """``value`` as MLflow params named from ``key``: a mapping's items under ``<key>.<name>`` (nested ones
+    likewise; an empty one as ``{}``), any other value as its text, tuples as lists and enums as their values, as
+    a config shows them (``[128, 64]``, ``auto``)."""
+    if isinstance(value, Mapping) and value:
+        return {dotted: text for name, item in value.items()
+                for dotted, text in as_params(f"{key}.{name}" if key else str(name), item).items()}
+    return {key: str(_as_config_shows(value))}
+
+
+def _as_config_shows(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_as_config_shows(item) for item in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 def target_of(config: DictConfig | Mapping[str, Any], key: str) -> Callable[..., Any]:

@@ -217,15 +217,6 @@ def plain(value: Any) -> Any:
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as ``{"model.bottleneck": "32", ...}`` for MLflow params."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    flat: dict[str, str] = {}
+    from aeexp.components import as_params
 
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), value)
-        else:
-            flat[prefix] = str(node)
-
-    walk("", container)
-    return flat
+    return as_params("", OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from aeexp import baseline, data, embed, files, metrics, models, plots, report, run_hooks, tracking
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
+from aeexp.params import run_params
 from aeexp.sweep import PRUNED_TAG, Sweep, job_run_name, job_tags
 from aeexp.training import checkpoint, interrupt, loop, optim, resume
 from aeexp.training.early_stopping import EarlyStopping
@@ -404,14 +405,14 @@ class MetricLog:
             self.log(values, epoch)
 
 
-def _begin(start: _Start, run_id: str, cfg: DictConfig, config_yaml: str, output_dir: Path
+def _begin(start: _Start, run_id: str, cfg: DictConfig, config_yaml: str, output_dir: Path, params: dict[str, str]
            ) -> tuple[_Checkpoints, MetricLog]:
     """Record the run's start in MLflow: its params (a new run), or (a resumed one) what changed, the metrics its
     checkpoint holds that MLflow lacks, and a copy of the checkpoint in this run's output folder."""
     path = checkpoint.local_path(output_dir, run_id)
     every = cfg.trainer.checkpoint_every
     if start.resumed is None or start.record is None:
-        tracking.log_params(config_schema.flatten(cfg))
+        tracking.log_params(params)
         checkpoints, metric_log = _Checkpoints(path, every, None), MetricLog()
     else:
         record = start.record
@@ -448,7 +449,8 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
     with tracking.start_run(name, tags, sweep.parent_run_id if sweep else None, run_id=resumed_id) as run_id:
         log.info("run %s (%s) %s in experiment %r", run_id, name, "resumed" if resumed_id else "started",
                  start.experiment)
-        checkpoints, metric_log = _begin(start, run_id, cfg, config_yaml, output_dir)
+        params = run_params(cfg, model, training.optimizer, training.schedule)  # the config and what was built
+        checkpoints, metric_log = _begin(start, run_id, cfg, config_yaml, output_dir, params)
         results, history = _train_and_finish(training, start, run_id, config_yaml, checkpoints, metric_log,
                                              output_dir)
         model.cpu()

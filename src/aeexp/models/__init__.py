@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from aeexp.models.vqvae import VQVAE
 
 __all__ = ["VQVAE", "Autoencoder", "ConvAutoencoder", "DenseAutoencoder", "SparseAutoencoder",
-           "VariationalAutoencoder", "build", "check", "glorot_", "pixel_loss"]
+           "VariationalAutoencoder", "arguments", "build", "check", "glorot_", "pixel_loss"]
 
 # Each public class's or function's module, imported when the name is first used.
 HOMES = {"Autoencoder": "base", "glorot_": "base", "pixel_loss": "base", "ConvAutoencoder": "conv",
@@ -53,14 +53,29 @@ def _not_taken(config: Any, target: Any) -> list[str]:
             if key not in taken and key in config and config[key] == default]
 
 
+def _excluded(config: Any) -> tuple[str, ...]:
+    """The keys of a ``model`` config that are not given to its class."""
+    from aeexp import components
+
+    return (*NOT_PARAMETERS, *_not_taken(config, components.target_of(config, "model")))
+
+
 def build(config: Any, image_shape: Sequence[int]) -> Autoencoder:
     """The model a ``model`` config describes, for images of ``image_shape`` (C, H, W); ConfigError naming the key
     of a bad or unknown parameter, or of a ``_target_`` that is not an :class:`Autoencoder`."""
     from aeexp import components
 
-    exclude = (*NOT_PARAMETERS, *_not_taken(config, components.target_of(config, "model")))
-    return components.build(config, "model", exclude=exclude, base=__getattr__("Autoencoder"),
+    return components.build(config, "model", exclude=_excluded(config), base=__getattr__("Autoencoder"),
                             image_shape=tuple(int(s) for s in image_shape))
+
+
+def arguments(config: Any, image_shape: Sequence[int]) -> dict[str, Any]:
+    """The arguments :func:`build` makes the model with, its class's defaults included (``code_norm="none"`` for a
+    dense AE whose config leaves it out), ``image_shape`` too."""
+    from aeexp import components
+
+    return components.arguments(config, "model", exclude=_excluded(config),
+                                image_shape=[int(s) for s in image_shape])
 
 
 def check(config: Any, image_shape: Sequence[int]) -> int | None:

@@ -96,9 +96,10 @@ class Schedule:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any = None, interval: str = "epoch",
-                 warmup_steps: int = 0, length: int | None = None) -> None:
+                 warmup_steps: int = 0, length: int | None = None, arguments: dict[str, Any] | None = None) -> None:
         self.optimizer, self.scheduler, self.interval = optimizer, scheduler, interval
         self.warmup_steps, self.length = warmup_steps, length
+        self.arguments = arguments or {}  # the scheduler's, its class's defaults included (params of the run)
         self.steps = 0  # batches trained
         self.scheduled = 0  # scheduler steps taken
         self.start = [float(group["lr"]) for group in optimizer.param_groups]
@@ -202,6 +203,7 @@ def build_schedule(config: DictConfig | None, optimizer: torch.optim.Optimizer, 
     length = remaining_steps if interval == "step" else epochs - math.floor(warmup_epochs)
     filled = {name: max(1, length) for name in LENGTH_PARAMETERS if name in config and config.get(name) is None}
     factory = components.build(config, "scheduler", exclude=(*SCHEDULE_KEYS, *filled), **filled)
+    arguments = components.arguments(config, "scheduler", exclude=(*SCHEDULE_KEYS, *filled), **filled)
     if not callable(factory):
         raise ConfigError("scheduler: set _partial_: true, so that the schedule is made for the optimizer")
     try:
@@ -212,4 +214,4 @@ def build_schedule(config: DictConfig | None, optimizer: torch.optim.Optimizer, 
     # total_steps - 1 more (past them it rises again, and it refuses to go past total_steps).
     total_steps = getattr(scheduler, "total_steps", None)
     planned = total_steps - 1 if total_steps else (length if filled else None)
-    return Schedule(optimizer, scheduler, interval, warmup_steps, planned)
+    return Schedule(optimizer, scheduler, interval, warmup_steps, planned, arguments)
