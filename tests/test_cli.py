@@ -178,8 +178,8 @@ def test_user_config_dir_adds_configs(tmp_path):
     (user / "tiny.yaml").write_text("_target_: aeexp.models.DenseAutoencoder\nname: tiny\nwidths: [16]\n"
                                     "bottleneck: 3\n")
     done = subprocess.run([sys.executable, "-m", "aeexp", "--config-dir", str(tmp_path / "myconf"),
-                           "model=tiny", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+                           "model=tiny", "dataset=mnist", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)  # (on mnist: digits gives any model its 4-d code)
     assert done.returncode == 0, done.stderr
     assert "name: tiny" in done.stdout and "bottleneck: 3" in done.stdout
     assert "_target_: aeexp.models.DenseAutoencoder" in done.stdout
