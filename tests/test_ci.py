@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,3 +31,16 @@ def test_ci_run_exports_ci_true_to_make(tmp_path):
     assert done.returncode == 0, done.stderr
     made = [line for line in seen.read_text().splitlines() if line.startswith("make")]
     assert made == ["make lint CI=true", "make test CI=true"]
+
+
+def test_a_hung_test_fails_at_the_configured_per_test_timeout(tmp_path):
+    """The suite's per-test limit (pytest-timeout, set in pyproject.toml) is minutes, well inside CI's 90, and a test
+    that hangs fails there with a timeout instead of blocking the run: shown with the limit lowered to 2 s."""
+    (limit,) = re.findall(r"^timeout = (\d+)$", (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    assert 5 * 60 <= int(limit) <= 30 * 60
+    (tmp_path / "test_hang.py").write_text("import time\n\n\ndef test_hang():\n    time.sleep(120)\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir",
+                           str(tmp_path), "-p", "no:cacheprovider", "-o", "timeout=2", str(tmp_path / "test_hang.py")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "Timeout (>2.0s) from pytest-timeout" in done.stdout and "1 failed" in done.stdout, done.stdout[-2000:]
