@@ -178,7 +178,8 @@ def cv_knn_accuracy(x: np.ndarray, y: np.ndarray, k: int = KNN_K, folds: int = 5
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
 
-    smallest_class = int(np.bincount(y).min(initial=0) if y.size else 0)
+    counts = np.unique(y, return_counts=True)[1]  # of the labels present (bincount's min was 0: always 2 folds)
+    smallest_class = int(counts.min()) if counts.size else 0
     folds = max(2, min(folds, smallest_class)) if smallest_class >= 2 else 2
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores = cross_val_score(KNeighborsClassifier(n_neighbors=k), x, y, cv=splitter)
