@@ -29,6 +29,28 @@ def test_cv_knn_accuracy(blobs):
     assert metrics.cv_knn_accuracy(x, y) > 0.95
 
 
+def test_cv_knn_accuracy_is_scikit_learns_5_fold_cross_validation(blobs):
+    """The README's ``embed_knn_acc``: 5-NN accuracy over a stratified 5-fold split (shuffled, seeded), whatever the
+    labels are called; a class too small for 5 folds gives as many folds as it has members."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x, y = blobs
+    noisy = x + np.random.default_rng(1).normal(scale=12.0, size=x.shape).astype(np.float32)  # folds matter
+    for labels in (y, y * 2 + 3):  # 0..4, and 3, 5, ..., 11
+        expected = cross_val_score(KNeighborsClassifier(n_neighbors=5), noisy, labels,
+                                   cv=StratifiedKFold(n_splits=5, shuffle=True, random_state=4)).mean()
+        two_folds = cross_val_score(KNeighborsClassifier(n_neighbors=5), noisy, labels,
+                                    cv=StratifiedKFold(n_splits=2, shuffle=True, random_state=4)).mean()
+        assert abs(expected - two_folds) > 0.01
+        assert metrics.cv_knn_accuracy(noisy, labels, seed=4) == pytest.approx(expected, abs=1e-12)
+    few = y.copy()
+    few[np.flatnonzero(y == 0)[3:]] = 1  # class 0 keeps 3 members: 3 folds
+    expected = cross_val_score(KNeighborsClassifier(n_neighbors=5), noisy, few,
+                               cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=4)).mean()
+    assert metrics.cv_knn_accuracy(noisy, few, seed=4) == pytest.approx(expected, abs=1e-12)
+
+
 def test_trustworthiness_of_identity_and_noise(blobs):
     x, _ = blobs
     assert metrics.trustworthiness(x, x) == pytest.approx(1.0)
