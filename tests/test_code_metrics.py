@@ -81,3 +81,32 @@ def test_code_metrics_names_and_order(digits_split):
     noisy = [a + rng.normal(scale=12.0, size=a.shape) for a in (train_x, test_x)]
     worse = metrics.code_metrics(noisy[0], train_y, noisy[1], test_y, seed=0)
     assert all(worse[name] < values[name] for name in metrics.CODE_METRICS)
+
+
+def test_code_metrics_fit_on_the_training_codes_and_score_the_test_codes(digits_split):
+    """Each value of code_metrics under its own name against scikit-learn: k-NN fit on the training codes and scored
+    on the test codes (not the test codes scored against themselves, nor the training codes), k-means on the test
+    codes, NMI and ARI each where it belongs, on codes where all of these differ."""
+    train_x, train_y, test_x, test_y = digits_split
+    rng = np.random.default_rng(1)
+    train_x, test_x = (a + rng.normal(scale=8.0, size=a.shape).astype(np.float32) for a in (train_x, test_x))
+    values = metrics.code_metrics(train_x, train_y, test_x, test_y, seed=3)
+    ks = {"knn1_acc": 1, "knn_acc": 5, "knn20_acc": 20}
+
+    def knn(fit_x, fit_y, score_x, score_y):
+        return {name: KNeighborsClassifier(n_neighbors=k).fit(fit_x, fit_y).score(score_x, score_y)
+                for name, k in ks.items()}
+
+    expected = knn(train_x, train_y, test_x, test_y)
+    for wrong in (knn(test_x, test_y, test_x, test_y), knn(train_x, train_y, train_x, train_y)):
+        assert max(abs(wrong[name] - expected[name]) for name in ks) > 0.05  # leave-one-in, scored on training
+    for name in ks:
+        assert values[name] == pytest.approx(expected[name], abs=1e-12), name
+    clusters = KMeans(n_clusters=10, n_init=1, random_state=3).fit_predict(test_x.astype(np.float64))
+    nmi, ari = normalized_mutual_info_score(test_y, clusters), adjusted_rand_score(test_y, clusters)
+    assert abs(nmi - ari) > 0.05
+    assert values["kmeans_nmi"] == pytest.approx(nmi, abs=1e-12)
+    assert values["kmeans_ari"] == pytest.approx(ari, abs=1e-12)
+    scaler = StandardScaler().fit(train_x)
+    probe = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(train_x), train_y)
+    assert values["probe_acc"] == pytest.approx(probe.score(scaler.transform(test_x), test_y), abs=0.005)
