@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from evil_model import Payload
 from faults import read_only
 from mlflow.tracking import MlflowClient
 from mlflow_store import artifact_paths, assert_no_running, metric_history, new_store, runs_in
@@ -609,6 +610,53 @@ def test_a_run_with_damaged_checkpoints_everywhere_is_refused_in_one_line(finish
     assert ("checkpoint checkpoint/epoch-2/checkpoint.pt (logged to MLflow) is incomplete (no history): it was not "
             "written whole by aeexp); start a new run instead") in line
     assert _only_run(uri).info.status == "FINISHED"
+
+
+def test_a_checkpoint_carrying_a_pickle_payload_runs_nothing_and_the_resume_refuses_in_one_line(finished_run, run_cli,
+                                                                                                tmp_path):
+    """The README's *Security*: a resume reads its checkpoint with weights_only=True. Both copies, local and logged,
+    hold every field of a checkpoint and also an object whose unpickling runs ``touch <marker>`` (read with
+    weights_only=False it would run, and the resume would go on as if nothing happened): nothing runs, and the resume
+    is refused in one line naming both."""
+    uri, run_id = finished_run
+    run = _only_run(uri)
+    marker = tmp_path / "payload-ran"
+    local = Path(run.data.tags[checkpoint_tag()])
+    logged = _artifact_root(uri, run_id) / run.data.tags[checkpoint.ARTIFACT_TAG]
+    for path in (local, logged):
+        payload = torch.load(path, weights_only=True)
+        payload["numpy_rng"]["note"] = Payload(str(marker))
+        torch.save(payload, path)
+    done = run_cli(f"resume={run_id}", "trainer.epochs=3", f"tracking.uri={uri}")
+    output = done.stdout + done.stderr
+    assert not marker.exists()
+    assert done.returncode == 1 and "Traceback" not in output and "weights_only" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert (f"error: run {run_id} has no checkpoint to resume from (checkpoint {local} is damaged or not a "
+            "checkpoint (UnpicklingError); checkpoint checkpoint/epoch-2/checkpoint.pt (logged to MLflow) is damaged "
+            "or not a checkpoint (UnpicklingError)); start a new run instead") in line, line
+    run = _only_run(uri)
+    assert run.info.status == "FINISHED" and "resumed_from_epoch" not in run.data.tags
+
+
+def test_checkpoint_every_0_logs_the_checkpoint_only_when_the_run_ends(tmp_path, run_cli, new_sqlite_store):
+    """trainer.checkpoint_every=0 (the README: only when the run ends or stops): a run killed after epoch 6 has
+    logged no copy (the default, every 5 epochs, would have logged epoch 5's); resumed to its end, it logs the last
+    epoch's."""
+    uri = new_sqlite_store(tmp_path / "mlflow.db")
+    process, output = _start_and_stop(tmp_path, uri, signal.SIGKILL, 6, "trainer.checkpoint_every=0", "embed=pca")
+    assert process.returncode == -signal.SIGKILL, output[-3000:]
+    run_id = _run_id(output)
+    run = _only_run(uri)
+    assert checkpoint.ARTIFACT_TAG not in run.data.tags and "checkpoint" not in artifact_paths(uri, run_id)
+    assert checkpoint.load(Path(run.data.tags[checkpoint_tag()])).epoch >= 6  # saved locally all the same
+    done = run_cli(f"resume={run_id}", "trainer.epochs=8", "trainer.checkpoint_every=0", f"tracking.uri={uri}",
+                   "embed=pca")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = _only_run(uri)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[checkpoint.ARTIFACT_TAG] == "checkpoint/epoch-8/checkpoint.pt"
+    assert [p.name for p in (_artifact_root(uri, run_id) / "checkpoint").iterdir()] == ["epoch-8"]
 
 
 def test_an_output_folder_made_read_only_mid_run_fails_in_one_line_and_the_run_resumes_as_it_ends(
