@@ -171,6 +171,23 @@ def test_a_changed_added_or_removed_file_means_decoding_again(tmp_path, own_cach
     assert len(cached_files(own_cache)) == 4  # a second entry: the folder as it is now
 
 
+def test_a_file_edited_to_the_same_size_means_decoding_again(tmp_path, own_cache):
+    """The README: the cache is keyed by every file's name, size *and* modification time. An edit that keeps the
+    file's size (here one grey level for another) changes only its time, and must not be read from the stale entry.
+    (The same-size swap with the time put back is another matter: a content hash's.)"""
+    write_flat_folder(tmp_path / "flat", n=30, size=8)
+    target = write_image(tmp_path / "flat" / "0003.png", np.full((8, 8), 100, dtype=np.uint8))
+    before = target.stat()
+    data.load(folder_source(tmp_path / "flat"))
+    write_image(target, np.full((8, 8), 200, dtype=np.uint8))
+    assert target.stat().st_size == before.st_size
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # edited a second later
+    ds = data.load(folder_source(tmp_path / "flat"))
+    everything = np.concatenate([s.images.numpy() for s in (ds.train, ds.val, ds.test)])
+    assert (everything == 200).all(axis=(1, 2, 3)).sum() == 1 and not (everything == 100).all(axis=(1, 2, 3)).any()
+    assert len(cached_files(own_cache)) == 4  # a second entry: the folder as it is now
+
+
 @pytest.mark.parametrize("damage", ["truncated", "bit-flip", "not-npy"])
 def test_a_damaged_cache_only_means_decoding_again(tmp_path, own_cache, damage):
     images = write_flat_folder(tmp_path / "flat", n=30, size=8)
