@@ -5,6 +5,7 @@ report.html looked at in headless Chromium, offline and inside the MLflow UI's a
 from __future__ import annotations
 
 import csv
+import html.parser
 import os
 import subprocess
 import sys
@@ -190,3 +191,77 @@ def test_a_seed_sweep_report(server_uri: str, tmp_path: Path) -> None:
             _check_in_artifact_viewer(seed_sweep, chromium, server_uri, tmp_path)
         finally:
             chromium.close()
+
+
+PARENT = "sweep <script>alert('parent')</script> & co"
+# (run name, job overrides, status, error): markup and ampersands in every field the page shows; no spaces inside an
+# override (the job's overrides are split on them).
+MARKED_UP = [("<img src=x onerror=alert(1)>", "model.bottleneck=2 +model.note=<img/src=x/onerror=alert(2)>",
+              "FINISHED", None),
+             ("a & b <script>alert(3)</script>", "model.bottleneck=8 +model.note=<b>bold</b>&amp;", "FINISHED", None),
+             ("<iframe src=javascript:alert(4)>", "model.bottleneck=8 +model.note=<b>bold</b>&amp;", "FAILED",
+              "RuntimeError: <script>alert(5)</script> & more")]
+
+
+class _Elements(html.parser.HTMLParser):
+    """Every element of a page (tag and attributes) and every run of text between tags."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.texts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+
+
+def _marked_up_sweep(uri: str) -> str:
+    """A sweep's parent run and its children in a real sqlite store, as the MLflow client records them; the parent's
+    id."""
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("markup")
+    parent = client.create_run(experiment, run_name=PARENT, tags={"sweep.name": "markup"}).info.run_id
+    for i, (name, overrides, status, error) in enumerate(MARKED_UP):
+        tags = {"mlflow.parentRunId": parent, "sweep.job_overrides": overrides, **({"error": error} if error else {})}
+        run = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+        for key, value in (("dataset.name", "digits"), ("model.name", "ae32"), ("seed", "0"),
+                           ("model.bottleneck", overrides.split()[0].split("=")[1])):
+            client.log_param(run, key, value)
+        for metric in compare.METRICS:
+            client.log_metric(run, metric, 0.5 + i / 10)
+        client.set_terminated(run, status)
+    client.set_terminated(parent, "FINISHED")
+    return parent
+
+
+def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_sqlite_store, tmp_path):
+    """`aeexp compare --parent-run` on a sweep whose parent name, run names, overrides and error hold <script>,
+    <img onerror=...>, <iframe> and &: report.html shows each as the text it is, and holds no element but its own."""
+    import mlflow
+
+    uri = new_sqlite_store(tmp_path / "mlflow.db")
+    parent = _marked_up_sweep(uri)
+    try:
+        assert compare.main(["--parent-run", parent, "--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 0
+    finally:
+        mlflow.set_tracking_uri(None)
+    page = _Elements()
+    page.feed((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
+    tags = {tag for tag, _ in page.elements}
+    assert tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "table", "thead", "tbody", "tr",
+                    "th", "td", "a", "img"}, tags
+    for tag, attributes in page.elements:
+        assert not [name for name in attributes if name.startswith("on")], (tag, attributes)
+        if tag == "img":
+            assert attributes["src"].startswith("data:image/png;base64,"), attributes
+        if tag == "a":
+            assert attributes["href"].startswith(report.DEFAULT_UI + "/#/experiments/"), attributes
+    texts = [text.strip() for text in page.texts]
+    assert texts.count(f"sweep {PARENT}") == 2  # the page's title and heading
+    for name, overrides, _, error in MARKED_UP:
+        assert name in texts, name
+        assert overrides.split()[1] in " ".join(texts), overrides
+        assert error is None or error in texts, error
