@@ -151,6 +151,58 @@ def test_a_killed_study_continues_where_it_stopped_and_prunes(tmp_path, tracking
     assert_no_running(tracking_uri)
 
 
+MAXIMISE = """# @package _global_
+defaults:
+  - override /hydra/sweeper: aeexp_optuna
+
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    direction: maximize
+    study_name: digits_max
+    n_trials: 3
+    sampler:
+      _target_: optuna.samplers.RandomSampler
+      seed: 0
+    pruner: null
+    params:
+      optimizer.lr: tag(log, interval(0.00001, 0.01))
+
+trainer:
+  epochs: 2
+  batch_size: 32
+  progress: false
+
+embed:
+  methods: [pca]
+  n_samples: 200
+
+tracking:
+  experiment: digits_max
+"""
+
+
+def test_a_maximise_study_keeps_the_trial_of_the_largest_value(tmp_path, tracking_uri, run_cli):
+    """hydra.sweeper.direction=maximize: the study maximises the trials' val_loss (a stand-in objective: what matters
+    is that the best trial is the one of the largest value, not the smallest), and the sweep reports that trial."""
+    configs = tmp_path / "configs" / "hparams_search"
+    configs.mkdir(parents=True)
+    (configs / "digits_max.yaml").write_text(MAXIMISE)
+    done = run_cli("--config-dir", str(tmp_path / "configs"), "hparams_search=digits_max",
+                   f"hydra.sweep.dir={tmp_path / 'search'}", f"tracking.uri={tracking_uri}", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="digits_max", storage=f"sqlite:///{tmp_path / 'search' / 'optuna.db'}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    values = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(values) == 3 and max(values.values()) > min(values.values()) * 1.01, values
+    largest = max(values, key=values.get)
+    assert study.best_trial.number == largest
+    results = yaml.safe_load((tmp_path / "search" / "optimization_results.yaml").read_text())
+    assert results["best_trial"] == largest and results["best_value"] == pytest.approx(values[largest])
+    (parent,) = [r for r in runs_in(tracking_uri, "digits_max") if "sweep.name" in r.data.tags]
+    assert parent.data.tags["optuna.best_trial"] == str(largest)
+
+
 def test_an_optuna_storage_that_cannot_be_opened_is_refused(run_cli, tracking_uri):
     done = run_cli("hparams_search=fashion_optuna", "dataset=digits", "hydra.sweeper.storage=sqlite:////proc/nope/x.db",
                    f"tracking.uri={tracking_uri}", timeout=120)
