@@ -4,6 +4,7 @@ its ``config.yaml`` and seed), so a metric computed on the wrong codes or under 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +43,9 @@ class LoggedRun:
         return self.model.encode(self.images(split)).float().numpy()
 
 
-def logged_run(tracking_uri: str, run_id: str, scratch: Path) -> LoggedRun:
+def logged_run(tracking_uri: str, run_id: str, scratch: Path, where: Path | None = None) -> LoggedRun:
     """Read run ``run_id`` back: metrics, ``config.yaml``, the logged model (``runs:/<id>/model``) and its data (a
-    relative ``dataset.path`` is found from the current folder, as where the run was started)."""
+    relative ``dataset.path`` is found from ``where``, the folder the run was started in; default: this one)."""
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", str(scratch)))
@@ -53,7 +54,12 @@ def logged_run(tracking_uri: str, run_id: str, scratch: Path) -> LoggedRun:
         model = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
     finally:
         mlflow.set_tracking_uri(None)
-    dataset = data.load(data.build(config.dataset), config.seed)
+    here = Path.cwd()
+    os.chdir(where or here)
+    try:
+        dataset = data.load(data.build(config.dataset), config.seed)
+    finally:
+        os.chdir(here)
     return LoggedRun(run_id, dict(run.data.metrics), config, model.eval(), dataset)
 
 
@@ -111,12 +117,31 @@ def reconstruction_mse(model: torch.nn.Module, images: torch.Tensor) -> float:
 
 
 def pca_baseline(run: LoggedRun) -> dict[str, float]:
-    """``pca_test_mse`` and ``pca_knn_acc``: scikit-learn's PCA with as many components as the bottleneck, fit on
-    the training split's pixels."""
+    """``pca_test_mse`` and (with labels) ``pca_knn_acc``: scikit-learn's PCA with as many components as the
+    bottleneck, fit on the training split's pixels."""
     from sklearn.decomposition import PCA
 
     flat = {split: run.images(split).flatten(1).double().numpy() for split in ("train", "test")}
     pca = PCA(int(run.config.model.bottleneck)).fit(flat["train"])
     train, test = pca.transform(flat["train"]), pca.transform(flat["test"])
-    return {"pca_test_mse": float(np.mean((pca.inverse_transform(test) - flat["test"]) ** 2)),
-            "pca_knn_acc": knn_accuracy(train, run.labels("train"), test, run.labels("test"), 5)}
+    values = {"pca_test_mse": float(np.mean((pca.inverse_transform(test) - flat["test"]) ** 2))}
+    if run.dataset.labelled:
+        values["pca_knn_acc"] = knn_accuracy(train, run.labels("train"), test, run.labels("test"), 5)
+    return values
+
+
+def assert_matches(run: LoggedRun, *, pca: bool = True, probe: bool = False) -> None:
+    """The run's logged headline metrics equal the references: ``test_mse``, and with labels the ``test_*`` metrics of
+    the codes, and (``pca``) the PCA baseline's ``pca_test_mse`` and ``pca_knn_acc``. An accuracy may differ by one
+    test image and k-means' scores by 0.01 (codes computed with another thread count can differ in their last bits,
+    and a tie or a point on a cluster's border fall the other way); the wrong codes or names give larger errors."""
+    import pytest
+
+    metrics = run.metrics
+    assert metrics["test_mse"] == pytest.approx(reconstruction_mse(run.model, run.images("test")), rel=1e-5)
+    expected = (code_metrics(run, probe) if run.dataset.labelled else {}) | (pca_baseline(run) if pca else {})
+    one_image = 1 / len(run.dataset.test) + 1e-12
+    for name, value in expected.items():
+        close = (pytest.approx(value, abs=one_image) if name.endswith("_acc") else
+                 pytest.approx(value, abs=0.01) if "kmeans" in name else pytest.approx(value, rel=1e-5))
+        assert metrics[name] == close, (name, metrics[name], value)

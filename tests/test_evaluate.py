@@ -11,12 +11,13 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import references
 from conftest import FAST
 from mlflow.tracking import MlflowClient
 from mlflow_store import artifact_paths, runs_in
@@ -115,6 +116,9 @@ def test_a_plain_run_gets_the_views_it_lacks_and_keeps_what_it_has(store: Store)
             "test_kmeans_nmi", "test_kmeans_ari", "pca_test_mse", "pca_probe_acc"} <= set(compared)
     for key in compared:
         assert again.measured[key] == pytest.approx(before.data.metrics[key], abs=1e-5), key
+    # ...and what it measured is what scikit-learn computes from the logged model's codes, not only what aeexp logged.
+    logged = references.logged_run(store.uri, store.run_id, store.cwd / "reference")
+    references.assert_matches(replace(logged, metrics=again.measured), probe=True)
     _assert_one_value_per_step(store.uri, store.run_id)
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import references
 import torch
 import yaml
 from conftest import FAST
@@ -120,6 +121,7 @@ def _check_finished_sweep(tracking_uri: str, experiment: str, expected_names: se
         assert child.data.tags["sweep.job_overrides"]
         assert {"test_loss", "test_knn_acc", "embed_knn_acc", "embed_trust"} <= set(child.data.metrics)
         assert math.isfinite(child.data.metrics["test_loss"])
+        references.assert_matches(references.logged_run(tracking_uri, child.info.run_id, scratch / child.info.run_id))
         assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [1, 2]
         assert {"tsne.png", "reconstructions.png", "loss_curves.png"} <= {
             a.path for a in client.list_artifacts(child.info.run_id)}
