@@ -363,6 +363,19 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_naming_it(tmp_path, damage,
     assert "weights_only" not in text  # never torch's advice to unpickle whatever the file holds
 
 
+def test_a_checkpoint_file_carrying_a_pickle_payload_is_refused_without_running_it(tmp_path):
+    """checkpoint.load reads tensors and plain values only (weights_only=True): a file that holds every field of a
+    checkpoint and also an object whose unpickling runs ``touch <marker>`` is refused, and nothing runs."""
+    path, marker = tmp_path / checkpoint.FILENAME, tmp_path / "payload-ran"
+    checkpoint.save(_small_checkpoint(), path)
+    payload = torch.load(path, weights_only=True)
+    payload["numpy_rng"]["note"] = Payload(str(marker))
+    torch.save(payload, path)
+    with pytest.raises(checkpoint.CheckpointError, match=r"is damaged or not a checkpoint \(UnpicklingError\)$"):
+        checkpoint.load(path)
+    assert not marker.exists()
+
+
 def test_a_signal_inside_a_run_waits_for_the_next_safe_point_outside_it_stops_at_once():
     from aeexp.training import interrupt
 
