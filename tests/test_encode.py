@@ -553,7 +553,9 @@ def _tamper(folder: Path, how: str, payload_marker: Path) -> None:
                                    "'elsewhere'); put its module on PYTHONPATH"]),
 ])
 def test_a_model_folder_that_cannot_be_made_safely_is_refused_without_unpickling(hostile, digits, tmp_path, capsys,
-                                                                                 how, expected):
+                                                                                 monkeypatch, how, expected):
+    # Even where torch is told to unpickle in every torch.load that does not ask for weights_only itself.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     folder = tmp_path / "model"
     shutil.copytree(hostile.folder, folder)
     _tamper(folder, how, tmp_path / "payload-ran")

@@ -363,9 +363,11 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_naming_it(tmp_path, damage,
     assert "weights_only" not in text  # never torch's advice to unpickle whatever the file holds
 
 
-def test_a_checkpoint_file_carrying_a_pickle_payload_is_refused_without_running_it(tmp_path):
-    """checkpoint.load reads tensors and plain values only (weights_only=True): a file that holds every field of a
-    checkpoint and also an object whose unpickling runs ``touch <marker>`` is refused, and nothing runs."""
+def test_a_checkpoint_file_carrying_a_pickle_payload_is_refused_without_running_it(tmp_path, monkeypatch):
+    """checkpoint.load reads tensors and plain values only (weights_only=True, asked for explicitly: torch's default
+    gives way to TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): a file that holds every field of a checkpoint and also an object
+    whose unpickling runs ``touch <marker>`` is refused, and nothing runs."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     path, marker = tmp_path / checkpoint.FILENAME, tmp_path / "payload-ran"
     checkpoint.save(_small_checkpoint(), path)
     payload = torch.load(path, weights_only=True)
@@ -640,7 +642,9 @@ def test_a_checkpoint_carrying_a_pickle_payload_runs_nothing_and_the_resume_refu
         payload = torch.load(path, weights_only=True)
         payload["numpy_rng"]["note"] = Payload(str(marker))
         torch.save(payload, path)
-    done = run_cli(f"resume={run_id}", "trainer.epochs=3", f"tracking.uri={uri}")
+    # (even where torch is told to unpickle in every torch.load that does not ask for weights_only itself)
+    done = run_cli(f"resume={run_id}", "trainer.epochs=3", f"tracking.uri={uri}",
+                   env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
     output = done.stdout + done.stderr
     assert not marker.exists()
     assert done.returncode == 1 and "Traceback" not in output and "weights_only" not in output, output[-3000:]
