@@ -32,6 +32,24 @@ def test_early_stopping_counts_epochs_without_improvement_beyond_min_delta():
         early_stopping.EarlyStopping(patience=0)
 
 
+def test_patience_one_from_a_fresh_start_and_an_equal_loss_is_no_improvement():
+    """The smallest patience, 1: a fresh EarlyStopping has not stopped, has no best weights (its state holds none and
+    restoring them changes nothing); the first epoch is an improvement, and an epoch with the same loss is not, so it
+    stops there."""
+    model = _dense()
+    before = copy.deepcopy(model.state_dict())
+    stopping = early_stopping.EarlyStopping(patience=1)
+    assert (stopping.stopped, stopping.best_epoch, stopping.bad_epochs) == (False, 0, 0)
+    state = stopping.state_dict()
+    assert (state["best_weights"], state["best_epoch"], state["bad_epochs"]) == (None, 0, 0)
+    stopping.restore_best(model)
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
+    stopping.update(1, 0.5, model)
+    assert (stopping.stopped, stopping.best_epoch, stopping.bad_epochs) == (False, 1, 0)
+    stopping.update(2, 0.5, model)
+    assert (stopping.stopped, stopping.best_epoch, stopping.bad_epochs) == (True, 1, 1)
+
+
 def test_the_best_epochs_weights_are_kept_and_put_back():
     model = _dense()
     stopping = early_stopping.EarlyStopping(patience=5)
