@@ -55,7 +55,8 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
 EDITED = [
     (lambda p: (p.pop("history"), p.pop("model")), "checkpoint {path} is incomplete (no history, model): it was not "
                                                     "written whole by aeexp"),
-    (_set("surprise", 1), "checkpoint {path} is incomplete (unknown surprise): it was not written whole by aeexp"),
+    (lambda p: p.update(surprise=1, other=2), "checkpoint {path} is incomplete (unknown other, surprise): it was not "
+                                              "written whole by aeexp"),
     (_set("epoch", "1"), "checkpoint {path} is malformed (its run, epoch, config, weights or history)"),
     (_set("run_id", 7), "checkpoint {path} is malformed"),
     (_set("config", 7), "checkpoint {path} is malformed"),
