@@ -263,6 +263,8 @@ def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_
     assert texts.count(f"sweep {PARENT}") == 2  # the page's title and heading
     columns = list(compare.COLUMNS)  # the runs' table: its header cells, in order, and nothing between them
     assert [i for i in range(len(texts)) if texts[i:i + len(columns)] == columns], texts
+    links = [attributes["href"] for tag, attributes in page.elements if tag == "a"]
+    assert len(set(links)) == len(links) == len(MARKED_UP)  # each run's name, and nothing else, opens it
     setting_columns, _ = report.shown_rows([], compare.METRICS)
     assert len([tag for tag, _ in page.elements if tag == "th"]) == len(columns) + len(setting_columns)
     for name, overrides, _, error in MARKED_UP:
