@@ -204,18 +204,27 @@ MARKED_UP = [("<img src=x onerror=alert(1)>", "model.bottleneck=2 +model.note=<i
 
 
 class _Elements(html.parser.HTMLParser):
-    """Every element of a page (tag and attributes) and every run of text between tags."""
+    """Every element of a page (tag and attributes), every run of text between tags, and the tag each text is in."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.elements: list[tuple[str, dict[str, str | None]]] = []
         self.texts: list[str] = []
+        self.text_parents: set[str] = set()
+        self.open: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.elements.append((tag, dict(attrs)))
+        if tag not in ("img", "meta"):  # void elements: no end tag
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open.pop() == tag, (tag, self.open)
 
     def handle_data(self, data: str) -> None:
         self.texts.append(data)
+        if data.strip():
+            self.text_parents.add(self.open[-1] if self.open else "")
 
 
 def _marked_up_sweep(uri: str) -> str:
@@ -263,6 +272,9 @@ def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_
     assert texts.count(f"sweep {PARENT}") == 2  # the page's title and heading
     columns = list(compare.COLUMNS)  # the runs' table: its header cells, in order, and nothing between them
     assert [i for i in range(len(texts)) if texts[i:i + len(columns)] == columns], texts
+    assert page.text_parents <= {"title", "style", "h1", "h2", "p", "th", "td", "a"}  # no stray text in a table
+    rows = [attributes.get("class") for tag, attributes in page.elements if tag == "tr"]  # a head's has none
+    assert rows.count("FAILED") == 1 and rows.count("FINISHED") == 2 and set(rows) == {None, "", "FINISHED", "FAILED"}
     links = [attributes["href"] for tag, attributes in page.elements if tag == "a"]
     assert len(set(links)) == len(links) == len(MARKED_UP)  # each run's name, and nothing else, opens it
     setting_columns, _ = report.shown_rows([], compare.METRICS)
