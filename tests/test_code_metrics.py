@@ -110,3 +110,13 @@ def test_code_metrics_fit_on_the_training_codes_and_score_the_test_codes(digits_
     scaler = StandardScaler().fit(train_x)
     probe = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(train_x), train_y)
     assert values["probe_acc"] == pytest.approx(probe.score(scaler.transform(test_x), test_y), abs=0.005)
+
+
+def test_knn_accuracies_of_one_test_code_and_of_none(digits_split):
+    """One test code is scored (right or wrong: 1 or 0); none is refused in one line."""
+    train_x, train_y, test_x, test_y = digits_split
+    one = metrics.knn_accuracies(train_x, train_y, test_x[:1], test_y[:1])
+    expected = KNeighborsClassifier(n_neighbors=5).fit(train_x, train_y).score(test_x[:1], test_y[:1])
+    assert one[5] == expected and set(one.values()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="at least one test point"):
+        metrics.knn_accuracies(train_x, train_y, test_x[:0], test_y[:0])
