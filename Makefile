@@ -9,7 +9,9 @@ TORCHVISION_VERSION := 0.28.0
 STAMP := $(VENV)/.installed
 CONSTRAINTS := $(VENV)/constraints.txt
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
-CHECK_TORCH := $(BIN)/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
+# The installed torch's version from its metadata: importing torch before numpy is installed warns "Failed to
+# initialize NumPy" (torch's own import of numpy), which would look like a broken install.
+CHECK_TORCH := $(BIN)/python -c "from importlib.metadata import version; v = version('torch'); assert v.startswith('$(TORCH_VERSION)'), v"
 
 .PHONY: setup demo test lint bench mutate clean
 

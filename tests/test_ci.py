@@ -44,3 +44,20 @@ def test_a_hung_test_fails_at_the_configured_per_test_timeout(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=100)
     assert done.returncode == 1, done.stdout[-2000:]
     assert "Timeout (>2.0s) from pytest-timeout" in done.stdout and "1 failed" in done.stdout, done.stdout[-2000:]
+
+
+def test_setup_checks_torchs_version_without_importing_torch(tmp_path):
+    """``make setup`` checks the torch it installed before numpy is there; importing torch then warns "Failed to
+    initialize NumPy" during every install. The check, as ``make -n`` prints it, passes where importing torch fails."""
+    printed = subprocess.run(["make", "-n", "setup", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    python = f"{tmp_path / 'venv'}/bin/python"
+    checks = [line for line in printed.splitlines() if line.startswith(f"{python} -c") and "2.13.0" in line]
+    assert checks, printed
+    unimportable = tmp_path / "no-torch" / "torch"
+    unimportable.mkdir(parents=True)
+    (unimportable / "__init__.py").write_text("raise ImportError('the check imported torch')\n")
+    for check in checks:
+        done = subprocess.run(check.replace(python, sys.executable, 1), shell=True, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": str(unimportable.parent)})
+        assert done.returncode == 0 and not done.stderr, (check, done.stderr)

@@ -142,7 +142,7 @@ def test_a_sweep_parent_gets_its_jobs_evaluated_and_its_report_written_anew(stor
         assert {"embed_tsne_knn_acc", "embed_tsne_trust", "test_probe_acc"} <= set(run.data.metrics)
         assert "tsne.png" in artifact_paths(store.uri, child)
         _assert_one_value_per_step(store.uri, child)
-    assert "wrote the comparison report of sweep" in done.stdout
+    assert "wrote the comparison report of sweep " in done.stdout and "sweep sweep" not in done.stdout
     # The report now has the t-SNE panel the jobs' new figures make.
     report = {a.path for a in client.list_artifacts(store.parent_id, "comparison")}
     assert {"comparison/tsne_panel.png", "comparison/report.html", "comparison/comparison.md"} <= report

@@ -411,7 +411,7 @@ def test_a_joblib_worker_killed_by_the_oom_killer_fails_its_jobs_in_one_line(tmp
     third; both runs end FAILED with the cause, the third job is named as not run, the report is written."""
     line, _ = _faulted_sweep(tmp_path, tracking_uri, {"0", "1"}, _sigkill_job("1"), 1, "hydra/launcher=joblib",
                              "hydra.launcher.n_jobs=2", "model.bottleneck=2,8,32", "trainer.epochs=5000")
-    assert "2 of 2 jobs failed (" in line and "1 did not run (model.bottleneck=32)" in line, line
+    assert "2 of 3 jobs failed (" in line and "1 of 3 did not run (model.bottleneck=32)" in line, line
     assert "a joblib worker process was killed" in line and "SIGKILL" in line, line
     parent, children = _parent_and_children(tracking_uri, "digits")
     assert parent.info.status == "FAILED" and parent.data.tags["error"] in line
@@ -436,6 +436,22 @@ def test_a_submitit_job_killed_by_the_oom_killer_fails_alone(tmp_path, tracking_
     statuses = {c.info.run_name: c.info.status for c in children}
     assert statuses == {"ae32-b4-digits epochs=20": "FINISHED", "ae32-b4-digits epochs=5000": "FAILED"}
     assert {run: row["status"] for run, row in _report_rows(parent).items()} == statuses
+    assert_no_running(tracking_uri)
+
+
+def test_ctrl_c_during_a_sweeps_second_job_counts_all_three_jobs(tmp_path, tracking_uri):
+    """Ctrl-C while the second of three jobs trains (the default launcher): the closing line and the log count every
+    job, the one that finished, the one stopped and the one that never ran, which it names."""
+    line, _ = _faulted_sweep(tmp_path, tracking_uri, {"1"}, lambda process, _: os.killpg(process.pid, signal.SIGINT),
+                             130, "trainer.epochs=2,5000,3", "trainer.early_stopping.patience=null",
+                             "embed.methods=[pca]")
+    assert ("1 of 3 jobs were stopped and marked KILLED (ae32-b4-digits epochs=5000), 1 of 3 did not run "
+            "(trainer.epochs=3), 1 finished") in line, line
+    summary = [text for text in (tmp_path / "out.txt").read_text().splitlines() if "[aeexp.sweep]" in text][-1]
+    assert "KILLED: 3 jobs: 1 finished, 0 failed, 1 stopped, 1 did not run" in summary, summary
+    parent, children = _parent_and_children(tracking_uri, "digits")
+    assert parent.info.status == "KILLED"
+    assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED"]
     assert_no_running(tracking_uri)
 
 

@@ -161,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracking.configure_uri(args.tracking_uri)
         if args.parent_run:
             parent = tracking.get_run(args.parent_run)
-            runs, title = tracking.child_runs(args.parent_run), f"sweep {parent.name}"
+            from aeexp.sweep import report_title
+
+            runs, title = tracking.child_runs(args.parent_run), report_title(parent.name)
         else:
             runs = [r for r in tracking.experiment_runs(args.experiment) if "sweep.name" not in r.tags]
             title = f"experiment {args.experiment}"

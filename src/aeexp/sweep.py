@@ -55,7 +55,8 @@ class Outcome:
 
     name: str = ""
     status: str = ""
-    jobs: int = 0
+    jobs: int = 0  # every job known: those that ran and those that did not
+    finished: int = 0
     failed: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)
@@ -68,8 +69,24 @@ class Outcome:
         """Every job ran and finished."""
         return not (self.failed or self.killed or self.not_run)
 
+    @property
+    def ran(self) -> int:
+        """The jobs that have a run (finished, failed, stopped or pruned)."""
+        return self.jobs - len(self.not_run)
+
+    @property
+    def pruned(self) -> int:
+        """The jobs an Optuna pruner stopped (KILLED on purpose: neither failed nor stopped)."""
+        return self.ran - self.finished - len(self.failed) - len(self.killed)
+
+    def counts(self) -> str:
+        """Every job counted: ``3 jobs: 1 finished, 0 failed, 1 stopped, 1 did not run``."""
+        pruned = f", {self.pruned} pruned" if self.pruned else ""
+        return (f"{self.jobs} jobs: {self.finished} finished, {len(self.failed)} failed, {len(self.killed)} stopped"
+                f"{pruned}, {len(self.not_run)} did not run")
+
     def problems(self) -> str:
-        """Which jobs failed, were stopped or did not run, and why, in a line (empty when all finished)."""
+        """Which of all the jobs failed, were stopped or did not run, and why, in a line (empty when all finished)."""
         parts = []
         if self.failed:
             parts.append(f"{len(self.failed)} of {self.jobs} jobs failed ({', '.join(self.failed)})")
@@ -77,7 +94,11 @@ class Outcome:
             parts.append(f"{len(self.killed)} of {self.jobs} jobs were stopped and marked KILLED "
                          f"({', '.join(self.killed)})")
         if self.not_run:
-            parts.append(f"{len(self.not_run)} did not run ({'; '.join(self.not_run)})")
+            parts.append(f"{len(self.not_run)} of {self.jobs} did not run ({'; '.join(self.not_run)})")
+        if parts and self.finished:
+            parts.append(f"{self.finished} finished")
+        if parts and self.pruned:
+            parts.append(f"{self.pruned} pruned")
         text = ", ".join(parts)
         if text and self.causes:
             text += ": " + "; ".join(self.causes)
@@ -85,7 +106,7 @@ class Outcome:
 
     def where(self) -> str:
         """Where to look: the parent run, its status and the report; for a sweep that did not finish, how to."""
-        report = f"report in {self.report_dir}" if self.jobs else "no report (no job ran)"
+        report = f"report in {self.report_dir}" if self.ran else "no report (no job ran)"
         finish = (f"; finish it with the same command and sweep.resume={self.parent_run_id}"
                   if self.status in ("FAILED", "KILLED") and self.parent_run_id else "")
         return f"parent run {self.parent_run_id} is {self.status}, {report}{finish}"
@@ -155,6 +176,11 @@ def sweep_name(config: DictConfig) -> str:
     swept = set(_swept_keys(config))
     shown = [o for o in _sweep_overrides(config) if o.split("=", 1)[0].lstrip("+~") in swept]
     return ("sweep " + " ".join(shown))[:250]
+
+
+def report_title(name: str) -> str:
+    """The comparison report's title of the sweep named ``name``: ``sweep seed=0,1,2``, ``sweep bottleneck_sweep``."""
+    return name if name.startswith("sweep ") else f"sweep {name}"
 
 
 def preflight(config: DictConfig) -> None:
@@ -279,13 +305,14 @@ def close_open_sweep(interrupted: str | None = None, cause: str = "") -> Outcome
     children = sweep_resume.counted(tracking.child_runs(sweep.parent_run_id))  # not those run again
     ran = {child.tags.get("sweep.job") for child in children}
     ran_keys = {sweep_resume.job_key(child.tags.get("sweep.job_overrides", "").split()) for child in children}
-    outcome = Outcome(sweep.name, "", len(children),
+    not_run = [shown for num, shown in sorted(state.launched.items())
+               if str(num) not in ran and state.launched_keys.get(num) not in ran_keys]
+    outcome = Outcome(sweep.name, "", len(children) + len(not_run),
+                      finished=sum(c.status == "FINISHED" for c in children),
                       failed=[c.name for c in children if c.status not in ("FINISHED", "KILLED")],
                       # (a child an Optuna pruner stopped is KILLED on purpose: neither failed nor stopped)
                       killed=[c.name for c in children if c.status == "KILLED" and PRUNED_TAG not in c.tags],
-                      not_run=[shown for num, shown in sorted(state.launched.items())
-                               if str(num) not in ran and state.launched_keys.get(num) not in ran_keys],
-                      causes=state.causes, parent_run_id=sweep.parent_run_id,
+                      not_run=not_run, causes=state.causes, parent_run_id=sweep.parent_run_id,
                       report_dir=str(Path(sweep.directory) / REPORT_DIR))
     _write_report(sweep, children, Path(outcome.report_dir))
     if not outcome.complete:
@@ -294,8 +321,7 @@ def close_open_sweep(interrupted: str | None = None, cause: str = "") -> Outcome
                       "FINISHED" if outcome.complete and children else "FAILED")
     tracking.end_run_by_id(sweep.parent_run_id, outcome.status)
     last_outcome = outcome
-    log.info("sweep %r %s: %d jobs, %d failed, %d stopped; %s", sweep.name, outcome.status, len(children),
-             len(outcome.failed), len(outcome.killed), outcome.where())
+    log.info("sweep %r %s: %s; %s", sweep.name, outcome.status, outcome.counts(), outcome.where())
     return outcome
 
 
@@ -306,7 +332,7 @@ def _write_report(sweep: Sweep, children: Sequence[Any], report_dir: Path) -> No
 
     try:
         if children:
-            compare.write_report(children, report_dir, title=sweep.name)
+            compare.write_report(children, report_dir, title=report_title(sweep.name))
             tracking.log_artifacts_to(sweep.parent_run_id, report_dir, REPORT_DIR)
     except Exception as err:
         log.warning("comparison report failed: %s", err)

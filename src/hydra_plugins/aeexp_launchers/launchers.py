@@ -1,12 +1,13 @@
-"""Hydra's joblib and submitit launchers, with a job whose process dies recorded as a lost job, not a traceback.
+"""Hydra's joblib and submitit launchers, with a job whose process dies recorded as a lost job, not a traceback;
+Hydra's basic launcher, with its jobs noted.
 
 A job killed by the OS (the OOM killer's SIGKILL) cannot end its MLflow run, and the plugins then raise from inside
 Hydra: joblib a 50-line ``TerminatedWorkerError`` (after loky has killed the pool's other workers too), submitit an
 ``UncompletedJobError`` while its other jobs go on unwatched. These subclasses tell the sweep (:mod:`aeexp.sweep`)
 which jobs were lost and why, so that it marks their runs FAILED and goes on to its report and one closing line;
 on Ctrl-C/SIGTERM the submitit ones cancel the jobs they started. A sweep uses them in place of the plugins'
-classes (``hydra/launcher=joblib``, ``submitit_local``, ``submitit_slurm`` name them: :mod:`.config`); any other
-launcher is left as it is.
+classes (``hydra/launcher=basic``, ``joblib``, ``submitit_local``, ``submitit_slurm`` name them: :mod:`.config`);
+any other launcher is left as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher as HydraBasicLauncher
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as PluginJoblibLauncher
@@ -49,6 +51,15 @@ def lost_job(overrides: Sequence[str]) -> JobReturn:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+class BasicLauncher(HydraBasicLauncher):
+    """Hydra's default launcher (its jobs one after another in this process), its jobs noted first: those a stop
+    leaves unrun are then named and counted in the sweep's closing line."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        sweeps.note_launched(initial_job_idx, job_overrides)
+        return super().launch(job_overrides, initial_job_idx)
 
 
 class JoblibLauncher(PluginJoblibLauncher):
