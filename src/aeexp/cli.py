@@ -101,10 +101,10 @@ def _hydra_main(cfg: DictConfig) -> float:
             log.error("job %s failed: %s", HydraConfig.get().job.num, err)
         else:
             log.exception("job %s failed", HydraConfig.get().job.num)
-        from aeexp.experiment import run_name
+        from aeexp.naming import run_name
 
         try:
-            sweeps.record_failed_job(sweep, cfg, sweeps.job_run_name(run_name(cfg), sweep, cfg), err)
+            sweeps.record_failed_job(sweep, cfg, run_name(cfg, sweep.swept), err)
         except Exception as tracking_err:  # e.g. the server went away: say so, keep the sweep going
             log.error("could not record job %s as FAILED in MLflow: %s", HydraConfig.get().job.num, tracking_err)
         return math.nan

@@ -21,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from aeexp import baseline, data, embed, files, metrics, models, plots, report, run_hooks, tracking
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
+from aeexp.naming import model_label, run_name
 from aeexp.params import run_params
-from aeexp.sweep import PRUNED_TAG, Sweep, job_run_name, job_tags
+from aeexp.sweep import PRUNED_TAG, Sweep, job_tags
 from aeexp.training import checkpoint, interrupt, loop, optim, resume
 from aeexp.training.early_stopping import EarlyStopping
 
@@ -48,18 +49,6 @@ def _device(cfg: DictConfig) -> torch.device:
     if wanted == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
     return loop.resolve_device(wanted)
-
-
-def model_label(cfg: DictConfig) -> str:
-    """The model's name: ``model.name``, else its class's (a YAML of one's own may leave the name out)."""
-    return str(cfg.model.get("name") or str(cfg.model.get("_target_", "model")).rsplit(".", 1)[-1])
-
-
-def run_name(cfg: DictConfig) -> str:
-    """The run's name in MLflow, e.g. ``ae25-b8-mnist``."""
-    bottleneck = cfg.model.get("bottleneck")
-    return cfg.tracking.run_name or "-".join(
-        [model_label(cfg), *([f"b{bottleneck}"] if bottleneck is not None else []), str(cfg.dataset.name)])
 
 
 def _seed_everything(seed: int) -> None:
@@ -444,7 +433,7 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
     config_yaml = tracking.redact(OmegaConf.to_yaml(cfg, resolve=True))  # it goes to MLflow: no password
     device = next(model.parameters()).device
     tags = _run_tags(cfg, device, training.step) | (job_tags() if sweep else {})
-    name = job_run_name(run_name(cfg), sweep, cfg) if sweep else run_name(cfg)
+    name = run_name(cfg, sweep.swept if sweep else ())
     resumed_id = start.resumed.run_id if start.resumed else None
     with tracking.start_run(name, tags, sweep.parent_run_id if sweep else None, run_id=resumed_id) as run_id:
         log.info("run %s (%s) %s in experiment %r", run_id, name, "resumed" if resumed_id else "started",

@@ -366,24 +366,6 @@ def job_tags() -> dict[str, str]:
     return tags
 
 
-NAMED_KEYS = {"model", "model.name", "model.bottleneck", "dataset", "dataset.name"}  # already in the run name
-
-
-def job_run_name(base: str, sweep: Sweep, cfg: DictConfig) -> str:
-    """``base`` plus the swept values it does not show, e.g. ``ae32-b8-digits lr=0.003``."""
-    extra = []
-    for key in sweep.swept:
-        if key in NAMED_KEYS or key.startswith("hydra"):
-            continue
-        value = HydraConfig.get().runtime.choices.get(key) or OmegaConf.select(cfg, key, default=None)
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value)
-        elif isinstance(value, float):
-            value = f"{value:.4g}"
-        extra.append(f"{key.rsplit('.', 1)[-1]}={value}")
-    return " ".join([base, *extra])
-
-
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, e.g. a container's or Slurm's share), else all."""
     try:
