@@ -374,6 +374,8 @@ def test_bad_input_fails_with_one_clear_message(run_cli, tracking_uri, overrides
         assert len(errors) == 1 or "[HYDRA] error: " in output, output[-2000:]
     assert_no_running(tracking_uri)
     assert runs_in(tracking_uri) == [] if Path(tracking_uri.removeprefix("sqlite:///")).exists() else True
+    if "-m" not in flags:  # a refused run leaves no output folder behind
+        assert not (tmp_path / "outputs").exists(), list((tmp_path / "outputs").rglob("*"))
 
 
 def _truncate(files: dict[str, Path]) -> None:
@@ -412,6 +414,7 @@ def test_broken_data_fails_with_one_clear_message(run_cli, tracking_uri, tmp_pat
     assert done.returncode == 1
     assert message in output and "Traceback" not in output, output[-2000:]
     assert runs_in(tracking_uri) == []
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_more_embedding_samples_than_test_images_are_clamped_with_a_notice(run_cli, tracking_uri):

@@ -14,13 +14,18 @@ from omegaconf import DictConfig
 from aeexp import data, run_hooks, sweep_resume
 from aeexp import sweep as sweeps
 from aeexp.config import plain, refuse_moved, register_configs, validate
-from aeexp.errors import AeexpError
+from aeexp.errors import AeexpError, ConfigError, DataError, TrackingError
+from aeexp.folders import remove_unused
 from aeexp.training import interrupt
 
 log = logging.getLogger("aeexp")
 HYDRA_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging (its default)
 
 register_configs()
+
+# The errors that refuse a run before it begins (a bad setting, data that cannot be read, a tracking store that cannot
+# be used); raised later in a run, its output folder holds its checkpoint and is kept.
+REFUSALS = (ConfigError, DataError, TrackingError)
 
 
 def _ui_hint(tracking_uri: str) -> str:
@@ -94,6 +99,9 @@ def _hydra_main(cfg: DictConfig) -> float:
         if sweep is None:
             if isinstance(err, AeexpError):
                 log.error("error: %s", err)
+                if isinstance(err, REFUSALS):  # refused before a run began: no folder of it is left
+                    hydra_config = HydraConfig.get()
+                    remove_unused(Path(hydra_config.runtime.output_dir), f"{hydra_config.job.name}.log")
                 sys.exit(1)
             raise
         # In a sweep a failed job is recorded and the sweep goes on with the next one.

@@ -43,3 +43,35 @@ class OutputFolderCheck(Callback):
         except ConfigError as err:
             log.error("error: %s", err)
             sys.exit(1)
+
+
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes to <output dir>/.hydra/
+
+
+def remove_unused(directory: Path, log_name: str) -> bool:
+    """Remove the output folder of a run refused before it began, when it holds only what Hydra wrote as the job
+    started (``.hydra/`` and the job's log ``log_name``), and Hydra's default ``outputs/<date>/`` folders above it that
+    this leaves empty. A folder holding anything else is left as it is; returns whether it was removed."""
+    directory = directory.resolve()
+    hydra_folder = directory / ".hydra"
+    try:
+        if {p.name for p in directory.iterdir()} - {".hydra", log_name} or (
+                hydra_folder.is_dir() and {p.name for p in hydra_folder.iterdir()} - set(HYDRA_FILES)):
+            return False
+        for name in HYDRA_FILES:
+            (hydra_folder / name).unlink(missing_ok=True)
+        (directory / log_name).unlink(missing_ok=True)
+        if hydra_folder.is_dir():
+            hydra_folder.rmdir()
+        directory.rmdir()
+    except OSError:  # gone already, or not ours to remove: leave what is left
+        return False
+    default = Path.cwd() / "outputs"
+    for parent in (directory.parent, default):
+        if directory.parent.parent != default:
+            break
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+    return True
