@@ -46,6 +46,7 @@ class TrainerConfig:
     # Clip the gradients' total norm to this before each optimizer step; None: no clipping.
     grad_clip: float | None = None
     device: Device = Device.auto
+    # One live bar for the fit in a terminal, a line every ~5% of the epochs in a log; false: a line per epoch.
     progress: bool = True
     # torch.compile the forward/backward: null = auto (on CUDA only: on a 2-core CPU the compiled step was
     # slower than the eager one, after a one-off compile of ~50 s), true or false to force it.

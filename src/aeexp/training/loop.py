@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from aeexp.data import Split
 from aeexp.errors import TrainingError
@@ -25,6 +24,7 @@ from aeexp.models import Autoencoder
 from aeexp.training import EVAL_BATCH_SIZE, fastpath, interrupt
 from aeexp.training.early_stopping import EarlyStopping
 from aeexp.training.optim import Schedule
+from aeexp.training.progress import shown
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,8 @@ def fit(
     The images stay where they are (move the split to the GPU for GPU training); each step gathers a batch by
     index and, on a GPU, nothing waits for the device until the epoch's end. ``step``: how to train (default
     :func:`make_step`'s choice); ``schedule``: the learning-rate schedule (default none); ``grad_clip``: the
-    largest total gradient norm.
+    largest total gradient norm; ``progress``: a live bar in a terminal (else, and when false, a log line now and
+    then: :mod:`~aeexp.training.progress`).
 
     To resume, pass the ``history`` of the epochs done (training continues after them, appending to it) and
     the shuffling ``generator`` in its saved state; by default a fresh history and a generator seeded with
@@ -229,63 +230,81 @@ def fit(
     a ``start_epoch(epoch)`` method has it called before each epoch (e.g. a VAE's KL warm-up).
     """
     history = History() if history is None else history
-    generator = torch.Generator().manual_seed(seed) if generator is None else generator
-    schedule = Schedule(optimizer) if schedule is None else schedule
-    device = train.images.device
-    step = make_step(model, optimizer, device) if step is None else step
-    steps = math.ceil(len(train) / batch_size)
-    check_each_step = device.type == "cpu"  # reading a CPU loss costs nothing; on a GPU it would be a sync
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    epoch_trainer = _EpochTrainer(
+        model, train, batch_size, Schedule(optimizer) if schedule is None else schedule,
+        make_step(model, optimizer, train.images.device) if step is None else step, grad_clip,
+        torch.Generator().manual_seed(seed) if generator is None else generator)
     start_epoch = getattr(model, "start_epoch", None)
-    for epoch in range(len(history) + 1, epochs + 1):
-        if early_stopping is not None and early_stopping.stopped:
-            log.info("stopped early after epoch %d of %d: val_loss has not improved for %d epochs (the best: epoch %d, "
-                     "%.4f)", epoch - 1, epochs, early_stopping.patience, early_stopping.best_epoch,
-                     early_stopping.best_loss)
-            break
-        if callable(start_epoch):
-            start_epoch(epoch)
+    with shown(epochs, len(history), progress) as progress_shown:
+        for epoch in range(len(history) + 1, epochs + 1):
+            if _stopped_early(early_stopping, epoch - 1, epochs):
+                break
+            if callable(start_epoch):
+                start_epoch(epoch)
+            metrics = epoch_trainer.train_epoch(epoch)
+            metrics["val_loss"] = evaluate_loss(model, val.images)
+            epoch_trainer.schedule.after_epoch(metrics["val_loss"])
+            if early_stopping is not None:
+                early_stopping.update(epoch, metrics["val_loss"], model)
+            history.epochs.append(metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+            progress_shown.epoch_done(epoch, metrics["train_loss"], metrics["val_loss"], metrics["epoch_time"])
+    return history
+
+
+def _stopped_early(early_stopping: EarlyStopping | None, epoch: int, epochs: int) -> bool:
+    """Whether early stopping says stop after ``epoch`` (and then says so in the log)."""
+    if early_stopping is None or not early_stopping.stopped:
+        return False
+    log.info("stopped early after epoch %d of %d: val_loss has not improved for %d epochs (the best: epoch %d, %.4f)",
+             epoch, epochs, early_stopping.patience, early_stopping.best_epoch, early_stopping.best_loss)
+    return True
+
+
+@dataclass
+class _EpochTrainer:
+    """One epoch of training steps over the shuffled training split, and the epoch's metrics."""
+
+    model: Autoencoder
+    train: Split
+    batch_size: int
+    schedule: Schedule
+    step: TrainingStep
+    grad_clip: float | None
+    generator: torch.Generator
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch; ``train_loss``, ``epoch_time``, ``lr`` and ``train_<part>`` of it (``val_loss`` first,
+        filled in by the caller: the order of the hook's metrics)."""
+        model, step, schedule = self.model, self.step, self.schedule
+        device = self.train.images.device
+        steps = math.ceil(len(self.train) / self.batch_size)
+        check_each_step = device.type == "cpu"  # reading a CPU loss costs nothing; on a GPU it would be a sync
+        parameters = [p for p in model.parameters() if p.requires_grad]
         model.train()
         started = time.perf_counter()
         running = torch.zeros((), device=device)
         part_sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, disable=not progress,
-                   dynamic_ncols=True)
         lr = schedule.lr()
-        try:
-            for i, batch in enumerate(step.batches(train.images, batch_size, generator), start=1):
-                interrupt.check()
-                step.zero_grad()
-                loss, parts = step.backward(model.corrupt(batch), batch)
-                if check_each_step and not math.isfinite(value := float(loss)):
-                    raise _non_finite(value, epoch, i, steps, schedule.lr())
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
-                lr = schedule.lr()
-                step.update()
-                schedule.after_step()
-                running += loss * batch.shape[0]
-                for name, part in parts.items():
-                    part_sums[name] = part_sums.get(name, 0.0) + part.float() * batch.shape[0]
-                if progress:
-                    bar.update(1)
-            train_loss = float(running) / len(train)  # the epoch's one host sync
-            if not math.isfinite(train_loss):
-                raise _non_finite(train_loss, epoch, None, steps, lr)
-            epoch_time = time.perf_counter() - started
-            val_loss = evaluate_loss(model, val.images)
-            bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}")
-        finally:
-            bar.close()
-        schedule.after_epoch(val_loss)
-        if early_stopping is not None:
-            early_stopping.update(epoch, val_loss, model)
-        metrics = {"train_loss": train_loss, "val_loss": val_loss, "epoch_time": epoch_time, "lr": lr}
-        metrics.update({f"train_{name}": float(total) / len(train) for name, total in part_sums.items()})
-        history.epochs.append(metrics)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
-        if not progress:  # a line per epoch instead of the bar (logs of batch jobs), once the hook has run
-            log.info("epoch %d/%d: train_loss %.4f  val_loss %.4f  (%.2f s)", epoch, epochs, train_loss, val_loss,
-                     epoch_time)
-    return history
+        for i, batch in enumerate(step.batches(self.train.images, self.batch_size, self.generator), start=1):
+            interrupt.check()
+            step.zero_grad()
+            loss, parts = step.backward(model.corrupt(batch), batch)
+            if check_each_step and not math.isfinite(value := float(loss)):
+                raise _non_finite(value, epoch, i, steps, schedule.lr())
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+            lr = schedule.lr()
+            step.update()
+            schedule.after_step()
+            running += loss * batch.shape[0]
+            for name, part in parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + part.float() * batch.shape[0]
+        train_loss = float(running) / len(self.train)  # the epoch's one host sync
+        if not math.isfinite(train_loss):
+            raise _non_finite(train_loss, epoch, None, steps, lr)
+        metrics = {"train_loss": train_loss, "val_loss": math.nan, "epoch_time": time.perf_counter() - started,
+                   "lr": lr}
+        metrics.update({f"train_{name}": float(total) / len(self.train) for name, total in part_sums.items()})
+        return metrics
