@@ -35,7 +35,8 @@ demo: setup
 	$(BIN)/python -m aeexp
 	@echo
 	@echo "The run is in MLflow's store ./mlflow.db (experiment 'digits'); its figures are also under outputs/."
-	@echo "Open the MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   -> http://127.0.0.1:5000"
+	@echo "Open the MLflow UI:  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --app-name aeexp --workers 1 --backend-store-uri sqlite:///mlflow.db"
+	@echo "(then the link printed above, or http://127.0.0.1:5000)"
 
 # Tests run in parallel workers, one per core (at most 4): most of their time is single-threaded (imports,
 # subprocess runs of the CLI), so two workers on two cores take about half the time of one.

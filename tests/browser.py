@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,9 @@ def chromium_path() -> str:
 
 
 def screenshot_sweep(server_uri: str, experiment_id: str, parent_name: str, child_names: list[str],
-                     screenshot: Path) -> str:
-    """Open the experiment's runs page, expand the sweep's parent run, wait for every child, screenshot it.
+                     screenshot: Path, link: str | None = None, size: tuple[int, int] = (1500, 700)) -> str:
+    """Open the experiment's runs page (or ``link``) in a fresh browser, expand the sweep's parent run, wait for
+    every child, screenshot it (``size``: the window's width and height).
 
     Returns the text of the page.
     """
@@ -33,13 +35,18 @@ def screenshot_sweep(server_uri: str, experiment_id: str, parent_name: str, chil
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 700})
-            page.goto(f"{server_uri}/#/experiments/{experiment_id}/runs")
-            page.get_by_text(parent_name, exact=True).first.wait_for(timeout=60_000)
-            page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
-            for name in child_names:
-                page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+            page.goto(link or f"{server_uri}/#/experiments/{experiment_id}/runs")
+            expand_sweep(page, parent_name, child_names)
             page.screenshot(path=str(screenshot))
             return page.inner_text("body")
         finally:
             browser.close()
+
+
+def expand_sweep(page: Any, parent_name: str, child_names: list[str]) -> None:
+    """In the runs table on ``page``, unfold the sweep's parent run (its +) and wait for every child's row."""
+    page.get_by_text(parent_name, exact=True).first.wait_for(timeout=60_000)
+    page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
+    for name in child_names:
+        page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)

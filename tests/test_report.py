@@ -147,7 +147,7 @@ def _check_offline(seed_sweep: dict[str, Any], chromium: Any, server_uri: str) -
     finally:
         context.close()
     expected = {c.info.run_name: f"{server_uri}/#/experiments/{seed_sweep['experiment_id']}/runs/{c.info.run_id}"
-                for c in seed_sweep["children"]}
+                                 "?workflowType=machine_learning" for c in seed_sweep["children"]}
     assert {name: href for name, href, _ in links} == expected and {t for *_, t in links} == {"_blank"}
     page = chromium.new_page()  # a link leads to the run in the MLflow UI
     try:

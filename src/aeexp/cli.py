@@ -6,6 +6,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +19,9 @@ from aeexp.errors import AeexpError, ConfigError, DataError, TrackingError
 from aeexp.folders import remove_unused
 from aeexp.training import interrupt
 
+if TYPE_CHECKING:
+    from aeexp.experiment import RunResult
+
 log = logging.getLogger("aeexp")
 HYDRA_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging (its default)
 
@@ -28,10 +32,14 @@ register_configs()
 REFUSALS = (ConfigError, DataError, TrackingError)
 
 
-def _ui_hint(tracking_uri: str) -> str:
+def _ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """How to look at the experiment's runs: its runs table in the MLflow UI, and the command serving it."""
+    from aeexp import mlflow_ui
+
+    link = mlflow_ui.experiment_link(mlflow_ui.ui_address(tracking_uri), experiment_id)
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)"
+        return f"open {link}"
+    return f"mlflow ui --app-name aeexp --workers 1 --backend-store-uri {tracking_uri}  (then open {link})"
 
 
 def _check_components(cfg: DictConfig) -> None:
@@ -81,9 +89,21 @@ def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     with interrupt.deferred():  # Ctrl-C/SIGTERM stop the run at its next safe point
         result = experiment.run(cfg, Path(hydra_config.runtime.output_dir), sweep, list(hydra_config.overrides.task))
     log.info("run %s in experiment %r at %s", result.run_id, result.experiment, result.tracking_uri)
-    if sweep is None:
-        log.info("to compare runs: %s", _ui_hint(result.tracking_uri))
+    _describe_in_the_ui(result, sweep is None)
     return result.val_loss
+
+
+def _describe_in_the_ui(result: RunResult, say_where: bool) -> None:
+    """Put the run's summary at the top of its page in the MLflow UI; with ``say_where``, say how to open the UI.
+    A store that fails now loses the summary only: the run is logged already."""
+    from aeexp import mlflow_ui, tracking
+
+    try:
+        tracking.describe_run(result.run_id, mlflow_ui.run_summary(result.metrics))
+        if say_where:
+            log.info("to compare runs: %s", _ui_hint(result.tracking_uri, tracking.experiment_id(result.experiment)))
+    except Exception as err:
+        log.warning("could not describe run %s in MLflow: %s", result.run_id, tracking.short_error(err))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://aeexp.conf", config_name="config")

@@ -12,11 +12,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
-from aeexp import plots
+from aeexp import mlflow_ui, plots
 from aeexp.tracking import RunRecord
 
 log = logging.getLogger(__name__)
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 SEED_KEY = "seed"
 # Keys that say how or where a run went, not what it is: never part of a setting.
 NOT_A_SETTING = ("seed", "resume", "sweep.", "tracking.", "tags.", "trainer.progress", "hydra.")
-DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+DEFAULT_UI = mlflow_ui.DEFAULT_UI
 RECONSTRUCTIONS = "reconstructions.npz"
 MAX_PANEL_ROWS = 48
 Download = Callable[[str, str, Path], Path | None]
@@ -181,11 +180,12 @@ def reconstruction_panel(runs: Sequence[RunRecord], download: Download) -> plots
 
 def ui_base(tracking_uri: str) -> str:
     """Where the MLflow UI of ``tracking_uri`` is: the server itself, else what `mlflow ui` serves."""
-    return tracking_uri.rstrip("/") if urlparse(tracking_uri).scheme in ("http", "https") else DEFAULT_UI
+    return mlflow_ui.ui_address(tracking_uri)
 
 
 def run_url(ui: str, run: RunRecord) -> str:
-    return f"{ui}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    """The run's page in the MLflow UI, in its model-training view."""
+    return mlflow_ui.run_link(ui, run.experiment_id, run.run_id)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}

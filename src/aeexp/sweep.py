@@ -322,7 +322,20 @@ def close_open_sweep(interrupted: str | None = None, cause: str = "") -> Outcome
     tracking.end_run_by_id(sweep.parent_run_id, outcome.status)
     last_outcome = outcome
     log.info("sweep %r %s: %s; %s", sweep.name, outcome.status, outcome.counts(), outcome.where())
+    _say_where_in_the_ui(sweep)
     return outcome
+
+
+def _say_where_in_the_ui(sweep: Sweep) -> None:
+    """Log the link to the sweep's runs in the MLflow UI (the parent's + unfolds its jobs)."""
+    from aeexp import mlflow_ui, tracking
+
+    try:
+        experiment_id = tracking.experiment_id(sweep.experiment)
+        link = mlflow_ui.experiment_link(mlflow_ui.ui_address(sweep.tracking_uri), experiment_id)
+    except Exception:  # the store went away: the closing line has said what matters
+        return
+    log.info("the sweep in the MLflow UI: %s (its parent run's + unfolds the jobs)", link)
 
 
 def _write_report(sweep: Sweep, children: Sequence[Any], report_dir: Path) -> None:

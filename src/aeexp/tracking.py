@@ -24,7 +24,7 @@ import mlflow
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from aeexp import model_files
+from aeexp import mlflow_ui, model_files
 from aeexp.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -238,10 +238,38 @@ def configure(uri: str | None, experiment: str) -> str:
     """
     resolved = configure_uri(uri)
     try:
-        mlflow.set_experiment(experiment)
+        found = mlflow.set_experiment(experiment)
+        _tag_for_the_ui(found.experiment_id, found.tags)
     except Exception as err:
         raise TrackingError(redact(f"cannot use experiment {experiment!r} at {resolved}: {_refusal(err)}")) from None
     return resolved
+
+
+def _tag_for_the_ui(experiment_id: str, tags: Mapping[str, str]) -> None:
+    """Give the experiment (new, or made before) the tags that make the MLflow UI show it as model training, with
+    the headline metrics as its runs table's columns (:mod:`aeexp.mlflow_ui`); those it has already are kept."""
+    client = MlflowClient()
+    for key, value in mlflow_ui.experiment_tags().items():
+        if tags.get(key) != value:
+            try:
+                client.set_experiment_tag(experiment_id, key, value)
+            except Exception as err:  # e.g. a server's user who may log runs but not change the experiment
+                log.warning("could not tag experiment %s for the MLflow UI (%s): it may open in its GenAI view",
+                            experiment_id, short_error(err))
+                return
+
+
+def experiment_id(experiment: str) -> str:
+    """The id of experiment ``experiment``; TrackingError if there is none."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"no experiment {experiment!r} at {redact(mlflow.get_tracking_uri())}")
+    return found.experiment_id
+
+
+def describe_run(run_id: str, markdown: str) -> None:
+    """Set run ``run_id``'s description, the top of its page in the MLflow UI."""
+    set_run_tag(run_id, mlflow_ui.SUMMARY_TAG, markdown)
 
 
 def _refusal(err: Exception) -> str:
