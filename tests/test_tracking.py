@@ -271,3 +271,18 @@ def test_runs_made_outside_the_active_run_mask_credentials_too(tracking_uri):
         recorded = repr(run.data.tags) + repr(run.data.params)
         assert "pw-in-sweep" not in recorded and "http://u:***@10.0.0.5:5000" in recorded, recorded
     assert {r.info.run_id for r in runs_in(tracking_uri, "sweeps")} == {parent, failed}
+
+
+def test_an_experiment_made_before_is_tagged_to_open_in_model_training(tracking_uri):
+    """An experiment aeexp did not make (an older aeexp's, or one made in the UI) is tagged when aeexp logs to it,
+    and a tag that says otherwise is corrected; its other tags are kept."""
+    from aeexp import mlflow_ui
+
+    client = MlflowClient(tracking_uri)
+    made_before = client.create_experiment("older", tags={"team": "vision", mlflow_ui.EXPERIMENT_KIND_TAG:
+                                                          "genai_development"})
+    tracking.configure(tracking_uri, "older")
+    tags = client.get_experiment(made_before).tags
+    assert tags["team"] == "vision"
+    assert {key: tags[key] for key in mlflow_ui.experiment_tags()} == mlflow_ui.experiment_tags()
+    assert tags[mlflow_ui.EXPERIMENT_KIND_TAG] == "custom_model_development"

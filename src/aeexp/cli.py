@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from aeexp import data, run_hooks, sweep_resume
 from aeexp import sweep as sweeps
 from aeexp.config import plain, refuse_moved, register_configs, validate
-from aeexp.errors import AeexpError, ConfigError, DataError, TrackingError
+from aeexp.errors import AeexpError, ConfigError, DataError
 from aeexp.folders import remove_unused
 from aeexp.training import interrupt
 
@@ -27,9 +27,9 @@ HYDRA_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hyd
 
 register_configs()
 
-# The errors that refuse a run before it begins (a bad setting, data that cannot be read, a tracking store that cannot
-# be used); raised later in a run, its output folder holds its checkpoint and is kept.
-REFUSALS = (ConfigError, DataError, TrackingError)
+# The errors that refuse a run before it begins (a bad setting, data that cannot be read). An unusable tracking store
+# keeps its folder: Hydra's log there says which store, with its credentials masked.
+REFUSALS = (ConfigError, DataError)
 
 
 def _ui_hint(tracking_uri: str, experiment_id: str) -> str:
