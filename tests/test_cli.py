@@ -43,7 +43,7 @@ def test_digits_run_logs_everything(run_cli, tracking_uri, tmp_path):
     run = _single_run(tracking_uri, "digits")
     assert run.info.status == "FINISHED"
     assert run.info.run_id in done.stdout + done.stderr
-    assert run.info.run_name == "ae32-b16-digits"
+    assert run.info.run_name == "ae32-b16-digits seed=3"  # the seed is not the default: the name says so
 
     params = run.data.params
     assert params["model.bottleneck"] == "16"

@@ -447,7 +447,8 @@ def test_ctrl_c_during_a_sweeps_second_job_counts_all_three_jobs(tmp_path, track
                              "embed.methods=[pca]")
     assert ("1 of 3 jobs were stopped and marked KILLED (ae32-b4-digits epochs=5000), 1 of 3 did not run "
             "(trainer.epochs=3), 1 finished") in line, line
-    summary = [text for text in (tmp_path / "out.txt").read_text().splitlines() if "[aeexp.sweep]" in text][-1]
+    (summary,) = [text for text in (tmp_path / "out.txt").read_text().splitlines()
+                  if "[aeexp.sweep]" in text and "KILLED:" in text]
     assert "KILLED: 3 jobs: 1 finished, 0 failed, 1 stopped, 1 did not run" in summary, summary
     parent, children = _parent_and_children(tracking_uri, "digits")
     assert parent.info.status == "KILLED"
