@@ -64,6 +64,11 @@ def table_rows(runs: Sequence[RunRecord]) -> list[dict[str, str]]:
     return rows
 
 
+def sweep_title(name: str) -> str:
+    """The comparison report's title of the sweep named ``name``: ``sweep seed=0,1,2``, ``sweep bottleneck_sweep``."""
+    return name if name.startswith("sweep ") else f"sweep {name}"
+
+
 def to_markdown(rows: Sequence[dict[str, str]], title: str) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
@@ -161,9 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracking.configure_uri(args.tracking_uri)
         if args.parent_run:
             parent = tracking.get_run(args.parent_run)
-            from aeexp.sweep import report_title
-
-            runs, title = tracking.child_runs(args.parent_run), report_title(parent.name)
+            runs, title = tracking.child_runs(args.parent_run), sweep_title(parent.name)
         else:
             runs = [r for r in tracking.experiment_runs(args.experiment) if "sweep.name" not in r.tags]
             title = f"experiment {args.experiment}"

@@ -237,10 +237,10 @@ def write_sweep_report(parent: Any, folder: Path) -> list[Path]:
     """The comparison report of sweep ``parent`` over its jobs as they now are, written to ``folder`` and logged to
     the parent under ``comparison/`` (replacing the files of the same names)."""
     from aeexp import compare, sweep_resume, tracking
-    from aeexp.sweep import REPORT_DIR, report_title
+    from aeexp.sweep import REPORT_DIR
 
     children = sweep_resume.counted(tracking.child_runs(parent.run_id))
-    written = compare.write_report(children, folder, title=report_title(parent.tags.get(SWEEP_TAG, parent.name)))
+    written = compare.write_report(children, folder, title=compare.sweep_title(parent.tags.get(SWEEP_TAG, parent.name)))
     tracking.log_artifacts_to(parent.run_id, folder, REPORT_DIR)
     return written
 
@@ -305,7 +305,7 @@ def _evaluate_each(runs: Sequence[Any], args: argparse.Namespace, methods: list[
 
 def _write_reports(parents: Sequence[Any]) -> int:
     """Write each sweep's report anew, printing a line for each (errors to stderr); return how many failed."""
-    from aeexp.sweep import report_title
+    from aeexp.compare import sweep_title
 
     failed = 0
     for parent in parents:
@@ -314,11 +314,11 @@ def _write_reports(parents: Sequence[Any]) -> int:
                 write_sweep_report(parent, Path(folder))
             except Exception as err:
                 reason = f"{type(err).__name__}: {err}".splitlines()[0]
-                print(f"error: the comparison report of {report_title(parent.name)} ({parent.run_id}) failed "
+                print(f"error: the comparison report of {sweep_title(parent.name)} ({parent.run_id}) failed "
                       f"({reason})", file=sys.stderr)
                 failed += 1
                 continue
-        print(f"wrote the comparison report of {report_title(parent.name)} anew to its parent run {parent.run_id} "
+        print(f"wrote the comparison report of {sweep_title(parent.name)} anew to its parent run {parent.run_id} "
               "(comparison/)")
     return failed
 

@@ -178,11 +178,6 @@ def sweep_name(config: DictConfig) -> str:
     return ("sweep " + " ".join(shown))[:250]
 
 
-def report_title(name: str) -> str:
-    """The comparison report's title of the sweep named ``name``: ``sweep seed=0,1,2``, ``sweep bottleneck_sweep``."""
-    return name if name.startswith("sweep ") else f"sweep {name}"
-
-
 def preflight(config: DictConfig) -> None:
     """Let the sweeper and the launcher refuse a setting that cannot work (an Optuna storage that cannot be opened,
     a Ray cluster that does not answer) before the parent run exists: a class of theirs may define a static
@@ -345,7 +340,7 @@ def _write_report(sweep: Sweep, children: Sequence[Any], report_dir: Path) -> No
 
     try:
         if children:
-            compare.write_report(children, report_dir, title=report_title(sweep.name))
+            compare.write_report(children, report_dir, title=compare.sweep_title(sweep.name))
             tracking.log_artifacts_to(sweep.parent_run_id, report_dir, REPORT_DIR)
     except Exception as err:
         log.warning("comparison report failed: %s", err)
