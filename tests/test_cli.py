@@ -16,6 +16,7 @@ from conftest import FAST
 from mlflow.tracking import MlflowClient
 from mlflow_store import artifact_paths, assert_no_running, metric_history, runs_in
 
+from aeexp import threads
 from aeexp.training import fastpath
 
 FIGURES = {"reconstructions.png", "loss_curves.png", "interpolation.png", "tsne.png"}
@@ -87,6 +88,7 @@ def test_digits_run_logs_everything(run_cli, tracking_uri, tmp_path):
     assert tags["versions.aeexp"] == aeexp.__version__ and tags["versions.torch"] == torch.__version__
     assert tags["device"] == "cpu" and tags["dataset"] == "digits" and tags["model"] == "ae32"
     assert tags["train.path"] == "fast" and tags["train.bf16"] == FAST_PATH_BF16  # the exact dense AE on a CPU
+    assert tags["threads"] == str(threads.usable_cores()) and params["trainer.threads"] == "None"  # a run alone
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(aeexp.__file__).parent, capture_output=True,
                           text=True)
     if head.returncode == 0:  # run from a git checkout (this repo, CI's clone)

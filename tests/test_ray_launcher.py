@@ -53,7 +53,8 @@ def ray_cluster() -> Iterator[str]:
         os.killpg(head.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(timeout=10)
-        os.killpg(head.pid, signal.SIGKILL)  # whatever of the cluster is left (same process group)
+        with contextlib.suppress(ProcessLookupError):  # (none left: the group ended with the head)
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of the cluster is left (same process group)
         head.wait()
         log.close()
 
@@ -71,6 +72,7 @@ def test_a_two_job_sweep_on_a_local_ray_cluster(run_cli, tracking_uri, ray_clust
     assert sorted(c.info.run_name for c in children) == ["ae32-b2-digits", "ae32-b8-digits"]
     assert all(c.info.status == "FINISHED" and "test_mse" in c.data.metrics for c in children)
     assert sorted(c.data.tags["sweep.job"] for c in children) == ["0", "1"]
+    assert {c.data.tags["threads"] for c in children} == {"1"}  # the CPUs each job asks the cluster for
     # Each job ran in a Ray worker, not in the sweep's process.
     assert "(_run_job_in_ray pid=" in output
     assert_no_running(tracking_uri)

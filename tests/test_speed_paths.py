@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import make_blobs
 
-from aeexp import data, embed, metrics, models
+from aeexp import data, embed, metrics, models, threads
 from aeexp.training import checkpoint, fastpath, loop, optim
 
 CPU = torch.device("cpu")
@@ -437,8 +437,8 @@ def test_tsne_with_its_own_neighbour_index_gives_opentsne_s_exact_path(clusters)
     x = np.ascontiguousarray(clusters[0][:400], dtype=np.float64)
     ours = embed.embed_2d(x, "tsne", perplexity=30, seed=2, n_iter=60, early_exaggeration_iter=30)
     # openTSNE left to build the index itself (method="exact"), then the same optimisation as embed.tsne_2d
-    p = affinity.PerplexityBasedNN(x, perplexity=30, method="exact", n_jobs=embed._n_jobs(), random_state=2)
-    theirs = TSNEEmbedding(initialization.pca(x, random_state=2), p, n_jobs=embed._n_jobs(), random_state=2,
+    p = affinity.PerplexityBasedNN(x, perplexity=30, method="exact", n_jobs=threads.current(), random_state=2)
+    theirs = TSNEEmbedding(initialization.pca(x, random_state=2), p, n_jobs=threads.current(), random_state=2,
                            negative_gradient_method="bh")
     theirs = theirs.optimize(n_iter=30, exaggeration=embed.EARLY_EXAGGERATION, momentum=0.8,
                              learning_rate=max(1.0, 400 / embed.EARLY_EXAGGERATION))

@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
 from mlflow_store import assert_no_running, runs_in
 
+from aeexp import threads
+
 REPORT = {"comparison.csv", "comparison_by_setting.csv", "comparison.md", "metrics_vs_bottleneck.png",
           "reconstruction_panel.png", "tsne_panel.png", "report.html"}
 
@@ -143,10 +145,12 @@ def test_joblib_sweep_on_a_server(run_cli, server_uri, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     _check_finished_sweep(server_uri, "joblib_sweep", {"ae32-b2-digits", "ae32-b8-digits", "ae25-b2-digits",
                                                        "ae25-b8-digits"}, tmp_path)
-    # Each of the 2 parallel jobs got its share of the cores as torch threads.
-    cores = len(os.sched_getaffinity(0))
+    # Each of the 2 parallel jobs got its share of the cores (trainer.threads null: the cores / 2).
     _, children = _parent_and_children(server_uri, "joblib_sweep")
-    assert {c.data.tags["sweep.threads"] for c in children} == {str(max(1, cores // min(2, cores)))}
+    assert {c.data.tags["threads"] for c in children} == {str(threads.share(2))}
+    assert {c.data.params["trainer.threads"] for c in children} == {"None"}
+    # The 4 jobs ran in the pool's 2 worker processes, each reused for a second job (imports, caches kept).
+    assert len({c.data.tags["sweep.pid"] for c in children}) <= 2
 
 
 def test_submitit_local_sweep_on_a_server(run_cli, server_uri):
@@ -157,6 +161,7 @@ def test_submitit_local_sweep_on_a_server(run_cli, server_uri):
     assert parent.info.status == "FINISHED"
     assert sorted(c.info.run_name for c in children) == ["ae32-b2-digits", "ae32-b8-digits"]
     assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["threads"] for c in children} == {str(threads.share(2))}  # both jobs at once
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(run_cli, tracking_uri, tmp_path):

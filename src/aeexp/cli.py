@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from aeexp import data, run_hooks, sweep_resume
+from aeexp import data, run_hooks, sweep_resume, threads
 from aeexp import sweep as sweeps
 from aeexp.config import plain, refuse_moved, register_configs, validate
 from aeexp.errors import AeexpError, ConfigError, DataError
@@ -73,6 +73,7 @@ def _check_model_fits(cfg: DictConfig, parameters: int) -> None:
 def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     interrupt.check()  # a stop requested between a sweep's jobs
     validate(cfg)  # before the heavy imports below: a bad value is refused in a second
+    threads.apply(threads.budget(cfg.trainer.threads))  # before torch, BLAS and OpenMP make their thread pools
     if sweep is None and sweep_resume.requested(cfg):
         raise AeexpError("sweep.resume finishes a sweep: give it with the sweep's own command line and -m")
     if sweep is not None and sweep.earlier:  # a resumed sweep: this job may be done, or continue its earlier run

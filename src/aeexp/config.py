@@ -57,6 +57,9 @@ class TrainerConfig:
     # Log the checkpoint to MLflow every this many epochs (and when the run ends or stops), so that a run whose
     # machine is lost can go on from MLflow; 0: only when it ends or stops. Cost measured in BENCHMARKS.md.
     checkpoint_every: int = 5
+    # Threads of torch, BLAS/OpenMP, openTSNE and scikit-learn for this run; null: the cores this process may use
+    # divided by the jobs running at once on this machine (aeexp.threads); the run's tag `threads` says which.
+    threads: int | None = None
 
 
 # trainer.<key> that moved -> the override to give instead (refuse_moved says so; a run stored before keeps them, null).
@@ -179,6 +182,8 @@ def validate(cfg: DictConfig) -> None:
              "it must be positive (or null: no early stopping)")
     _require(cfg.trainer.early_stopping.min_delta >= 0, "trainer.early_stopping.min_delta",
              cfg.trainer.early_stopping.min_delta, "it must be >= 0")
+    _require(cfg.trainer.threads is None or cfg.trainer.threads > 0, "trainer.threads", cfg.trainer.threads,
+             "it must be positive (or null: this machine's cores shared among the jobs running at once)")
     _require(cfg.trainer.grad_clip is None or cfg.trainer.grad_clip > 0, "trainer.grad_clip", cfg.trainer.grad_clip,
              "it must be positive (or null: no clipping)")
     methods = plain(cfg.embed.methods)

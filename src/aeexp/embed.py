@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 
 import numpy as np
+
+from aeexp import threads
 
 METHODS = ("tsne", "pca", "umap")
 
@@ -22,10 +23,6 @@ UMAP_SPECTRAL_MIN_POINTS = 16  # UMAP's spectral initialisation fails on 3 point
 def max_perplexity(n_points: int) -> float:
     """The largest perplexity t-SNE accepts for ``n_points`` (it must stay below the point count)."""
     return max(1.0, (n_points - 1) / 3.0)
-
-
-def _n_jobs() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def embed_2d(codes: np.ndarray, method: str = "tsne", perplexity: float = 30.0, seed: int = 0, *,
@@ -57,7 +54,7 @@ def tsne_2d(codes: np.ndarray, perplexity: float = 30.0, seed: int = 0, *, n_ite
 
     x = np.ascontiguousarray(codes, dtype=np.float64)
     n = len(x)
-    n_jobs = _n_jobs()
+    n_jobs = threads.current()  # the job's share of the cores (trainer.threads)
     perplexity = min(perplexity, max_perplexity(n))
     # The neighbour index made here, as openTSNE would make it for method="exact"/"annoy": left to choose, it
     # first imports pynndescent (and numba, ~1 s) only to see whether it is installed.

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aeexp import baseline, data, embed, files, metrics, models, plots, report, run_hooks, tracking
+from aeexp import baseline, data, embed, files, metrics, models, plots, report, run_hooks, threads, tracking
 from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.naming import model_label, run_name
@@ -161,6 +161,7 @@ def _run_tags(cfg: DictConfig, device: torch.device, step: loop.TrainingStep) ->
         "device": str(device),
         "train.path": step.path,
         "train.bf16": str(step.bf16).lower(),
+        "threads": str(threads.current()),
         "versions.aeexp": aeexp.__version__,
         "versions.torch": torch.__version__,
         "versions.mlflow": tracking.MLFLOW_VERSION,

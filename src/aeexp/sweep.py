@@ -365,46 +365,21 @@ def load_sweep(directory: str | Path) -> Sweep | None:
 
 def job_tags() -> dict[str, str]:
     """Tags that tie a job's run to its place in the sweep and to the process that ran it (a host and pid to match
-    with the kernel's log of an OOM kill), and the torch threads it was given."""
+    with the kernel's log of an OOM kill)."""
     hydra_config = HydraConfig.get()
-    tags = {"sweep.job": str(hydra_config.job.num), "sweep.job_overrides": " ".join(hydra_config.overrides.task),
+    return {"sweep.job": str(hydra_config.job.num), "sweep.job_overrides": " ".join(hydra_config.overrides.task),
             "sweep.host": socket.gethostname(), "sweep.pid": str(os.getpid())}
-    if _job_threads:
-        tags["sweep.threads"] = str(_job_threads)
-    return tags
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a container's or Slurm's share), else all."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def prepare_job_process() -> None:
-    """Ready this process for a sweep's job: under the joblib launcher, each of the parallel jobs gets its share of
-    the cores, ``cores // n_jobs`` torch threads (``n_jobs=-1``: all cores run jobs, one thread each), recorded as
-    the run's tag ``sweep.threads``; and progress bars take a thread lock, not tqdm's default inter-process
-    semaphore, which a worker killed mid-run (the OOM killer) would leave behind with a warning at exit."""
-    global _job_threads
+    """Ready this process for a sweep's job: progress bars take a thread lock, not tqdm's default inter-process
+    semaphore, which a worker killed mid-run (the OOM killer) would leave behind with a warning at exit. (Each job's
+    share of the cores is :mod:`aeexp.threads`'.)"""
     import threading
 
-    import torch
     from tqdm import tqdm
 
     tqdm.set_lock(threading.RLock())
-    hydra_config = HydraConfig.get()
-    launcher = str(hydra_config.launcher.get("_target_", ""))
-    if "joblib" in launcher.lower():
-        n_jobs = int(hydra_config.launcher.get("n_jobs") or 1)
-        cores = usable_cores()
-        parallel = max(1, cores + 1 + n_jobs if n_jobs < 0 else min(n_jobs, cores))  # joblib's reading of n_jobs
-        torch.set_num_threads(max(1, cores // parallel))
-    _job_threads = torch.get_num_threads()
-
-
-_job_threads = 0  # torch threads of this process's current sweep job
 
 
 def record_failed_job(sweep: Sweep, cfg: DictConfig, run_name: str, error: BaseException) -> None:

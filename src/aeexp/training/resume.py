@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # What a resumed run may change: how long it trains and how, the views of its codes, where MLflow is. Anything
 # else (data, model, optimiser, seed) would make it a different run.
 CHANGEABLE = ("trainer.epochs", "trainer.early_stopping", "trainer.progress", "trainer.device", "trainer.compile",
-              "trainer.mixed_precision", "trainer.checkpoint_every", "embed", "tracking.uri")
+              "trainer.mixed_precision", "trainer.checkpoint_every", "trainer.threads", "embed", "tracking.uri")
 
 
 def resolve_run_id(resume: str) -> str:

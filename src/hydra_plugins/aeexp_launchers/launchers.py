@@ -1,4 +1,5 @@
-"""Hydra's joblib and submitit launchers, with a job whose process dies recorded as a lost job, not a traceback;
+"""Hydra's joblib and submitit launchers, with a job whose process dies recorded as a lost job, not a traceback, and
+each of the jobs they run side by side on this machine given its share of the cores (:mod:`aeexp.threads`);
 Hydra's basic launcher, with its jobs noted.
 
 A job killed by the OS (the OOM killer's SIGKILL) cannot end its MLflow run, and the plugins then raise from inside
@@ -34,6 +35,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import DictConfig, OmegaConf
 
 from aeexp import sweep as sweeps
+from aeexp import threads
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,22 @@ class JoblibLauncher(PluginJoblibLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweeps.note_launched(initial_job_idx, job_overrides)
+        task_function = self.task_function
+        self.task_function = threads.WithShare(task_function, threads.share(self._jobs_at_once(len(job_overrides))))
         try:
             return super().launch(job_overrides, initial_job_idx)
         except (BrokenProcessPool, multiprocessing.TimeoutError) as err:
             cause = self._why(err)
+        finally:
+            self.task_function = task_function
         sweeps.record_lost_jobs(range(initial_job_idx, initial_job_idx + len(job_overrides)), cause)
         return [lost_job(overrides) for overrides in job_overrides]
+
+    def _jobs_at_once(self, jobs: int) -> int:
+        """How many of ``jobs`` run side by side: at most ``n_jobs`` as joblib reads it (``-1``: one per core)."""
+        import joblib
+
+        return max(1, min(jobs, joblib.effective_n_jobs(int(self.joblib.get("n_jobs") or 1))))
 
     def _why(self, err: BaseException) -> str:
         if isinstance(err, multiprocessing.TimeoutError):
@@ -92,6 +104,7 @@ class _SubmititJobsWatched:
     _EXECUTOR: str
     params: dict[str, Any]
     config: DictConfig | None
+    task_function: Any
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweeps.note_launched(initial_job_idx, job_overrides)
@@ -137,8 +150,19 @@ class _SubmititJobsWatched:
         for num, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
             params.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
-        with _output_of_new_processes_to(Path(self.params["submitit_folder"]).parent / "controllers.log"):
-            return list(executor.map_array(self, *zip(*params, strict=True)))
+        share = self._share(len(params))
+        task_function = self.task_function
+        if share is not None:  # (self, the callable submitit runs, is pickled with the wrapped function)
+            self.task_function = threads.WithShare(task_function, share)
+        try:
+            with _output_of_new_processes_to(Path(self.params["submitit_folder"]).parent / "controllers.log"):
+                return list(executor.map_array(self, *zip(*params, strict=True)))
+        finally:
+            self.task_function = task_function
+
+    def _share(self, jobs: int) -> int | None:
+        """Each job's cores, where its jobs share this machine; None where each has a machine's share of its own."""
+        return None
 
 
 @contextlib.contextmanager
@@ -189,7 +213,11 @@ def _wait_until_done(jobs: Sequence[Any], seconds: float) -> None:
 
 
 class SubmititLocalLauncher(_SubmititJobsWatched, LocalLauncher):
-    """hydra/launcher=submitit_local, each job waited for on its own."""
+    """hydra/launcher=submitit_local, each job waited for on its own; its jobs all start at once on this machine and
+    share its cores."""
+
+    def _share(self, jobs: int) -> int | None:
+        return threads.share(jobs)
 
 
 class SubmititSlurmLauncher(_SubmititJobsWatched, SlurmLauncher):

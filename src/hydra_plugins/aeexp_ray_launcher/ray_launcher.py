@@ -1,8 +1,10 @@
-"""The Hydra Launcher class: each job is a Ray task running the Hydra job as the basic launcher would."""
+"""The Hydra Launcher class: each job is a Ray task running the Hydra job as the basic launcher would, with its share
+of the cores (:mod:`aeexp.threads`)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import Sequence
@@ -16,6 +18,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from aeexp import threads
 from aeexp.errors import AeexpError
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,16 @@ class AeexpRayLauncher(Launcher):
             raise AeexpError(f"Ray: cannot {'connect to ' + self.address if self.address else 'start'} "
                              f"({type(err).__name__}: {str(err).splitlines()[0][:300]})") from None
 
+    def _job_cores(self, jobs: int) -> int | None:
+        """Each job's share of the cores: on a Ray instance of this machine, its cores divided among the jobs it runs
+        at once (its CPUs over the CPUs each asks for, at most ``jobs``); on a cluster, the CPUs each job asks for
+        (None when it asks for none: its node's)."""
+        per_job = float(self.remote.get("num_cpus", 1) or 0)  # Ray's default for a task: 1
+        if self.address is None:
+            capacity = self.num_cpus or threads.usable_cores()
+            return threads.share(jobs if per_job <= 0 else min(jobs, max(1, math.floor(capacity / per_job))))
+        return max(1, math.floor(per_job)) if per_job > 0 else None
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import ray
 
@@ -103,6 +116,8 @@ class AeexpRayLauncher(Launcher):
         self._start_ray()
         log.info("Ray launcher: %d jobs, sweep output dir %s", len(job_overrides), sweep_dir)
         run = ray.remote(**self.remote)(_run_job_in_ray) if self.remote else ray.remote(_run_job_in_ray)
+        cores = self._job_cores(len(job_overrides))
+        task_function = threads.WithShare(self.task_function, cores) if cores else self.task_function
         futures = []
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
@@ -111,7 +126,7 @@ class AeexpRayLauncher(Launcher):
                 sweep_config.hydra.job.id = f"ray_{number}"
                 sweep_config.hydra.job.num = number
                 sweep_config.hydra.sweep.dir = str(sweep_dir.resolve())  # the same folder from any worker
-            futures.append(run.remote(self.hydra_context, sweep_config, self.task_function, Singleton.get_state(),
+            futures.append(run.remote(self.hydra_context, sweep_config, task_function, Singleton.get_state(),
                                       os.getcwd()))
         try:
             return ray.get(futures)
