@@ -24,7 +24,8 @@ same as fast:
 - ``torch.ops.aten.threshold_backward`` (:func:`relu_backward_`): the ReLU's backward in place in one pass, as
   autograd does it; ``masked_fill_`` without it, several times slower.
 
-Adam's state is torch's own: the first step is ``optimizer.step()``, which makes it (:class:`FusedAdamUpdate`).
+Adam's state is torch's own: the first step is the optimizer's own step, which makes it (:class:`FusedAdamUpdate`;
+``compiler_free.own_step``: without importing torch's compiler).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from aeexp.models.dense import DenseAutoencoder
+from aeexp.training.compiler_free import own_step
 
 LOG_CHUNK = 64  # values per product in sum_of_logs_of_halves: 0.5**64 is far from float32's smallest number
 BF16_MIN_MULTIPLIES = 2_500_000  # batch x fan-in x fan-out of a layer's products from which bf16 pays
@@ -331,12 +333,12 @@ class FusedAdamUpdate:
     """``optimizer.step()`` of a ``torch.optim.Adam``/``AdamW`` with ``fused=True``, as direct calls of the fused
     kernel that step runs, on the optimizer's own state, in its own format.
 
-    The first step is ``optimizer.step()`` itself, which makes the optimizer's state. The kernel's argument lists are
-    then made once and kept while the optimizer's state and groups are the same objects (``load_state_dict``
-    replaces both). The learning rate and the other hyperparameters are read at every call, so schedulers work, and
-    the groups that share them are updated by one call (each costs ~20 us besides its arithmetic; the weights' and
-    the biases' groups often differ by nothing). A parameter without a gradient makes that call fall back to
-    ``optimizer.step()``.
+    The first step is the optimizer's own step (``compiler_free.own_step``), which makes the optimizer's state. The
+    kernel's argument lists are then made once and kept while the optimizer's state and groups are the same objects
+    (``load_state_dict`` replaces both). The learning rate and the other hyperparameters are read at every call, so
+    schedulers work, and the groups that share them are updated by one call (each costs ~20 us besides its
+    arithmetic; the weights' and the biases' groups often differ by nothing). A parameter without a gradient makes
+    that call fall back to ``optimizer.step()``.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, kernels: tuple[Callable[..., None], Callable[..., None]]
@@ -363,7 +365,7 @@ class FusedAdamUpdate:
     def __call__(self) -> None:
         if self.made_for != (id(self.optimizer.state), id(self.optimizer.param_groups)):
             if not self._state_made():  # the first step: torch makes the state, in its own format, as it steps
-                self.optimizer.step()
+                own_step(self.optimizer)  # (optimizer.step() without importing torch._dynamo)
                 return
             self._make_lists()
         calls: dict[tuple, tuple[list[torch.Tensor], ...]] = {}

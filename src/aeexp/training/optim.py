@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from aeexp import components
 from aeexp.errors import ConfigError
+from aeexp.training.compiler_free import leave_compiler_unimported
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def _optimizer_factory(config: DictConfig) -> tuple[Callable[..., Any], list[str
 
 
 def _made(factory: Callable[..., Any], config: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    leave_compiler_unimported()  # torch.optim's constructors import torch._dynamo otherwise (~1 s)
     try:
         optimizer = factory(groups)
     except (TypeError, ValueError, RuntimeError) as err:
