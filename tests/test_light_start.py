@@ -6,6 +6,7 @@ import copy
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,41 @@ def test_the_optimizers_own_step_is_optimizer_step(make):
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert str(ours.state_dict()) == str(theirs.state_dict())
+
+
+def test_the_digits_are_scikit_learns_arrays_and_split_without_importing_it():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from aeexp.data.digits import Digits, read_digits
+
+    digits = load_digits()
+    images, labels = read_digits()
+    np.testing.assert_array_equal(images, digits.images)
+    np.testing.assert_array_equal(labels, digits.target)
+    assert images.dtype == digits.images.dtype and labels.dtype == digits.target.dtype
+    # What dataset=digits read before: scikit-learn's loader and split
+    levels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    expected = train_test_split(levels, digits.target, test_size=0.2, stratify=digits.target, random_state=0)
+    arrays = Digits().read()
+    for ours, theirs in zip((arrays.train_images, arrays.test_images, arrays.train_labels, arrays.test_labels),
+                            (expected[0], expected[1], expected[2], expected[3]), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert _fresh_process("import sys\nfrom aeexp.data.digits import Digits\nDigits().read()\n"
+                          "print(sorted({'sklearn', 'scipy'} & set(sys.modules)))") == "[]"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("sizes", [(5, 5, 5), (40, 3, 17, 2, 9), (100, 100, 2, 3)])
+def test_the_stratified_split_is_scikit_learns(sizes, seed):
+    from sklearn.model_selection import train_test_split
+
+    from aeexp.data.digits import stratified_split
+
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(sizes)), sizes))
+    rows = np.arange(len(labels))
+    n_test = max(len(sizes), len(labels) // 4)
+    train, test = stratified_split(labels, n_test, seed)
+    theirs = train_test_split(rows, test_size=n_test, stratify=labels, random_state=seed)
+    np.testing.assert_array_equal(train, theirs[0])
+    np.testing.assert_array_equal(test, theirs[1])
