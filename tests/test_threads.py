@@ -4,6 +4,7 @@ records."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -81,3 +82,24 @@ def test_parallel_jobs_get_their_share_unless_they_say_otherwise(run_cli, tracki
     children = [r for r in runs_in(tracking_uri, "digits") if "mlflow.parentRunId" in r.data.tags]
     assert sorted((c.data.params["trainer.threads"], c.data.tags["threads"]) for c in children) == [
         ("3", "3"), ("None", str(threads.share(2)))]
+
+
+WAIT_POLICY_AT_TORCH_IMPORT = """
+import os, sys
+import aeexp.cli  # what `python -m aeexp` imports before a job starts
+assert "torch" not in sys.modules, "torch is imported before the job's budget is applied"
+from aeexp import threads
+threads.apply(1)
+import torch
+print(os.environ["OMP_WAIT_POLICY"], os.environ["OMP_NUM_THREADS"], torch.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize(("environment", "expected"), [({}, "PASSIVE 1 1"), ({"OMP_WAIT_POLICY": "ACTIVE"},
+                                                                           "ACTIVE 1 1")])
+def test_waiting_openmp_threads_sleep_unless_the_environment_says(environment, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | environment
+    done = subprocess.run([sys.executable, "-c", WAIT_POLICY_AT_TORCH_IMPORT], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == expected

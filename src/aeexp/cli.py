@@ -142,6 +142,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """Console-script entry point: ``aeexp [overrides]`` as ``python -m aeexp``; ``aeexp compare|encode|evaluate
     ...``."""
+    threads.let_waiting_threads_sleep()  # before any OpenMP library loads, for every command
     if sys.argv[1:2] == ["compare"]:
         from aeexp import compare
 
