@@ -52,10 +52,7 @@ import math
 import os
 import platform
 import resource
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,9 +60,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import bench_folder  # scripts/, beside this file
+import bench_load
+import bench_runs
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_process import fmt, median
 from omegaconf import DictConfig
 from torch import nn
 
@@ -82,19 +82,17 @@ TARGET_DENSE_RATIO, TARGET_DENSE_LOSS = 0.75, 0.01  # row 1: against the faster 
 TARGET_ADAMW_RATIO, TARGET_CONV_RATIO = 1.0, 1.0  # rows 2 and 3: not slower than the bare loop
 TARGET_EMBED_RATIO, TARGET_TRUST, TARGET_KNN = 0.33, 0.002, 0.01  # against sklearn's defaults, at 10,000 points
 TARGET_EMBED_N = 10_000
-TARGET_OVERHEAD_S, TARGET_RSS_GB = 5.0, 1.5
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
+BATCH = 256  # --batch-size's default
+DENSE_WIDTHS, BOTTLENECK = [128, 64], 32  # the sizes the labels name: ae32 is 784-128-64-32, the conv AE's code 32
 
 
 # The dense rows time the network the bare loops write: the linear code, without the preset's BatchNorm of it.
 PLAIN_CODE = "model.code_norm=none"
 
 
-def compose(*overrides: str) -> DictConfig:
-    """aeexp's config as the command line composes it, with ``overrides``."""
+def compose(dataset: str, *overrides: str) -> DictConfig:
+    """aeexp's config as ``python -m aeexp dataset=<dataset> <overrides>`` composes it: the dataset's own model
+    settings (``conf/dataset_model``, e.g. the digits' 4-d code) apply as in a run."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
@@ -102,9 +100,35 @@ def compose(*overrides: str) -> DictConfig:
 
     register_configs()
     with initialize_config_module(config_module="aeexp.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        cfg = hydra_compose(config_name="config", overrides=[f"dataset={dataset}", *overrides])
     validate(cfg)
     return cfg
+
+
+def dense_config(dataset: str, compile_setting: str = "auto") -> DictConfig:
+    """The dense Adam row's config: ``model=ae32 model.code_norm=none optimizer=adam scheduler=none``."""
+    return compose(dataset, "model=ae32", PLAIN_CODE, "optimizer=adam", "scheduler=none",
+                   compile_override(compile_setting))
+
+
+def check_sizes(model: models.Autoencoder, cfg: DictConfig, widths: Sequence[int] | None) -> None:
+    """Stops the bench unless the network built from ``cfg`` has the sizes its row's label names (``widths``, when
+    given, and a ``BOTTLENECK``-value code): checked before any timing."""
+    with torch.no_grad():
+        code = model.eval().encode(torch.zeros(2, *model.image_shape))
+    model.train()
+    built = (list(cfg.model.widths), int(code.shape[-1]))
+    if built != ((list(widths) if widths is not None else built[0]), BOTTLENECK):
+        raise SystemExit(f"{cfg.model.name}: widths {built[0]} and a {built[1]}-value code, not the "
+                         f"{widths or ''} {BOTTLENECK}-value code the row's label names (dataset {cfg.dataset.name})")
+
+
+def load_dataset(dataset: str, root: str, train_n: int | None) -> data.Dataset:
+    """The dataset as a run loads it; its first ``train_n`` training images only when given."""
+    ds = data.load(data.preset(dataset, root=root, download=False))
+    if train_n:
+        ds = dataclasses.replace(ds, train=data.Split(ds.train.images[:train_n], ds.train.labels[:train_n]))
+    return ds
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -361,6 +385,7 @@ class AeexpRun:
 def build_aeexp(cfg: DictConfig, ds: data.Dataset, seed: int, epochs: int, batch_size: int) -> AeexpRun:
     torch.manual_seed(seed)
     model = models.build(cfg.model, ds.image_shape)
+    check_sizes(model, cfg, DENSE_WIDTHS if str(cfg.model._target_).endswith(".DenseAutoencoder") else None)
     optimizer = optim.build_optimizer(cfg.optimizer, model)
     schedule = optim.build_schedule(cfg.scheduler, optimizer, epochs, math.ceil(len(ds.train) / batch_size))
     step = loop.make_step(model, optimizer, CPU, cfg.trainer.compile, cfg.trainer.mixed_precision)
@@ -418,7 +443,7 @@ def compile_override(setting: str) -> str:
 
 def bench_dense_adam(ds: data.Dataset, x: torch.Tensor, args: argparse.Namespace) -> tuple[Row, np.ndarray]:
     """Row 1; also returns the test codes of its last aeexp model (for the embedding part)."""
-    cfg = compose("model=ae32", PLAIN_CODE, "optimizer=adam", "scheduler=none", compile_override(args.compile))
+    cfg = dense_config(args.dataset, args.compile)
     widths, bottleneck = list(cfg.model.widths), int(cfg.model.bottleneck)
     betas, eps, lr = tuple(cfg.optimizer.betas), float(cfg.optimizer.eps), float(cfg.optimizer.lr)
     keras = None if args.no_keras else load_keras()
@@ -451,7 +476,7 @@ def bench_dense_adam(ds: data.Dataset, x: torch.Tensor, args: argparse.Namespace
 
 
 def bench_dense_adamw_cosine(ds: data.Dataset, x: torch.Tensor, args: argparse.Namespace) -> Row:
-    cfg = compose("model=ae32", PLAIN_CODE, "optimizer=adamw", "scheduler=cosine",
+    cfg = compose(args.dataset, "model=ae32", PLAIN_CODE, "optimizer=adamw", "scheduler=cosine",
                   compile_override(args.compile))
     widths, bottleneck = list(cfg.model.widths), int(cfg.model.bottleneck)
     opt = cfg.optimizer
@@ -477,7 +502,7 @@ def bench_dense_adamw_cosine(ds: data.Dataset, x: torch.Tensor, args: argparse.N
 
 
 def bench_conv(ds: data.Dataset, args: argparse.Namespace) -> Row:
-    cfg = compose("model=conv", "optimizer=adam", "scheduler=none", compile_override(args.compile))
+    cfg = compose(args.dataset, "model=conv", "optimizer=adam", "scheduler=none", compile_override(args.compile))
     opt = cfg.optimizer
     x = preload(ds.train.images, flat=False)
     row = Row("conv", f"conv AE ({', '.join(str(w) for w in cfg.model.widths)} channels, bottleneck "
@@ -553,112 +578,6 @@ def bench_embedding(codes: np.ndarray, labels: np.ndarray, n: int, args: argpars
     return result
 
 
-# ---------------------------------------------------------------------------------------------- whole run
-
-
-@dataclass
-class RunResult:
-    wall: list[float] = field(default_factory=list)
-    train: list[float] = field(default_factory=list)
-    embed: list[float] = field(default_factory=list)
-    rss_gb: list[float] = field(default_factory=list)
-    imports: list[float] = field(default_factory=list)  # a process importing what a run imports, timed alongside
-    command: str = ""
-
-    @property
-    def overhead(self) -> list[float]:
-        return [w - t - e for w, t, e in zip(self.wall, self.train, self.embed, strict=True)]
-
-
-def top_level_imports(report: str) -> list[str]:
-    """The modules a process imported at top level, in order, from ``python -X importtime``'s report (nested
-    imports come with them); ``__main__`` modules left out, as importing them would run them."""
-    names = []
-    for line in report.splitlines():
-        fields = line.removeprefix("import time:").split("|")
-        if line.startswith("import time:") and len(fields) == 3 and fields[0].strip().isdigit():
-            name = fields[2]
-            if name[:1] == " " and name[1:2] != " " and not name.strip().endswith("__main__"):
-                names.append(name.strip())
-    return names
-
-
-# Imports the modules named on the command line (each as a run imported it, a failure skipped), then exits
-# at once, as a run's process does.
-IMPORT_ONLY = ("import importlib, os, sys\n"
-               "for name in sys.argv[1:]:\n"
-               "    try:\n"
-               "        importlib.import_module(name)\n"
-               "    except Exception:\n"
-               "        pass\n"
-               "sys.stdout.flush(); os._exit(0)")
-
-
-# Runs the command and reports its wall time and peak RSS. A small process in between matters: Linux counts into a
-# child's ru_maxrss the RSS of the process it was spawned from (vfork + exec), which would be this big bench.
-MEASURE = ("import resource, subprocess, sys, time; started = time.perf_counter(); "
-           "code = subprocess.call(sys.argv[1:]); "
-           "print('@@bench', time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-           "file=sys.stderr); sys.exit(code)")
-
-
-def measured(name: str, command: list[str], cwd: str, env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of ``command``, run under ``MEASURE``; the bench stops if it fails."""
-    done = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=cwd, env=env, capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        sys.exit(f"{name} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    line = [line.split() for line in done.stderr.splitlines() if line.startswith("@@bench ")][-1]
-    return float(line[1]), int(line[2])
-
-
-def bench_runs(args: argparse.Namespace) -> dict[str, RunResult]:
-    """Whole runs, interleaved: ``"cold"`` with an empty cache (the PCA baseline is computed, as in the first run
-    on a dataset and bottleneck size), ``"cached"`` with the baseline of an earlier run cached (a sweep's later
-    runs, a rerun)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    results = {"cold": RunResult(), "cached": RunResult()}
-    with tempfile.TemporaryDirectory(prefix="aeexp-bench-") as tmp:
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        MlflowClient(uri).search_experiments()  # creates and migrates the store before the timed runs
-        overrides = [f"dataset={args.dataset}", f"dataset.root={args.root}", "dataset.download=false", "model=ae32",
-                     f"trainer.epochs={args.run_epochs}", f"trainer.batch_size={args.batch_size}",
-                     "trainer.progress=false", f"tracking.uri={uri}"]
-        command = "python -m aeexp " + " ".join(o for o in overrides if not o.startswith("tracking.uri"))
-        shared_cache = f"{tmp}/cache-shared"
-        # Untimed: fills the shared cache and tells which modules a run imports.
-        warm_up = subprocess.run([sys.executable, "-X", "importtime", "-m", "aeexp", *overrides, "trainer.epochs=1",
-                                  f"hydra.run.dir={tmp}/outputs/warm-up"], cwd=tmp, capture_output=True, text=True,
-                                 check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-                                                  "AEEXP_CACHE_DIR": shared_cache})
-        modules = top_level_imports(warm_up.stderr)
-        for repeat in range(args.repeats):
-            for kind, result in results.items():
-                result.command = command
-                cache = f"{tmp}/cache-{repeat}" if kind == "cold" else shared_cache
-                env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "AEEXP_CACHE_DIR": cache}
-                wall, peak_kib = measured("the run", [sys.executable, "-m", "aeexp", *overrides,
-                                                      f"hydra.run.dir={tmp}/outputs/{kind}-{repeat}"], tmp, env)
-                mlflow.set_tracking_uri(uri)
-                run = MlflowClient(uri).search_runs(
-                    [MlflowClient(uri).get_experiment_by_name(args.dataset).experiment_id],
-                    order_by=["attributes.start_time DESC"], max_results=1)[0]
-                epochs = MlflowClient(uri).get_metric_history(run.info.run_id, "epoch_time")
-                result.wall.append(wall)
-                result.train.append(sum(m.value for m in epochs))
-                result.embed.append(run.data.metrics["embed_time"])
-                result.rss_gb.append(peak_kib / 2**20)  # KiB -> GiB
-                print(f"  run {repeat + 1} ({kind}): wall {wall:.1f}s training {result.train[-1]:.1f}s embedding "
-                      f"{result.embed[-1]:.1f}s peak RSS {result.rss_gb[-1]:.2f} GB", flush=True)
-                result.imports.append(measured("importing what a run imports", [sys.executable, "-c", IMPORT_ONLY,
-                                                                               *modules], tmp, env)[0])
-                print(f"  importing what a run imports ({len(modules)} modules): {result.imports[-1]:.1f}s",
-                      flush=True)
-    return results
-
-
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -686,10 +605,6 @@ def machine() -> list[str]:
         f"Python {platform.python_version()}, scikit-learn {sklearn.__version__}, openTSNE {openTSNE.__version__}"
         + (f", Keras {keras.__version__} (torch backend)" if keras else ", Keras not installed"),
     ]
-
-
-def fmt(values: Sequence[float], digits: int = 2) -> str:
-    return f"{median(values):.{digits}f}" if values else "-"
 
 
 def training_report(rows: list[Row], args: argparse.Namespace, ds: data.Dataset) -> list[str]:
@@ -811,59 +726,17 @@ def embedding_report(results: list[EmbedResult], args: argparse.Namespace) -> tu
     return lines, targets
 
 
-def runs_report(runs: dict[str, RunResult], args: argparse.Namespace) -> tuple[list[str], list[tuple[str, bool]]]:
-    cold = runs["cold"]
-    lines = [f"Whole run: `{cold.command}`, {args.repeats} repeats of each kind, interleaved, logging to an "
-             "MLflow sqlite store that exists already (created and migrated before the first run); training and "
-             "embedding are the run's own `epoch_time` (summed) and `embed_time` metrics; the fixed overhead is "
-             "the rest (imports, data loading, final metrics and the PCA baseline, MLflow, figures, the explorer "
-             "page, model logging). \"First run\": an empty cache, the PCA baseline is computed; \"baseline "
-             "cached\": it was computed by an earlier run on the same data and bottleneck size (a sweep's "
-             "other runs, a rerun). \"Of which imports\": a process that only imports the modules a run "
-             "imports (read from `python -X importtime` of an untimed run) and exits, timed after each run; "
-             "\"after imports\" is the overhead less that.", "",
-             "| whole run | wall s | training s | embedding s | fixed overhead s | of which imports s "
-             "| after imports s | x (training + embedding) | peak RSS GB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    names = {"cold": "first run", "cached": "baseline cached"}
-    targets = []
-    for kind, result in runs.items():
-        parts = [t + e for t, e in zip(result.train, result.embed, strict=True)]
-        after = [o - i for o, i in zip(result.overhead, result.imports, strict=True)]
-        lines.append(f"| aeexp, {args.run_epochs} epochs, {names[kind]} | {fmt(result.wall, 1)} | "
-                     f"{fmt(result.train, 1)} | {fmt(result.embed, 1)} | {fmt(result.overhead, 1)} | "
-                     f"{fmt(result.imports, 1)} | {fmt(after, 1)} | "
-                     f"{median([w / p for w, p in zip(result.wall, parts, strict=True)]):.2f} | "
-                     f"{fmt(result.rss_gb)} |")
-    for kind, result in runs.items():
-        targets.append((f"fixed overhead of a run ({names[kind]}) <= {TARGET_OVERHEAD_S:.0f} s: "
-                        f"{median(result.overhead):.1f} s", median(result.overhead) <= TARGET_OVERHEAD_S))
-    peak = max(median(result.rss_gb) for result in runs.values())
-    targets.append((f"peak RSS of a run <= {TARGET_RSS_GB} GB: {peak:.2f} GB", peak <= TARGET_RSS_GB))
-    return lines, targets
+Section = tuple[list[str], list[tuple[str, bool]]]  # a part's lines and its targets (what, whether met)
 
 
-def report(args, ds, rows, embedding, runs, load_before, load_after, folder=None
-           ) -> tuple[str, list[tuple[str, bool]]]:
+def report(sections: list[Section], load_before: float, load_after: float) -> tuple[str, list[tuple[str, bool]]]:
     lines = [f"Machine: {m}" if i == 0 else f"  {m}" for i, m in enumerate(machine())]
     lines += [f"Load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} (other processes share "
               "the cores: figures are medians, ratios are paired with a baseline timed alongside)", ""]
     targets: list[tuple[str, bool]] = []
-    if rows:
-        lines += [*training_report(rows, args, ds), ""]
-        targets += training_targets(rows)
-    if embedding:
-        more, embed_targets = embedding_report(embedding, args)
+    for more, more_targets in sections:
         lines += [*more, ""]
-        targets += embed_targets
-    if runs:
-        more, run_targets = runs_report(runs, args)
-        lines += [*more, ""]
-        targets += run_targets
-    if folder:
-        more, folder_targets = bench_folder.folder_report(folder)
-        lines += [*more, ""]
-        targets += folder_targets
+        targets += more_targets
     if targets:
         lines += ["| target | met |", "| --- | --- |"]
         lines += [f"| {text} | {'yes' if ok else 'NO'} |" for text, ok in targets]
@@ -879,14 +752,23 @@ def write(path: Path, text: str, command: str) -> None:
     path.write_text(new)
 
 
-def main(argv: list[str] | None = None) -> None:
+PARTS = ["training", "adamw", "conv", "embedding", "run", "folder", "digits-run", "sweep", "load"]
+# --record: every part the issue's targets name, sized to take ~15 min on an idle 2-core CPU (the folder part left
+# out: it writes the training images as PNGs first). Options given after it win.
+RECORD = ["--epochs", "6", "--conv-epochs", "2", "--repeats", "2", "--embed-n", "10000", "--run-epochs", "3",
+          "--skip", "folder", "--no-keras"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--record", action="store_true",
+                        help="the selection for BENCHMARKS.md: " + " ".join(RECORD) + " (later options win)")
     parser.add_argument("--dataset", default="fashion_mnist", help="an aeexp dataset name (default fashion_mnist)")
     parser.add_argument("--root", default="./data", help="dataset.root; Debian's Fashion-MNIST is found when empty")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per repeat of the dense rows (default 10)")
     parser.add_argument("--conv-epochs", type=int, default=3, help="epochs per repeat of the conv row (default 3)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=BATCH)
     parser.add_argument("--train-n", type=int, default=None,
                         help="train on the first N training images only (quick checks; default all)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every part (default 3)")
@@ -894,50 +776,90 @@ def main(argv: list[str] | None = None) -> None:
                         help="test codes embedded, one size or more (default 3000 10000)")
     parser.add_argument("--trust-n", type=int, default=5_000, help="sample for trustworthiness (default 5000)")
     parser.add_argument("--run-epochs", type=int, default=10, help="epochs of each whole run (default 10)")
+    parser.add_argument("--load", type=int, default=len(os.sched_getaffinity(0)),
+                        help="competing single-threaded CPU-bound processes of the load part (default: one per "
+                             "core; 0 leaves the part out)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="aeexp's trainer.compile")
     parser.add_argument("--no-keras", action="store_true", help="leave Keras out even when installed")
-    parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["training", "adamw", "conv", "embedding", "run", "folder"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=PARTS,
                         help="parts to leave out (training: all three training rows; adamw, conv: that row)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, help="these parts alone")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args([*RECORD, *argv] if "--record" in argv else argv)
+    if args.only:
+        args.skip = [part for part in PARTS if part not in args.only and not (part in ("adamw", "conv")
+                                                                               and "training" in args.only)]
+    if args.load <= 0:
+        args.skip.append("load")
+    return args
 
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    ds = data.load(data.preset(args.dataset, root=args.root, download=False))
-    if args.train_n:
-        ds = dataclasses.replace(ds, train=data.Split(ds.train.images[:args.train_n], ds.train.labels[:args.train_n]))
+
+def in_process_parts(args: argparse.Namespace, ds: data.Dataset) -> list[Section]:
+    """The training rows and the embedding, timed in this process against their baselines."""
     rows: list[Row] = []
     embedding: list[EmbedResult] = []
-    runs = None
     training = "training" not in args.skip
-    if training or "embedding" not in args.skip:
-        x = preload(ds.train.images, flat=True)  # the bare dense loops' float images, shared
-        print(f"training: dense ae32, Adam ({args.epochs} epochs x {args.repeats}) ...", flush=True)
-        row, codes = bench_dense_adam(ds, x, args)
-        rows.append(row)
-        if training and "adamw" not in args.skip:
-            print(f"training: dense ae32, AdamW + cosine ({args.epochs} epochs x {args.repeats}) ...", flush=True)
-            rows.append(bench_dense_adamw_cosine(ds, x, args))
-        del x
-        if training and "conv" not in args.skip:
-            print(f"training: conv AE, Adam ({args.conv_epochs} epochs x {args.repeats}) ...", flush=True)
-            rows.append(bench_conv(ds, args))
-        if "embedding" not in args.skip:
-            for n in args.embed_n:
-                print(f"embedding ({n} codes x {args.repeats}) ...", flush=True)
-                embedding.append(bench_embedding(codes, ds.test.labels.numpy(), n, args))
-        if not training:
-            rows = []
+    x = preload(ds.train.images, flat=True)  # the bare dense loops' float images, shared
+    print(f"training: dense ae32, Adam ({args.epochs} epochs x {args.repeats}) ...", flush=True)
+    row, codes = bench_dense_adam(ds, x, args)
+    rows.append(row)
+    if training and "adamw" not in args.skip:
+        print(f"training: dense ae32, AdamW + cosine ({args.epochs} epochs x {args.repeats}) ...", flush=True)
+        rows.append(bench_dense_adamw_cosine(ds, x, args))
+    del x
+    if training and "conv" not in args.skip:
+        print(f"training: conv AE, Adam ({args.conv_epochs} epochs x {args.repeats}) ...", flush=True)
+        rows.append(bench_conv(ds, args))
+    if "embedding" not in args.skip:
+        for n in args.embed_n:
+            print(f"embedding ({n} codes x {args.repeats}) ...", flush=True)
+            embedding.append(bench_embedding(codes, ds.test.labels.numpy(), n, args))
+    sections = [(training_report(rows, args, ds), training_targets(rows))] if training else []
+    return sections + ([embedding_report(embedding, args)] if embedding else [])
+
+
+def process_parts(args: argparse.Namespace) -> list[Section]:
+    """The parts that time other processes: whole runs and sweeps through the CLI, a folder of images, shared cores."""
+    sections = []
     if "run" not in args.skip:
         print(f"whole runs ({args.run_epochs} epochs x {args.repeats}) ...", flush=True)
-        runs = bench_runs(args)
-    folder = None
+        overrides = [f"dataset={args.dataset}", f"dataset.root={args.root}", "dataset.download=false", "model=ae32",
+                     f"trainer.epochs={args.run_epochs}", f"trainer.batch_size={args.batch_size}",
+                     "trainer.progress=false"]
+        runs = bench_runs.bench_runs(overrides, args.dataset, args.repeats)
+        sections.append(bench_runs.whole_runs_report(runs, args.repeats, args.run_epochs))
+    if "digits-run" not in args.skip:
+        print(f"1-epoch digits runs (x {args.repeats}) ...", flush=True)
+        runs = bench_runs.bench_runs(["dataset=digits", "trainer.epochs=1", "trainer.progress=false"], "digits",
+                                     args.repeats)
+        sections.append(bench_runs.digits_run_report(runs, args.repeats))
+    if "sweep" not in args.skip:
+        print(f"4-job digits sweeps, sequential and joblib n_jobs=2 (x {args.repeats}) ...", flush=True)
+        sections.append(bench_runs.sweeps_report(bench_runs.bench_sweeps(args.repeats), args.repeats))
     if "folder" not in args.skip:
         print(f"folder of images ({args.train_n or 'all'} training images as PNGs x {args.repeats}) ...", flush=True)
-        folder = bench_folder.bench_folder(args.dataset, args.root, args.repeats, args.train_n)
-    text, _ = report(args, ds, rows, embedding, runs, load_before, os.getloadavg()[0], folder)
+        sections.append(bench_folder.folder_report(bench_folder.bench_folder(args.dataset, args.root, args.repeats,
+                                                                             args.train_n)))
+    if "load" not in args.skip:
+        epochs = max(1, min(args.epochs - 1, 3))
+        print(f"shared cores: idle and with {args.load} competing processes ({epochs} epochs x {args.repeats}) ...",
+              flush=True)
+        sections.append(bench_load.load_report(bench_load.bench_load(args.dataset, args.root, args.load, args.repeats,
+                                                                     epochs, args.train_n)))
+    return sections
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    sections = []
+    if "training" not in args.skip or "embedding" not in args.skip:
+        sections += in_process_parts(args, load_dataset(args.dataset, args.root, args.train_n))
+    sections += process_parts(args)
+    text, _ = report(sections, load_before, os.getloadavg()[0])
     print()
     print(text)
     print(f"bench took {time.perf_counter() - started:.0f} s; peak RSS of the bench process "
