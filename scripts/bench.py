@@ -825,7 +825,8 @@ def process_parts(args: argparse.Namespace) -> list[Section]:
     sections = []
     if "run" not in args.skip:
         print(f"whole runs ({args.run_epochs} epochs x {args.repeats}) ...", flush=True)
-        overrides = [f"dataset={args.dataset}", f"dataset.root={args.root}", "dataset.download=false", "model=ae32",
+        root = os.path.abspath(args.root) if os.path.exists(args.root) else args.root  # (the runs' cwd: a tmp dir)
+        overrides = [f"dataset={args.dataset}", f"dataset.root={root}", "dataset.download=false", "model=ae32",
                      f"trainer.epochs={args.run_epochs}", f"trainer.batch_size={args.batch_size}",
                      "trainer.progress=false"]
         runs = bench_runs.bench_runs(overrides, args.dataset, args.repeats)
