@@ -546,4 +546,6 @@ def test_the_launcher_configs_name_aeexp_s_launchers(make_config, choice, ours, 
     assert issubclass(getattr(launchers, ours), get_class(plugins))
     assert launcher._target_ in Plugins.instance().class_name_to_class  # Hydra may build it (editable install too)
     default = make_config(return_hydra_config=True).hydra.launcher
-    assert default._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    # the default (``hydra/launcher=basic``) is aeexp's subclass of Hydra's, which notes its jobs for the closing line
+    assert default._target_ == "hydra_plugins.aeexp_launchers.launchers.BasicLauncher"
+    assert issubclass(launchers.BasicLauncher, get_class("hydra._internal.core_plugins.basic_launcher.BasicLauncher"))
