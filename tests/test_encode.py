@@ -510,6 +510,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> I
     yield Hostile(run_id, uri, folder, root / "marker", model)
 
 
+OWN = ["--allow-target", "evil_model.EvilAE"]  # a class of the user's own, which a stored config may then build
+
+
 def _codes_of(model: torch.nn.Module, digits: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model.encode(torch.from_numpy(digits).float().unsqueeze(1) / 255).numpy()
@@ -522,7 +525,7 @@ def test_a_hostile_pickle_runs_only_with_trust_pickle(hostile, digits, tmp_path,
     hostile.marker.unlink(missing_ok=True)
     for model_uri, extra in ((f"runs:/{hostile.run_id}/model", ["--tracking-uri", hostile.tracking_uri]),
                              (str(hostile.folder), [])):
-        assert encode.main([model_uri, str(images), "--out", str(tmp_path / "codes.npy"), *extra]) == 0, \
+        assert encode.main([model_uri, str(images), "--out", str(tmp_path / "codes.npy"), *extra, *OWN]) == 0, \
             capsys.readouterr().err
         np.testing.assert_allclose(np.load(tmp_path / "codes.npy"), _codes_of(hostile.model, digits), atol=1e-6)
         assert not hostile.marker.exists(), f"{model_uri}: the model's pickle ran"
@@ -561,7 +564,7 @@ def test_a_model_folder_that_cannot_be_made_safely_is_refused_without_unpickling
     _tamper(folder, how, tmp_path / "payload-ran")
     hostile.marker.unlink(missing_ok=True)
     assert encode.main([str(folder), str(_save(tmp_path / "digits.npy", digits)),
-                        "--out", str(tmp_path / "codes.npy")]) == 1
+                        "--out", str(tmp_path / "codes.npy"), *OWN, "--allow-target", "elsewhere.EvilAE"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     for text in expected:

@@ -126,6 +126,9 @@ class Config:
     tags: dict[str, str] = field(default_factory=dict)
     # Continue a run from its checkpoint: an MLflow run id, or ``last`` (the latest run with a checkpoint).
     resume: str | None = None
+    # Classes of your own that a stored config (a checkpoint's, on resume) may build besides aeexp's (see
+    # aeexp.stored_config), as dotted paths: [mymodels.SparseAE].
+    allow_targets: list[str] = field(default_factory=list)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
@@ -155,17 +158,6 @@ def refuse_moved(overrides: Sequence[str]) -> None:
         if moved in MOVED and equals:
             raise ConfigError(f"trainer.{moved} is no longer a setting: give {MOVED[moved].format(value=value)} "
                               "instead.")
-
-
-def from_stored(text: str) -> DictConfig:
-    """A config a run stored (its resolved ``config.yaml``) on the schema; the moved keys, which runs made before
-    they left the schema stored as null, are dropped. Raises OmegaConf's or YAML's errors for a config that does not
-    fit."""
-    stored = OmegaConf.create(text)
-    if OmegaConf.is_dict(stored) and OmegaConf.is_dict(stored.get("trainer")):
-        for key in MOVED:
-            stored.trainer.pop(key, None)
-    return OmegaConf.merge(OmegaConf.structured(Config), stored)
 
 
 def validate(cfg: DictConfig) -> None:

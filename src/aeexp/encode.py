@@ -494,14 +494,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "sqlite:///mlflow.db in the current folder)")
     parser.add_argument("--batch-size", type=_positive, default=EVAL_BATCH_SIZE,
                         help=f"images per forward pass (default {EVAL_BATCH_SIZE})")
+    parser.add_argument("--allow-target", action="append", default=[], metavar="CLASS",
+                        help="a class of your own (dotted path, e.g. mymodels.SparseAE) that the model's stored "
+                             "config may build besides aeexp's models and datasets; repeat it for several")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="load the model's pickled form (mlflow.pytorch.load_model), which runs any code the "
                              "file holds, instead of making it from its config and weights: only for a model from a "
                              "source you trust")
     args = parser.parse_args(argv)
+    from aeexp import stored_config
+
     try:
-        lines = run(args.model_uri, args.images, args.out, args.reconstructions, args.tracking_uri,
-                    args.batch_size, args.trust_pickle)
+        with stored_config.allowing(args.allow_target):
+            lines = run(args.model_uri, args.images, args.out, args.reconstructions, args.tracking_uri,
+                        args.batch_size, args.trust_pickle)
     except AeexpError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -74,17 +74,22 @@ class Evaluated:
 
 
 def stored_config(run_id: str, scratch: Path) -> Any:
-    """The resolved config run ``run_id`` logged (its ``config.yaml`` artifact), checked against aeexp's schema."""
-    from aeexp import tracking
-    from aeexp.config import from_stored
+    """The resolved config run ``run_id`` logged (its ``config.yaml`` artifact), read as data (no interpolation
+    resolved, no target built but aeexp's own or an allowed one: :mod:`aeexp.stored_config`), checked against aeexp's
+    schema."""
+    from aeexp import stored_config, tracking
 
     path = tracking.download_artifact(run_id, "config.yaml", scratch)
     if path is None:
         raise Unavailable("its config.yaml artifact is missing, so its data cannot be read again")
     try:
-        return from_stored(path.read_text(encoding="utf-8"))
-    except Exception as err:  # OSError, or one of OmegaConf's and YAML's many errors
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
         raise Unavailable(f"its config.yaml is unreadable ({type(err).__name__}: {err})".splitlines()[0]) from None
+    try:
+        return stored_config.with_schema(stored_config.read(text, "its config.yaml"), "its config.yaml")
+    except stored_config.StoredConfigError as err:
+        raise Unavailable(str(err)) from None
 
 
 def final_step(steps: dict[str, set[int]]) -> int:
@@ -278,6 +283,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLflow's default, MLFLOW_TRACKING_URI or "
                              "sqlite:///mlflow.db in the current folder)")
+    parser.add_argument("--allow-target", action="append", default=[], metavar="CLASS",
+                        help="a class of your own (dotted path, e.g. mymodels.SparseAE) that a run's stored "
+                             "config may build besides aeexp's models and datasets; repeat it for several")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="load the models' pickled form (mlflow.pytorch.load_model), which runs any code the "
                              "file holds, instead of making them from their config and weights: only for models "
@@ -348,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as err:
         parser.error(str(err))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from aeexp import tracking
+    from aeexp import stored_config, tracking
 
     try:
         tracking.use_existing_store(args.tracking_uri, "runs to evaluate")
@@ -360,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no runs to evaluate in {args.parent_run or args.experiment}", file=sys.stderr)
         return 1
     try:
-        return _run(selection, args, methods)
+        with stored_config.allowing(args.allow_target):
+            return _run(selection, args, methods)
     except KeyboardInterrupt:
         print("error: interrupted; the runs evaluated so far keep what was logged to them", file=sys.stderr)
         return 130

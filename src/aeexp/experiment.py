@@ -23,6 +23,7 @@ from aeexp import config as config_schema
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.naming import model_label, run_name
 from aeexp.params import run_params
+from aeexp.resumed_run import changed_settings, find_checkpoint, resolve_run_id
 from aeexp.sweep import PRUNED_TAG, Sweep, job_tags
 from aeexp.training import checkpoint, interrupt, loop, optim, resume
 from aeexp.training.early_stopping import EarlyStopping
@@ -191,13 +192,13 @@ def _fresh_start(cfg: DictConfig, sweep: Sweep | None) -> _Start:
 
 def _resumed_start(cfg: DictConfig, sweep: Sweep | None, overrides: Sequence[str]) -> _Start:
     tracking_uri = tracking.configure_uri(sweep.tracking_uri if sweep else cfg.tracking.uri)
-    run_id = resume.resolve_run_id(str(cfg.resume))
+    run_id = resolve_run_id(str(cfg.resume))
     run_record, experiment_name = tracking.find_run(run_id)
     if sweep is not None and run_record.tags.get("mlflow.parentRunId") != sweep.parent_run_id:
         # (a resumed sweep continues its own children: aeexp.sweep_resume)
         raise ConfigError("resume= continues one run; it cannot be part of a sweep (drop -m, or finish a sweep "
                           "with sweep.resume=<parent run id>)")
-    state = resume.find_checkpoint(run_record)
+    state = find_checkpoint(run_record)
     resumed_cfg = resume.resumed_config(cfg, state.config, overrides, run_id, state.epoch)
     config_schema.validate(resumed_cfg)
     if run_record.status == "FINISHED" and resumed_cfg.trainer.epochs == state.epoch:
@@ -419,7 +420,7 @@ def _begin(start: _Start, run_id: str, cfg: DictConfig, config_yaml: str, output
 def _record_resume(record: tracking.RunRecord, epoch: int, run_id: str, cfg: DictConfig) -> None:
     """Tags that describe the resumed run as it now is: ``resumed_from_epoch``, ``resumed.<key>`` for each setting
     that differs from its params (which MLflow keeps as they were logged), and no ``error`` of an earlier failure."""
-    changed = resume.changed_settings(record.params, cfg)
+    changed = changed_settings(record.params, cfg)
     tracking.set_tags({"resumed_from_epoch": str(epoch),
                        **{f"resumed.{key}": value[:5000] for key, value in changed.items()}})
     stale = [key for key in record.tags

@@ -4,8 +4,8 @@ Every run logs these beside the pickled MLflow model, in the model's ``extra_fil
 run's resolved config), ``weights.pt`` (the model's ``state_dict``, read back with ``torch.load(weights_only=True)``,
 which refuses anything but tensors and plain values) and ``model.json`` (the image shape, which the dataset may not
 be there to give). :func:`load` makes the model from its config's ``model._target_`` and puts the weights in, so a
-model folder from someone else can at worst hold wrong numbers; only its class's own code runs, and that class must
-be importable here.
+model folder from someone else can at worst hold wrong numbers; only its class's own code runs: one of aeexp's
+models, or a class of your own that you allowed (:mod:`aeexp.stored_config`), importable here.
 """
 
 from __future__ import annotations
@@ -72,14 +72,21 @@ def _image_shape(folder: Path, name: str) -> tuple[int, ...]:
 
 
 def _model_config(folder: Path, name: str) -> Any:
-    from omegaconf import DictConfig, OmegaConf
+    """The model's config, read as data (:mod:`aeexp.stored_config`: no interpolation resolved, no target but aeexp's
+    own or an allowed one)."""
+    from omegaconf import DictConfig
+
+    from aeexp import stored_config
 
     try:
-        config = OmegaConf.create((folder / CONFIG).read_text(encoding="utf-8"))
-    except Exception as err:  # OSError, or one of OmegaConf's and YAML's many parse errors
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise ModelFilesError(f"{name}: {folder / CONFIG} is unreadable ({reason})") from None
-    if not isinstance(config, DictConfig) or not isinstance(config.get("model"), DictConfig):
+        text = (folder / CONFIG).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelFilesError(f"{name}: {folder / CONFIG} is unreadable ({type(err).__name__}: {err})") from None
+    try:
+        config = stored_config.read(text, f"{name}'s {FOLDER}/{CONFIG}")
+    except stored_config.StoredConfigError as err:
+        raise ModelFilesError(str(err)) from None
+    if not isinstance(config.get("model"), DictConfig):
         raise ModelFilesError(f"{name}: {folder / CONFIG} has no model section; it is not an aeexp run's config")
     return config
 
