@@ -107,6 +107,10 @@ def test_sqlite_uri_that_is_not_a_database_is_refused(tmp_path):
     ("mysql://host/db?user=u&password=s3cret&x=1", "mysql://host/db?user=u&password=***&x=1"),
     ("sqlite:////data/mlflow.db and http://127.0.0.1:5000", "sqlite:////data/mlflow.db and http://127.0.0.1:5000"),
     ("mail me at a@b.org", "mail me at a@b.org"),
+    # as Hydra writes a sweep job's overrides (the sweep.job_overrides tag, the launch lines): ":" and "=" escaped
+    ("tracking.uri=http\\://alice\\:PW@host\\:5000 model.bottleneck=2",
+     "tracking.uri=http\\://alice\\:***@host\\:5000 model.bottleneck=2"),
+    ("tracking.uri=mysql\\://host/db?password\\=s3cret", "tracking.uri=mysql\\://host/db?password\\=***"),
 ])
 def test_redact_masks_the_credentials_of_every_uri(text, masked):
     assert tracking.redact(text) == masked
@@ -241,6 +245,46 @@ def test_a_password_in_the_tracking_uri_is_shown_and_recorded_nowhere(auth_serve
     assert encode.main([f"runs:/{run.info.run_id}/model", str(images), "--out", str(tmp_path / "codes.npy"),
                         "--tracking-uri", auth_server]) == 0
     assert np.load(tmp_path / "codes.npy").shape == (3, 4)
+
+
+def test_a_password_in_the_tracking_uri_of_a_sweep_is_shown_and_recorded_nowhere(auth_server, run_cli, logged_in,
+                                                                                  tmp_path):
+    """``-m tracking.uri=http://admin:<password>@host model.bottleneck=2,4``: the jobs log in with it (each takes it
+    from its own config, not from the sweep file), and the password is in no launch line, no child's
+    ``sweep.job_overrides`` tag, not in ``.aeexp_sweep.json``, the report (local and the server's copy) or any log.
+    (Hydra's own copies of the command line, ``.hydra/`` and ``multirun.yaml``, keep it as typed: README.)"""
+    with_login = auth_server.replace("http://", f"http://{ADMIN}:{ADMIN_PASSWORD}@")
+    done = run_cli("-m", f"tracking.uri={with_login}", "model.bottleneck=2,4", *SMALL[:1], *SMALL[2:], timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ADMIN_PASSWORD not in done.stdout + done.stderr
+    assert "#1 : tracking.uri=http\\://admin\\:***@127.0.0.1" in done.stdout + done.stderr
+    ours = [p for p in (tmp_path / "multirun").rglob("*")
+            if p.is_file() and ".hydra" not in p.parts and p.name != "multirun.yaml"]
+    assert {".aeexp_sweep.json", "report.html", "cli.log"} <= {p.name for p in ours}
+    assert [p for p in ours if ADMIN_PASSWORD.encode() in p.read_bytes()] == []
+
+    mlflow.set_tracking_uri(auth_server)
+    runs = runs_in(auth_server, "digits")
+    (parent,) = [run for run in runs if "sweep.name" in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(run.data.params["model.bottleneck"] for run in children) == ["2", "4"]
+    assert {run.info.status for run in [parent, *children]} == {"FINISHED"}
+    assert all("tracking.uri=http\\://admin\\:***@" in run.data.tags["sweep.job_overrides"] for run in children)
+    assert ADMIN_PASSWORD not in "".join(repr(run.data.params) + repr(run.data.tags) for run in runs)
+    server_copy = Path(MlflowClient().download_artifacts(parent.info.run_id, "comparison", str(tmp_path / "logged")))
+    assert (server_copy / "report.html").is_file()
+    assert [p for p in server_copy.rglob("*") if p.is_file() and ADMIN_PASSWORD.encode() in p.read_bytes()] == []
+
+
+def test_a_password_in_a_dataset_path_is_masked_in_its_error_and_cli_log(run_cli, tmp_path, tracking_uri):
+    done = run_cli("dataset=arrays", "dataset.path=https://alice:ds-s3cret-pw@data.example/x.npz",
+                   f"tracking.uri={tracking_uri}", *SMALL, timeout=180)
+    assert done.returncode == 1
+    assert "ds-s3cret-pw" not in done.stdout + done.stderr
+    (line,) = _error_lines(done)
+    assert line.startswith("error: dataset.path='https://alice:***@data.example/x.npz' is invalid: there is no such ")
+    (log,) = (tmp_path / "outputs").glob("*/*/cli.log")
+    assert "ds-s3cret-pw" not in log.read_text() and "https://alice:***@data.example/x.npz" in log.read_text()
 
 
 def test_the_server_preset_points_at_a_local_server(make_config):

@@ -17,6 +17,7 @@ from aeexp import sweep as sweeps
 from aeexp.config import plain, refuse_moved, register_configs, validate
 from aeexp.errors import AeexpError, ConfigError, DataError
 from aeexp.folders import remove_unused
+from aeexp.redaction import mask_credentials_in_logs
 from aeexp.training import interrupt
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ log = logging.getLogger("aeexp")
 HYDRA_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job logging (its default)
 
 register_configs()
+mask_credentials_in_logs()  # from the first line on: a password in dataset.path or tracking.uri is never shown
 
 # The errors that refuse a run before it begins (a bad setting, data that cannot be read). An unusable tracking store
 # keeps its folder: Hydra's log there says which store, with its credentials masked.
@@ -110,7 +112,7 @@ def _describe_in_the_ui(result: RunResult, say_where: bool) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://aeexp.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     """One run; returns the final validation loss (what an Optuna sweep minimises)."""
-    sweep = sweeps.current_sweep()
+    sweep = sweeps.current_sweep(cfg)
     try:
         return _run_job(cfg, sweep)
     except run_hooks.RunPruned as err:  # (an Optuna sweeper's pruner stopped it: its trial is told so)

@@ -47,8 +47,12 @@ def experiment_tags() -> dict[str, str]:
 
 
 def ui_address(tracking_uri: str) -> str:
-    """Where the UI of the store at ``tracking_uri`` is: the tracking server itself, else ``mlflow ui``'s address."""
-    return tracking_uri.rstrip("/") if urlparse(tracking_uri).scheme in ("http", "https") else DEFAULT_UI
+    """Where the UI of the store at ``tracking_uri`` is: the tracking server itself (without a login the URI holds:
+    links are shown and shared), else ``mlflow ui``'s address."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https"):
+        return DEFAULT_UI
+    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl().rstrip("/")
 
 
 def experiment_link(ui: str, experiment_id: str) -> str:

@@ -228,7 +228,7 @@ class MlflowSweepCallback(Callback):
             sys.exit(1)
         sweep = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config), earlier)
         _open, last_outcome = _OpenSweep(sweep), None
-        (directory / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
+        _write_sweep_file(directory, sweep)
         log.info("sweep %r: parent run %s in experiment %r at %s", name, run_id, experiment, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -347,12 +347,35 @@ def _write_report(sweep: Sweep, children: Sequence[Any], report_dir: Path) -> No
         tracking.set_run_tag(sweep.parent_run_id, "report_error", f"{type(err).__name__}: {err}")
 
 
-def current_sweep() -> Sweep | None:
-    """The sweep this job belongs to, or None for a single run (or a sweep without aeexp's callback)."""
+def _write_sweep_file(directory: Path, sweep: Sweep) -> None:
+    """``.aeexp_sweep.json`` in the sweep dir, its tracking URI without credentials: each job takes them from its own
+    config (:func:`current_sweep`), which the same command line made."""
+    from aeexp.redaction import redact
+
+    (directory / SWEEP_FILE).write_text(json.dumps(asdict(sweep) | {"tracking_uri": redact(sweep.tracking_uri)}))
+
+
+def _with_credentials(stored: str, cfg: DictConfig) -> str:
+    """The sweep's tracking URI as the job's own config (or ``MLFLOW_TRACKING_URI``) gives it, credentials and all,
+    when that is the URI the sweep file holds masked; else the one it holds."""
+    from aeexp.redaction import redact
+
+    for own in (OmegaConf.select(cfg, "tracking.uri", default=None), os.environ.get("MLFLOW_TRACKING_URI")):
+        if own and redact(str(own)) == stored:
+            return str(own)
+    return stored
+
+
+def current_sweep(cfg: DictConfig | None = None) -> Sweep | None:
+    """The sweep this job (whose config is ``cfg``) belongs to, or None for a single run (or a sweep without aeexp's
+    callback)."""
     hydra_config = HydraConfig.get()
     if hydra_config.mode != RunMode.MULTIRUN:
         return None
-    return load_sweep(hydra_config.sweep.dir)
+    sweep = load_sweep(hydra_config.sweep.dir)
+    if sweep is not None and cfg is not None:
+        sweep.tracking_uri = _with_credentials(sweep.tracking_uri, cfg)
+    return sweep
 
 
 def load_sweep(directory: str | Path) -> Sweep | None:

@@ -36,9 +36,15 @@ def requested(config: DictConfig) -> str | None:
     return None if value is None else str(value)
 
 
+NOT_THE_JOB = (RESUME_KEY, "tracking.uri")  # how a sweep is run and where it is found, not what its jobs are
+
+
 def job_key(overrides: Sequence[str]) -> str:
-    """A job's identity across attempts: its overrides sorted, ``sweep.resume`` left out."""
-    return " ".join(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != RESUME_KEY))
+    """A job's identity across attempts: its overrides sorted, credentials masked as in its ``sweep.job_overrides``
+    tag, ``sweep.resume`` and ``tracking.uri`` left out."""
+    from aeexp.redaction import redact
+
+    return " ".join(sorted(redact(o) for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_THE_JOB))
 
 
 def counted(children: Sequence[RunRecord]) -> list[RunRecord]:
