@@ -757,3 +757,61 @@ def test_ctrl_c_stops_a_real_run_which_resumes_on_another_device_and_precision(t
             ) == (device, "False", "False")
     assert run.data.params["trainer.device"] == "auto" and run.data.params["trainer.mixed_precision"] == "True"
     assert _steps(uri, run_id, "train_loss") == list(range(1, epochs + 2))
+
+
+def test_ctrl_c_hammered_during_training_leaves_the_run_killed_and_says_so(tmp_path, new_sqlite_store):
+    """A user pressing Ctrl-C again and again: the first stops the run at its next step, the second at once, and
+    the rest are only noted, so that nothing cuts short the recording of the stop: exit 130, the run KILLED as the
+    one line says, no traceback (the signals land in the checkpoint upload, MLflow's calls and the exit)."""
+    uri = new_sqlite_store(tmp_path / "mlflow.db")
+    process = _start(tmp_path, uri)
+    try:
+        run_id = _run_id(_read_until(process, "epoch 2/"))
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.02)
+        output = _rest(process, timeout=60)
+    finally:
+        _rest(process)
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert re.search(r"error: interrupted \(SIGINT received( twice)?\) after epoch \d+ of 100000; the MLflow run "
+                     rf"{run_id} was marked KILLED; continue with `python -m aeexp resume={run_id} ", line), line
+    assert _only_run(uri).info.status == "KILLED"
+
+
+SLOW_DATA = '''
+import time
+
+from aeexp.data import Digits
+
+
+class SlowDigits(Digits):
+    """The digits, read slowly: a SIGTERM lands while they are read."""
+
+    def read(self):
+        print("aeexp-test: reading the data", flush=True)
+        time.sleep(4)
+        return super().read()
+'''
+
+
+def test_sigterm_during_the_data_read_says_that_no_run_was_started(tmp_path, new_sqlite_store):
+    uri = new_sqlite_store(tmp_path / "mlflow.db")
+    (tmp_path / "slow_data.py").write_text(SLOW_DATA)
+    process = subprocess.Popen([sys.executable, "-m", "aeexp", *RUN, "dataset._target_=slow_data.SlowDigits",
+                                f"tracking.uri={uri}"], cwd=tmp_path, env={**_env(), "PYTHONPATH": str(tmp_path)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _read_until(process, "aeexp-test: reading the data")
+        process.send_signal(signal.SIGTERM)
+        output = _rest(process, timeout=120)
+    finally:
+        _rest(process)
+    assert process.returncode == 130, output[-3000:]
+    (line,) = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert line.endswith("error: interrupted (SIGTERM received) before its MLflow run began; no run was started or "
+                         "changed"), line
+    assert runs_in(uri) == []

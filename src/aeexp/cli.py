@@ -187,14 +187,27 @@ def _close_sweep(interrupted: str | None = None, cause: str = "") -> sweeps.Outc
         return None
 
 
+def _marked_killed(run_id: str) -> bool:
+    """Whether MLflow holds run ``run_id`` as KILLED (asked of the store: what the closing line says is so)."""
+    from aeexp import tracking
+
+    try:
+        return tracking.get_run(run_id).status == "KILLED"
+    except AeexpError:
+        return False
+
+
 def _interrupted(err: KeyboardInterrupt) -> str:
-    """The one line for a Ctrl-C/SIGTERM: where a run stopped, or what became of the sweep and its jobs."""
-    run_stopped = isinstance(err, interrupt.RunInterrupted)  # its message says where and how to go on
+    """The one line for a Ctrl-C/SIGTERM: where a run stopped and how MLflow recorded it, that none had started, or
+    what became of the sweep and its jobs."""
+    run_stopped = isinstance(err, interrupt.RunInterrupted)  # it names the run, where it stopped, how to go on
     signal = "a stop request" if run_stopped else str(err) or "Ctrl-C"
     outcome = _close_sweep(interrupted=signal)
-    message = str(err) if run_stopped else f"interrupted ({signal})"
     if outcome is None:
-        return message if run_stopped else f"{message}; an MLflow run it had started was marked KILLED"
+        if isinstance(err, interrupt.RunInterrupted):
+            return err.line(_marked_killed(err.run_id))
+        return f"interrupted ({signal}) before its MLflow run began; no run was started or changed"
+    message = str(err) if run_stopped else f"interrupted ({signal})"
     return f"{message}; sweep {outcome.name!r} stopped: {outcome.problems() or 'no job had started'}; {outcome.where()}"
 
 

@@ -440,12 +440,18 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
     with tracking.start_run(name, tags, sweep.parent_run_id if sweep else None, run_id=resumed_id) as run_id:
         log.info("run %s (%s) %s in experiment %r", run_id, name, "resumed" if resumed_id else "started",
                  start.experiment)
-        params = run_params(cfg, model, training.optimizer, training.schedule)  # the config and what was built
-        checkpoints, metric_log = _begin(start, run_id, cfg, config_yaml, output_dir, params)
-        results, history = _train_and_finish(training, start, run_id, config_yaml, checkpoints, metric_log,
-                                             output_dir)
-        model.cpu()
-        tracking.log_model(model, loop.to_float(training.dataset.test.images[:4]).cpu().numpy(), config_yaml)
+        try:
+            params = run_params(cfg, model, training.optimizer, training.schedule)  # the config and what was built
+            checkpoints, metric_log = _begin(start, run_id, cfg, config_yaml, output_dir, params)
+            results, history = _train_and_finish(training, start, run_id, config_yaml, checkpoints, metric_log,
+                                                 output_dir)
+            model.cpu()
+            tracking.log_model(model, loop.to_float(training.dataset.test.images[:4]).cpu().numpy(), config_yaml)
+        except KeyboardInterrupt as err:  # the stop names the run it ended (the cli says how MLflow recorded it)
+            if isinstance(err, interrupt.RunInterrupted):
+                raise
+            raise interrupt.RunInterrupted(f"interrupted ({err})", run_id,
+                                           resume_command(run_id, cfg.tracking.uri)) from None
     log.info("%s", _summary(results))
     return RunResult(run_id, start.experiment, start.tracking_uri, results, history.val_loss[-1])
 
@@ -491,11 +497,10 @@ def _train_and_finish(training: _Training, start: _Start, run_id: str, config_ya
         tracking.set_tags({PRUNED_TAG: str(err.epoch)})
         checkpoints.upload()
         raise
-    except interrupt.Interrupted as err:
+    except KeyboardInterrupt as err:  # at a safe point (Interrupted), or at once (a second Ctrl-C)
         checkpoints.upload()
-        raise interrupt.RunInterrupted(
-            f"interrupted ({err}) after epoch {len(training.history)} of {cfg.trainer.epochs}; the MLflow run "
-            f"{run_id} was marked KILLED; continue with `{go_on}`") from None
+        raise interrupt.RunInterrupted(f"interrupted ({err}) after epoch {len(training.history)} of "
+                                       f"{cfg.trainer.epochs}", run_id, go_on) from None
     except TrackingError:
         raise
     except OSError as err:

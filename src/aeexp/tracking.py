@@ -265,10 +265,11 @@ def start_run(run_name: str | None, tags: Mapping[str, str], parent_run_id: str 
     """
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id)
-        set_tags(tags)
     else:
         run = mlflow.start_run(run_name=run_name, tags=_redacted(tags), parent_run_id=parent_run_id)
     try:
+        if run_id is not None:
+            set_tags(tags)
         yield run.info.run_id
     except BaseException as err:
         # KILLED: stopped on request (Ctrl-C/SIGTERM) or on purpose (an error with run_status, e.g. pruned)
