@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from idx import synthetic_images
 from image_sets import colour_images, write_cifar10, write_emnist, write_svhn
+from numpy.lib import format as npy
 
 from aeexp import data
 from aeexp.data import Cifar10, Emnist, Svhn
@@ -89,6 +94,60 @@ def test_a_bad_npz_is_one_message(tmp_path, case, write, message):
     with pytest.raises(DataError) as info:
         data.load(data.preset("arrays", path=str(path)))
     assert message.format(path=path) in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def _member(archive: zipfile.ZipFile, name: str, shape: tuple[int, ...], data: Iterable[bytes]) -> None:
+    """A member ``<name>.npy`` whose header declares ``shape`` (uint8), followed by ``data``, written in chunks (and
+    compressed as the archive compresses)."""
+    header = io.BytesIO()
+    npy.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    info = zipfile.ZipInfo(f"{name}.npy")
+    info.compress_type = archive.compression
+    with archive.open(info, "w", force_zip64=True) as member:
+        member.write(header.getvalue())
+        for chunk in data:
+            member.write(chunk)
+
+
+def _lying_header(path: Path) -> None:
+    """x_train's header declares (10^9, 8, 8) images (64 GB); the archive holds 20 of them."""
+    with zipfile.ZipFile(path, "w") as archive:
+        _member(archive, "x_train", (10**9, 8, 8), [GOOD.tobytes()])
+        _member(archive, "x_test", GOOD.shape, [GOOD.tobytes()])
+
+
+def _deflate_bomb(path: Path) -> None:
+    """x_train: 300 MiB of zeros deflated to ~300 KiB, honest about its size (a bomb of the issue's kind, smaller)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        zeros = bytes(2**20)
+        _member(archive, "x_train", (300, 1024, 1024), (zeros for _ in range(300)))
+        _member(archive, "x_test", GOOD.shape, [GOOD.tobytes()])
+
+
+@pytest.mark.parametrize(("case", "write", "message"), [
+    ("lying header", _lying_header, "x_train in {path}: its header declares (1000000000, 8, 8) uint8 (59.6 GiB) but "
+                                    "the archive holds 1.2 KiB of it: the file is damaged or not numpy's"),
+    ("deflate bomb", _deflate_bomb, "x_train in {path} inflates from ... KiB to 300.0 MiB (more than 100x): refused "
+                                    "as a decompression bomb; if these are your images, save them uncompressed"),
+    ("object labels", _npz(x_train=GOOD, x_test=GOOD, y_train=np.array([object()] * 20), y_test=LABELS),
+     "y_train in {path} holds Python objects (dtype object), which aeexp never unpickles; save it as numbers"),
+], ids=["lying header", "deflate bomb", "object labels"])
+def test_what_an_npz_declares_is_checked_before_anything_is_read(tmp_path, case, write, message):
+    """The sizes each member declares (its header; the archive's inflated size) against what the archive holds and
+    how far it inflates, before the data is read: no MemoryError, no gigabytes inflated; an object array is never
+    unpickled. One line naming the file and the key."""
+    path = tmp_path / "bad.npz"
+    write(path)
+    with pytest.raises(DataError) as info:
+        data.preset("arrays", path=str(path))
+    assert "\n" not in str(info.value)
+    assert all(part in str(info.value) for part in message.format(path=path).split("...")), str(info.value)
+
+
+def test_an_npz_path_that_is_a_device_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=r"^dataset.path='/dev/zero' is invalid: it is not a regular file \(a "
+                                          r"device or a pipe\); give an .npz file"):
+        data.preset("arrays", path="/dev/zero")
 
 
 def test_an_npz_path_that_does_not_exist_names_the_key(tmp_path):

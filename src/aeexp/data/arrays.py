@@ -8,6 +8,7 @@ images: their shapes and the labels are checked first; ``read`` loads the images
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,29 +23,65 @@ SAVE_HINT = "numpy.savez(path, x_train=..., x_test=..., y_train=..., y_test=...)
 _FORMATS = "(N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 (grey) or 3 (colour)"
 
 
-def _npy_header(member: object) -> tuple[tuple[int, ...], np.dtype]:
+# A compressed member that inflates more than this many times (and past LARGE_MEMBER bytes) is refused before it is
+# read: a decompression bomb (or data too uniform to train on). Apache POI's limit for zip entries; images compress
+# a few times (MNIST's IDX files about 5x).
+MAX_INFLATE_RATIO = 100
+LARGE_MEMBER = 64 * 2**20
+
+
+def _size(n_bytes: int) -> str:
+    """``3.0 GiB``, ``12.5 MiB``, ``298.7 KiB``, ``800 bytes``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def _npy_header(member: Any, where: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of the ``.npy`` stream ``member``, from its header (the data is not read)."""
     from numpy.lib import format as npy
 
     version = npy.read_magic(member)
     read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
-    if read is None:  # format 3.0 (field names in UTF-8): no public reader of its header alone
-        array = npy.read_array(member, allow_pickle=False)
-        return array.shape, array.dtype
+    if read is None:  # format 3.0: only for field names in UTF-8, which no image or label array has
+        raise DataError(f"{where} is a .npy of format {version[0]}.{version[1]} (a structured array); save images "
+                        f"and labels as plain arrays with {SAVE_HINT}")
     shape, _, dtype = read(member)
     return tuple(int(s) for s in shape), dtype
 
 
+def _checked_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """A member's shape and dtype, after checking what its header declares against what the archive says the member
+    holds, and how far it inflates: nothing of its data is read, so a lying header or a decompression bomb costs
+    nothing."""
+    where = f"{info.filename.removesuffix('.npy')} in {path}"
+    with archive.open(info) as member:
+        shape, dtype = _npy_header(member, where)
+        header_end = member.tell()
+    if dtype.hasobject:
+        raise DataError(f"{where} holds Python objects (dtype {dtype}), which aeexp never unpickles; save it as "
+                        "numbers (images: integers 0..255 or floats in [0, 1]; labels: integers)")
+    declared = math.prod(shape) * dtype.itemsize
+    if header_end + declared != info.file_size:
+        raise DataError(f"{where}: its header declares {shape} {dtype} ({_size(declared)}) but the archive holds "
+                        f"{_size(max(0, info.file_size - header_end))} of it: the file is damaged or not numpy's; "
+                        f"save it again with {SAVE_HINT}")
+    if (info.compress_type != zipfile.ZIP_STORED and info.file_size > LARGE_MEMBER
+            and info.file_size > MAX_INFLATE_RATIO * max(1, info.compress_size)):
+        raise DataError(f"{where} inflates from {_size(info.compress_size)} to {_size(info.file_size)} (more than "
+                        f"{MAX_INFLATE_RATIO}x): refused as a decompression bomb; if these are your images, save them "
+                        "uncompressed with numpy.savez")
+    return shape, dtype
+
+
 def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """The arrays in the ``.npz`` file ``path`` by key: their shape and dtype, read from their headers."""
+    """The arrays in the ``.npz`` file ``path`` by key: their shape and dtype, read from their headers and checked
+    against what the archive holds (:func:`_checked_member`)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            found = {}
-            for info in archive.infolist():
-                if info.filename.endswith(".npy"):
-                    with archive.open(info) as member:
-                        found[info.filename.removesuffix(".npy")] = _npy_header(member)
-            return found
+            return {info.filename.removesuffix(".npy"): _checked_member(archive, info, path)
+                    for info in archive.infolist() if info.filename.endswith(".npy")}
     except zipfile.BadZipFile:
         raise DataError(f"{path} is not an .npz archive; save the images with {SAVE_HINT}") from None
     except (OSError, ValueError, EOFError) as err:
@@ -79,7 +116,9 @@ class ArraysDataset(ImageDataset):
                 "give the .npz file of images: dataset.path=FILE.npz")
         self.path = Path(str(path)).expanduser()
         require(self.path.exists(), "path", str(path), f"there is no such file; give an .npz made by {SAVE_HINT}")
-        require(self.path.is_file(), "path", str(path), "it is a folder; give an .npz file (or use dataset=folder)")
+        require(not self.path.is_dir(), "path", str(path), "it is a folder; give an .npz file (or use dataset=folder)")
+        require(self.path.is_file(), "path", str(path), "it is not a regular file (a device or a pipe); give an .npz "
+                "file")
         headers = npz_headers(self.path)
         for key in ("x_train", "x_test"):
             if key not in headers:
