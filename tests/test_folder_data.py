@@ -135,17 +135,15 @@ def test_image_size_resizes_files_of_any_size(tmp_path):
 # --------------------------------------------------------------------------------------------- the cache
 
 
-def test_decoded_once_then_read_from_the_cache_without_decoding(tmp_path, own_cache):
+def test_decoded_once_then_read_from_the_cache_without_decoding(tmp_path, own_cache, caplog):
     images = write_flat_folder(tmp_path / "flat", n=30, size=8)
-    first = data.load(folder_source(tmp_path / "flat"))
-    assert [n.rsplit(".", 1)[1] for n in cached_files(own_cache)] == ["json", "npy"]
-    # Garbage in every file, with its size and modification time kept: what the cache is keyed by stays the same,
-    # so the next source must not decode the files (it would fail on the garbage).
-    for path in sorted((tmp_path / "flat").iterdir()):
-        stat = path.stat()
-        path.write_bytes(b"\0" * stat.st_size)
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    again = data.load(folder_source(tmp_path / "flat"))
+    with caplog.at_level("INFO", logger="aeexp.data.folder"):
+        first = data.load(folder_source(tmp_path / "flat"))
+        assert [n.rsplit(".", 1)[1] for n in cached_files(own_cache)] == ["json", "npy"]
+        assert "decoded 30 images" in caplog.text
+        caplog.clear()
+        again = data.load(folder_source(tmp_path / "flat"))
+        assert "decoded" not in caplog.text  # the files are not read again
     for a, b in zip((first.train, first.val, first.test), (again.train, again.val, again.test), strict=True):
         assert np.array_equal(a.images.numpy(), b.images.numpy())
     assert _rows(np.concatenate([s.images.numpy() for s in (again.train, again.val, again.test)])) == \
@@ -174,7 +172,7 @@ def test_a_changed_added_or_removed_file_means_decoding_again(tmp_path, own_cach
 def test_a_file_edited_to_the_same_size_means_decoding_again(tmp_path, own_cache):
     """The README: the cache is keyed by every file's name, size *and* modification time. An edit that keeps the
     file's size (here one grey level for another) changes only its time, and must not be read from the stale entry.
-    (The same-size swap with the time put back is another matter: a content hash's.)"""
+    (The same-size swap with the time put back is the next test's: the change time.)"""
     write_flat_folder(tmp_path / "flat", n=30, size=8)
     target = write_image(tmp_path / "flat" / "0003.png", np.full((8, 8), 100, dtype=np.uint8))
     before = target.stat()
@@ -186,6 +184,31 @@ def test_a_file_edited_to_the_same_size_means_decoding_again(tmp_path, own_cache
     everything = np.concatenate([s.images.numpy() for s in (ds.train, ds.val, ds.test)])
     assert (everything == 200).all(axis=(1, 2, 3)).sum() == 1 and not (everything == 100).all(axis=(1, 2, 3)).any()
     assert len(cached_files(own_cache)) == 4  # a second entry: the folder as it is now
+
+
+def test_files_swapped_with_their_modification_times_put_back_are_decoded_again(tmp_path, own_cache):
+    """Two same-size files swapped, each with its size and modification time as it was, one of the test split and
+    one not: the test split holds the images as the files now are, not the stale cache entry's."""
+    from aeexp.data.image_files import decode
+
+    folder = tmp_path / "flat"
+    write_flat_folder(folder, n=30, size=8)
+    source = folder_source(folder)
+    before = _rows(data.load(source).test.images.numpy())
+    paths = [folder / name for name in source.listing.files]
+    a = next(p for p, test in zip(paths, source.test_mask, strict=True) if test)
+    b = next(p for p, test in zip(paths, source.test_mask, strict=True) if not test and p.stat().st_size ==
+             a.stat().st_size)
+    stats, contents = (a.stat(), b.stat()), (a.read_bytes(), b.read_bytes())
+    a.write_bytes(contents[1])
+    b.write_bytes(contents[0])
+    for path, stat in ((a, stats[0]), (b, stats[1])):
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert [(p.stat().st_size, p.stat().st_mtime_ns) for p in (a, b)] == [(s.st_size, s.st_mtime_ns) for s in stats]
+    after = data.load(folder_source(folder)).test.images.numpy()
+    now = np.stack([decode(p, 1) for p, test in zip(paths, source.test_mask, strict=True) if test])
+    assert _rows(after) == _rows(now) != before
+    assert len(cached_files(own_cache)) == 4  # a second entry: the files as they now are
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bit-flip", "not-npy"])
@@ -314,3 +337,62 @@ def test_two_processes_decoding_the_same_folder_at_once_leave_an_intact_cache(tm
 
 def _keys(cache_folder: Path) -> set[str]:
     return {p.name.split(".")[0] for p in (cache_folder / cache.IMAGES_FOLDER).iterdir()}
+
+
+@pytest.mark.parametrize("link", ["back to the dataset's folder", "to itself"])
+def test_a_symbolic_link_loop_is_one_short_line_naming_the_link(tmp_path, link):
+    write_class_folders(tmp_path / "pets", n=12, size=8, classes=2)
+    target, name = ("..", "back") if link.startswith("back") else ("self", "self")
+    (tmp_path / "pets" / "class0" / name).symlink_to(target)
+    with pytest.raises(DataError) as info:
+        folder_source(tmp_path / "pets")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'pets' / 'class0' / name} ")
+    assert ("links back to a folder it is in" if name == "back" else "cannot be followed") in message
+    assert len(message) < 250 and "\n" not in message
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from aeexp import files
+
+def write(handle):
+    handle.write(b"part of an entry")
+    handle.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+
+files.write_atomically([(Path(sys.argv[1]), write)])
+"""
+
+
+def test_temporary_files_of_a_killed_cache_writer_are_removed_on_the_next_start_a_live_ones_kept(tmp_path,
+                                                                                                 own_cache):
+    import signal
+    import subprocess
+    import sys
+
+    folder = own_cache / cache.IMAGES_FOLDER
+    writers = [subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(folder / f"{name}.npy")],
+                                stdout=subprocess.PIPE, text=True) for name in ("killed", "live")]
+    try:
+        for writer in writers:
+            assert writer.stdout.readline().strip() == "writing"
+        writers[0].send_signal(signal.SIGKILL)
+        writers[0].wait(timeout=30)
+        left = {p.name.split(".")[1]: p for p in folder.glob(".*.tmp")}
+        assert set(left) == {"killed", "live"}
+        for path in left.values():  # both unchanged for an hour: only the writer's being alive tells them apart
+            os.utime(path, (path.stat().st_atime - 3600, path.stat().st_mtime - 3600))
+        write_flat_folder(tmp_path / "flat", n=20, size=8)
+        load = "import sys; from aeexp import data; data.load(data.preset('folder', path=sys.argv[1]))"
+        done = subprocess.run([sys.executable, "-c", load, str(tmp_path / "flat")], capture_output=True, text=True,
+                              env={**os.environ, "AEEXP_CACHE_DIR": str(own_cache)}, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not left["killed"].exists() and left["live"].exists()
+        assert [p.name.split(".")[1] for p in folder.glob(".*.tmp")] == ["live"]
+    finally:
+        for writer in writers:
+            writer.kill()
+            writer.wait(timeout=30)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
@@ -35,6 +37,40 @@ def write_error(err: OSError) -> str | None:
         return (f"cannot write {where} ({err.strerror}): its folder is not writable; make it writable, or write "
                 "elsewhere (hydra.run.dir=...)")
     return None
+
+
+# The temporary file a write goes to first: .<name>.<pid of the writer>.<8 hex digits>.tmp, beside the target.
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, as another user's (PermissionError)
+        return True
+    return True
+
+
+def stale_temporaries(folder: Path, older_than_s: float) -> list[Path]:
+    """The temporary files that writes under ``folder`` (at any depth) left behind: their writer's process no longer
+    runs here and they have not changed for ``older_than_s`` seconds (a writer on another machine sharing the folder
+    keeps changing its file while it writes). A live writer's file is never among them."""
+    now = time.time()
+    stale = []
+    for path in folder.rglob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        try:
+            old = now - path.stat().st_mtime > older_than_s
+        except OSError:  # gone meanwhile
+            continue
+        if match and old and not _running(int(match.group("pid"))):
+            stale.append(path)
+    return stale
 
 
 def _temporary_beside(target: Path) -> tuple[Path, IO[bytes]]:

@@ -8,6 +8,7 @@ corrupt or unwritable entry only means decoding again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,11 +26,32 @@ log = logging.getLogger(__name__)
 IMAGES_FOLDER = "images"
 
 
+STALE_AFTER_S = 300  # a temporary file unchanged this long, whose writer's process is gone, is removed
+
+
 def cache_dir() -> Path:
-    """Where computed things are kept: ``$AEEXP_CACHE_DIR``, else ``$XDG_CACHE_HOME/aeexp`` (``~/.cache/aeexp``)."""
+    """Where computed things are kept: ``$AEEXP_CACHE_DIR``, else ``$XDG_CACHE_HOME/aeexp`` (``~/.cache/aeexp``).
+    The first use in a process removes the temporary files that killed writers left there."""
     if os.environ.get("AEEXP_CACHE_DIR"):
-        return Path(os.environ["AEEXP_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aeexp"
+        folder = Path(os.environ["AEEXP_CACHE_DIR"])
+    else:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aeexp"
+    _clean_once(str(folder))
+    return folder
+
+
+@functools.cache
+def _clean_once(folder: str) -> None:
+    """Remove the temporary files of writes to the cache whose process was killed (:func:`files.stale_temporaries`);
+    a live writer's are left alone."""
+    if not os.path.isdir(folder):
+        return
+    for path in files.stale_temporaries(Path(folder), STALE_AFTER_S):
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        log.info("removed %s, left in the cache by a writer that was killed", path)
 
 
 def key_of(parts: Iterable[str]) -> str:

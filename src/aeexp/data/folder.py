@@ -26,44 +26,67 @@ from aeexp.errors import DataError, require
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "folder-1"  # part of every cache key: change it when decoding changes
+CACHE_VERSION = "folder-2"  # part of every cache key: change it when decoding (or the key) changes
 SPLIT_SEED = 0  # the test split is the same in every run, so that runs compare on the same images
 MIN_TRAIN, MIN_TEST = 2, 3  # a validation image and a training image; trustworthiness needs three test images
 
 
 @dataclass
 class Listing:
-    """The images of a folder: paths relative to it, in order, with their size and modification time, labels
-    (None: unlabelled), class names, and how many of the files, at the end, are ``test/``'s (None: no such
-    folder)."""
+    """The images of a folder: paths relative to it, in order, with what tells whether each changed (size,
+    modification and change times, inode), labels (None: unlabelled), class names, and how many of the files, at
+    the end, are ``test/``'s (None: no such folder)."""
 
     root: Path
     files: list[str]
-    stats: list[tuple[int, int]]
+    stats: list[tuple[int, ...]]
     labels: np.ndarray | None
     class_names: list[str]
     n_test_folder: int | None
 
     def description(self) -> str:
-        """What the decoded images depend on, as far as the files go: names, sizes and modification times."""
-        return "\n".join(f"{name}|{size}|{mtime}" for name, (size, mtime) in zip(self.files, self.stats, strict=True))
+        """What the decoded images depend on, as far as the files go: names, and each file's size, modification
+        time, change time and inode. A file rewritten (even with its modification time put back: its change time,
+        which no user can set, moves), or swapped with another by renaming, changes it."""
+        rows = zip(self.files, self.stats, strict=True)
+        return "\n".join(f"{name}|{'|'.join(map(str, stat))}" for name, stat in rows)
 
 
 Found = list[tuple[str, os.DirEntry[str]]]  # image files: their path relative to the dataset's folder, and entry
 
 
-def _images_in(folder: Path, recursive: bool, prefix: str) -> Found:
+def _identity(path: str | Path) -> tuple[int, int]:
+    """What tells a folder apart however it is reached (through symbolic links): its device and inode."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _kind(entry: os.DirEntry[str]) -> str:
+    """``dir``, ``file`` or ``other`` (links followed); DataError for a symbolic link that loops on itself."""
+    try:
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else "other"
+    except OSError as err:
+        raise DataError(f"{entry.path} is a symbolic link that cannot be followed ({err.strerror}); remove it or "
+                        "point it at an image or a folder") from None
+
+
+def _images_in(folder: Path, recursive: bool, prefix: str, outer: tuple[tuple[int, int], ...] = ()) -> Found:
     """The PNG and JPEG files in ``folder`` (and its subfolders, when ``recursive``) by path, each named
-    ``prefix`` + its path in ``folder``."""
+    ``prefix`` + its path in ``folder``. ``outer``: the folders it is inside, to refuse a link back into one."""
     found: Found = []
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        inside = (*outer, _identity(folder))
     except OSError as err:
         raise DataError(f"cannot list {folder}: {err.strerror or err}") from None
     for entry in entries:
-        if entry.is_dir() and recursive and not entry.name.startswith("."):
-            found += _images_in(Path(entry.path), recursive, f"{prefix}{entry.name}/")
-        elif entry.is_file() and is_image_name(entry.name):
+        kind = _kind(entry)
+        if kind == "dir" and recursive and not entry.name.startswith("."):
+            if _identity(entry.path) in inside:
+                raise DataError(f"{entry.path} links back to a folder it is in (a symbolic-link loop); remove the "
+                                "link, or point it outside the dataset's folder")
+            found += _images_in(Path(entry.path), recursive, f"{prefix}{entry.name}/", inside)
+        elif kind == "file" and is_image_name(entry.name):
             found.append((prefix + entry.name, entry))
     return found
 
@@ -71,10 +94,11 @@ def _images_in(folder: Path, recursive: bool, prefix: str) -> Found:
 def _layout(folder: Path, prefix: str = "") -> tuple[Found, list[int] | None, list[str]]:
     """The images of ``folder``: in class subfolders (with a label each, and the class names) or loose (no labels)."""
     loose = _images_in(folder, False, prefix)
-    subfolders = sorted((e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")),
+    subfolders = sorted((e for e in os.scandir(folder) if _kind(e) == "dir" and not e.name.startswith(".")),
                         key=lambda e: e.name)
+    outer = (_identity(folder),)
     classes = [(e.name, found) for e in subfolders
-               if (found := _images_in(Path(e.path), True, f"{prefix}{e.name}/"))]
+               if (found := _images_in(Path(e.path), True, f"{prefix}{e.name}/", outer))]
     if classes and loose:
         raise DataError(f"{folder} holds both class folders ({', '.join(n for n, _ in classes[:3])}) and loose "
                         f"images ({loose[0][1].name}); move the images into class folders, or the folders out")
@@ -119,7 +143,7 @@ def scan(root: Path) -> Listing:
     for name, entry in entries:
         stat = entry.stat()
         files.append(name)
-        stats.append((stat.st_size, stat.st_mtime_ns))
+        stats.append((stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
     return Listing(root, files, stats, None if labels is None else np.asarray(labels, dtype=np.int64), names,
                    n_test)
 
