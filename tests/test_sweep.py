@@ -549,3 +549,18 @@ def test_the_launcher_configs_name_aeexp_s_launchers(make_config, choice, ours, 
     # the default (``hydra/launcher=basic``) is aeexp's subclass of Hydra's, which notes its jobs for the closing line
     assert default._target_ == "hydra_plugins.aeexp_launchers.launchers.BasicLauncher"
     assert issubclass(launchers.BasicLauncher, get_class("hydra._internal.core_plugins.basic_launcher.BasicLauncher"))
+
+
+def test_a_sweep_over_a_named_folder_logs_to_the_experiment_of_that_name(run_cli, tracking_uri, tmp_path):
+    """``-m dataset=folder dataset.name=pets model.bottleneck=2,4``: experiment ``pets`` (not ``folder+pets``), as a
+    single run on the same folder would log to."""
+    from image_sets import write_class_folders
+
+    write_class_folders(tmp_path / "pets", n=40, size=8, classes=2)
+    done = run_cli("-m", "dataset=folder", f"dataset.path={tmp_path / 'pets'}", "dataset.name=pets",
+                   "model.bottleneck=2,4", "model.widths=[16]", f"tracking.uri={tracking_uri}", *FAST, "embed=pca",
+                   "embed.n_samples=50", timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [e.name for e in MlflowClient(tracking_uri).search_experiments() if e.name != "Default"] == ["pets"]
+    parent, children = _parent_and_children(tracking_uri, "pets")
+    assert len(children) == 2 and parent.info.status == "FINISHED"

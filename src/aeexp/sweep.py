@@ -159,11 +159,14 @@ def _swept_values(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
 
 
 def sweep_experiment(config: DictConfig) -> str:
-    """The one experiment of a sweep: ``tracking.experiment`` if set, else the dataset(s) swept over."""
+    """The one experiment of a sweep: ``tracking.experiment`` if set, else the name(s) of the dataset(s) its jobs
+    run on: ``dataset.name``'s values when it is given (``dataset=folder dataset.name=pets``: ``pets``), else the
+    ``dataset`` presets'."""
     raw = OmegaConf.to_container(config.tracking, resolve=False)["experiment"]
     if raw != DEFAULT_EXPERIMENT:
         return str(config.tracking.experiment)
-    datasets = _swept_values(_sweep_overrides(config), ("dataset", "dataset.name"))
+    overrides = _sweep_overrides(config)
+    datasets = _swept_values(overrides, ("dataset.name",)) or _swept_values(overrides, ("dataset",))
     return "+".join(datasets) if len(datasets) > 1 else str(config.dataset.name)
 
 
