@@ -18,8 +18,8 @@ SWEEP = ["-m", "model.bottleneck=2,4,8", f"trainer.epochs={EPOCHS}", "trainer.ba
          "embed=pca", "embed.n_samples=200"]
 
 
-def _kill_during_second_job(command: list[str], cwd: Path) -> str:
-    """Run ``command`` and SIGKILL it once its second job has trained 3 epochs; its output."""
+def _kill_during_second_job(command: list[str], cwd: Path, epochs: int = EPOCHS) -> str:
+    """Run ``command`` (of ``epochs`` per job) and SIGKILL it once its second job has trained 3 epochs; its output."""
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[str] = []
     try:
@@ -28,7 +28,7 @@ def _kill_during_second_job(command: list[str], cwd: Path) -> str:
             seen.append(line)
             if "#1 :" in line:
                 second_job_epochs = 0.5  # counting from here
-            elif second_job_epochs and f"/{EPOCHS}: train_loss" in line:
+            elif second_job_epochs and f"/{epochs}: train_loss" in line:
                 second_job_epochs += 1
                 if second_job_epochs > 3:
                     break
@@ -128,4 +128,74 @@ def test_sweep_resume_refuses_what_is_not_a_sweep_parent(tmp_path, tracking_uri,
     assert "Traceback" not in plain.stdout + plain.stderr
     assert len(runs_in(tracking_uri)) == 2  # nothing new
     assert MlflowClient(tracking_uri).get_run(parent.info.run_id).info.status == "FINISHED"
+    assert_no_running(tracking_uri)
+
+
+def test_a_resume_with_another_command_line_or_of_a_deleted_parent_is_refused_in_one_line(tmp_path, tracking_uri,
+                                                                                         run_cli):
+    command = ["-m", "model.bottleneck=2,4", "trainer.epochs=1", "trainer.progress=false", "embed=pca",
+               "embed.n_samples=100", f"tracking.uri={tracking_uri}"]
+    assert run_cli(*command).returncode == 0
+    (parent,) = [r for r in runs_in(tracking_uri) if "sweep.name" in r.data.tags]
+    parent_id = parent.info.run_id
+    changed = run_cli(*command, "trainer.batch_size=32", f"sweep.resume={parent_id}")
+    output = changed.stdout + changed.stderr
+    assert changed.returncode == 1, output[-2000:]
+    assert (f"error: sweep.resume={parent_id}: this is not the command line of sweep 'sweep model.bottleneck=2,4' "
+            "(this command line has trainer.batch_size=32), so its jobs would not be the sweep's") in output
+    assert "Launching" not in output and "Traceback" not in output
+    MlflowClient(tracking_uri).delete_run(parent_id)
+    deleted = run_cli(*command, f"sweep.resume={parent_id}")
+    output = deleted.stdout + deleted.stderr
+    assert deleted.returncode == 1, output[-2000:]
+    assert f"the sweep's parent run {parent_id} (sweep model.bottleneck=2,4) was deleted; restore it first" in output
+    assert "Launching" not in output and "Warning" not in output and "Traceback" not in output
+    after = MlflowClient(tracking_uri).get_run(parent_id)
+    assert after.info.status == "FINISHED" and after.data.tags.get("sweep.attempts") is None  # untouched
+    assert len(runs_in(tracking_uri)) == 2  # its two jobs (the parent is in the trash): nothing new
+
+
+def _wait_for_line(process: subprocess.Popen[str], text: str, seen: list[str]) -> None:
+    for line in process.stdout:
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"ended before {text!r}:\n{''.join(seen)[-3000:]}")
+
+
+def test_a_second_sweep_resume_while_one_runs_is_refused_and_a_killed_one_holds_nothing(tmp_path, tracking_uri,
+                                                                                        run_cli):
+    """Two ``sweep.resume`` of one sweep at once: the second is refused in one line (no second child, no metric step
+    twice); the first, killed, leaves no lock behind: a third finishes the sweep."""
+    epochs = 40  # long enough for the second resume to start while the first trains
+    command = [sys.executable, "-m", "aeexp", "-m", "model.bottleneck=2,4", f"trainer.epochs={epochs}",
+               "trainer.early_stopping.patience=null", *SWEEP[3:], f"tracking.uri={tracking_uri}"]
+    _kill_during_second_job(command, tmp_path, epochs)
+    (parent,) = [r for r in runs_in(tracking_uri, "digits") if "sweep.name" in r.data.tags]
+    first = subprocess.Popen([*command, "sweep.resume=last"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        _wait_for_line(first, "continuing run", seen)
+        second = subprocess.run([*command, "sweep.resume=last"], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120)
+        output = second.stdout + second.stderr
+        assert second.returncode == 1, output[-2000:]
+        assert f"error: sweep.resume=last: process {first.pid} on " in output
+        assert "is running this sweep now" in output and "Launching" not in output and "Traceback" not in output
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    third = subprocess.run([*command, "sweep.resume=last"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=400)
+    assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
+    children = _children(tracking_uri, parent.info.run_id)
+    assert sorted(children) == ["2", "4"] and {r.info.status for r in children.values()} == {"FINISHED"}
+    for child in children.values():
+        steps = [step for step, _ in metric_history(tracking_uri, child.info.run_id, "train_loss")]
+        assert steps == list(range(1, epochs + 1)), steps
+    assert MlflowClient(tracking_uri).get_run(parent.info.run_id).data.tags["sweep.attempts"] == "3"
     assert_no_running(tracking_uri)

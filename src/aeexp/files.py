@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from aeexp import processes
 from aeexp.errors import AeexpError
 
 Writer = Callable[[IO[bytes]], None]
@@ -43,19 +44,6 @@ def write_error(err: OSError) -> str | None:
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (this process included)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, as another user's (PermissionError)
-        return True
-    return True
-
-
 def stale_temporaries(folder: Path, older_than_s: float) -> list[Path]:
     """The temporary files that writes under ``folder`` (at any depth) left behind: their writer's process no longer
     runs here and they have not changed for ``older_than_s`` seconds (a writer on another machine sharing the folder
@@ -68,7 +56,7 @@ def stale_temporaries(folder: Path, older_than_s: float) -> list[Path]:
             old = now - path.stat().st_mtime > older_than_s
         except OSError:  # gone meanwhile
             continue
-        if match and old and not _running(int(match.group("pid"))):
+        if match and old and not processes.running(int(match.group("pid"))):
             stale.append(path)
     return stale
 

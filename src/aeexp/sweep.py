@@ -219,15 +219,21 @@ class MlflowSweepCallback(Callback):
             preflight(config)
             if sweep_resume.requested(config):
                 uri = tracking.configure_uri(config.tracking.uri)
-                parent, experiment, earlier = sweep_resume.reopen(sweep_resume.requested(config), directory.resolve())
+                parent, experiment, earlier = sweep_resume.reopen(sweep_resume.requested(config), directory.resolve(),
+                                                                  _sweep_overrides(config))
                 uri, run_id, name = tracking.configure(uri, experiment), parent.run_id, parent.name
             else:
                 experiment = sweep_experiment(config)
                 uri = tracking.configure(config.tracking.uri, experiment)
                 name = sweep_name(config)
                 run_id = _open_parent(config, experiment, name, directory.resolve())
+                sweep_resume.hold(directory.resolve(), f"sweep {name!r}")
         except AeexpError as err:
             log.error("error: %s", err)
+            sys.exit(1)
+        except Exception as err:  # MLflow's own (Hydra would only warn, and run the jobs without their sweep)
+            log.error("error: the sweep could not start in MLflow (%s: %s)", type(err).__name__,
+                      str(err).strip().splitlines()[0] if str(err).strip() else "")
             sys.exit(1)
         sweep = Sweep(run_id, experiment, uri, name, str(directory.resolve()), _swept_keys(config), earlier)
         _open, last_outcome = _OpenSweep(sweep), None
@@ -318,6 +324,7 @@ def close_open_sweep(interrupted: str | None = None, cause: str = "") -> Outcome
     outcome.status = ("KILLED" if interrupted is not None else
                       "FINISHED" if outcome.complete and children else "FAILED")
     tracking.end_run_by_id(sweep.parent_run_id, outcome.status)
+    sweep_resume.release_all()  # closed: another process may finish it now
     last_outcome = outcome
     log.info("sweep %r %s: %s; %s", sweep.name, outcome.status, outcome.counts(), outcome.where())
     _say_where_in_the_ui(sweep)

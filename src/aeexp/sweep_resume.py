@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,36 @@ def find_parent(resume: str) -> tuple[RunRecord, str]:
         hint = (f"it is a job of the sweep whose parent run is {parent}: give sweep.resume={parent}" if parent else
                 "give the id of the run the sweep's jobs are nested under, or sweep.resume=last")
         raise ConfigError(f"sweep.resume={resume}: run {run_id} ({record.name}) is not a sweep's parent run; {hint}")
+    if record.deleted:
+        raise ConfigError(f"sweep.resume={resume}: the sweep's parent run {run_id} ({record.name}) was deleted; "
+                          f"restore it first (`mlflow runs restore --run-id {run_id}`), or start the sweep anew "
+                          "without sweep.resume")
     return record, experiment
+
+
+def _comparable(overrides: Sequence[str]) -> list[str]:
+    """A sweep's overrides as its parent's tag ``sweep.overrides`` holds them (credentials masked), without those
+    that do not change its jobs (:data:`NOT_THE_JOB`)."""
+    from aeexp.redaction import redact
+
+    return sorted(o for o in redact(" ".join(overrides)).split() if o.split("=", 1)[0].lstrip("+~") not in NOT_THE_JOB)
+
+
+def check_same_sweep(parent: RunRecord, resume: str, overrides: Sequence[str]) -> None:
+    """Refuse (one line saying what differs) a resume whose command line is not the sweep's: its jobs would not be
+    the sweep's, and would be added to its parent as new ones."""
+    recorded = parent.tags.get("sweep.overrides", parent.params.get("sweep.overrides"))
+    if recorded is None:  # (every aeexp sweep records it)
+        return
+    before, now = _comparable(recorded.split()), _comparable(overrides)
+    if before == now:
+        return
+    gone, added = [o for o in before if o not in now], [o for o in now if o not in before]
+    differs = "; ".join(part for part in (f"the sweep had {' '.join(gone)}" if gone else "",
+                                          f"this command line has {' '.join(added)}" if added else "") if part)
+    raise ConfigError(f"sweep.resume={resume}: this is not the command line of sweep {parent.name!r} ({differs}), so "
+                      "its jobs would not be the sweep's; give the sweep's own command line (its parent run's tag "
+                      "sweep.overrides), or start a new sweep without sweep.resume")
 
 
 def earlier_jobs(parent_run_id: str) -> dict[str, dict[str, Any]]:
@@ -88,12 +118,15 @@ def earlier_jobs(parent_run_id: str) -> dict[str, dict[str, Any]]:
     return earlier
 
 
-def reopen(resume: str, directory: Path) -> tuple[RunRecord, str, dict[str, dict[str, Any]]]:
-    """Reopen the parent run ``resume`` names (RUNNING again, its ``sweep.dir`` now ``directory``); return it, its
-    experiment and its earlier jobs."""
+def reopen(resume: str, directory: Path, overrides: Sequence[str]) -> tuple[RunRecord, str, dict[str, dict[str, Any]]]:
+    """Reopen the parent run ``resume`` names (RUNNING again, its ``sweep.dir`` now ``directory``) if ``overrides``
+    are the sweep's and no other process runs it now (:func:`hold`); return it, its experiment and its earlier
+    jobs."""
     from aeexp import tracking
 
     parent, experiment = find_parent(resume)
+    check_same_sweep(parent, resume, overrides)
+    hold(Path(parent.params.get("sweep.dir") or parent.tags["sweep.dir"]), f"sweep.resume={resume}")
     earlier = earlier_jobs(parent.run_id)
     tracking.reopen_run(parent.run_id)
     tracking.set_run_tag(parent.run_id, "sweep.dir", str(directory))
@@ -103,6 +136,49 @@ def reopen(resume: str, directory: Path) -> tuple[RunRecord, str, dict[str, dict
     log.info("sweep.resume: parent run %s (%s), attempt %d: %d earlier jobs, %d of them FINISHED", parent.run_id,
              parent.name, attempts, len(earlier), finished)
     return parent, experiment, earlier
+
+
+LOCK_FILE = ".aeexp_sweep.lock"
+_held: dict[Path, int] = {}  # the sweeps this process runs: lock file -> its open descriptor
+
+
+def hold(directory: Path, what: str) -> None:
+    """Hold, while this process runs the sweep whose first folder is ``directory`` (the parent's param
+    ``sweep.dir``), an exclusive lock on its ``.aeexp_sweep.lock``: a second process finishing the same sweep at the
+    same time is refused in one line (ConfigError naming ``what``). The kernel releases the lock when the process
+    ends, however it ends. Where the folder cannot be made or locked (a file system without flock), the sweep goes
+    on unlocked."""
+    import fcntl
+
+    from aeexp import processes
+
+    path = directory / LOCK_FILE
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        log.warning("%s: cannot lock %s (%s); two processes finishing the sweep at once would not be stopped", what,
+                    path, err.strerror)
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(descriptor)
+        if isinstance(err, BlockingIOError):
+            raise ConfigError(f"{what}: {holder} is running this sweep now (it holds {path}); wait for it to end, "
+                              "or stop it, then give the command again") from None
+        return  # no flock here
+    os.ftruncate(descriptor, 0)
+    host, _, pid = processes.me().rpartition(" ")
+    os.pwrite(descriptor, f"process {pid} on {host}".encode(), 0)
+    _held[path] = descriptor
+
+
+def release_all() -> None:
+    """Release the sweep locks this process holds (:func:`hold`): its sweep is closed."""
+    while _held:
+        os.close(_held.popitem()[1])
 
 
 def _has_checkpoint(run: RunRecord) -> bool:

@@ -242,11 +242,13 @@ class RunRecord:
     metrics: dict[str, float]
     tags: dict[str, str]
     experiment_id: str = ""
+    deleted: bool = False  # in MLflow's trash (deleted, not yet garbage-collected)
 
 
 def _record(run: Any) -> RunRecord:
     return RunRecord(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status,
-                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags), run.info.experiment_id)
+                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags), run.info.experiment_id,
+                     run.info.lifecycle_stage == "deleted")
 
 
 def current_uri() -> str:
