@@ -211,3 +211,56 @@ def test_an_optuna_storage_that_cannot_be_opened_is_refused(run_cli, tracking_ur
     assert "hydra.sweeper.storage=sqlite:////proc/nope/x.db: cannot open the Optuna study storage" in output
     assert "Traceback" not in output and "Launching" not in output
     assert runs_in(tracking_uri) == []  # refused before the sweep's parent run
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("hydra.sweeper.pruner.n_startup_trials=-1", "hydra.sweeper.pruner: optuna.pruners._median.MedianPruner refused "
+                                                 "its parameters (ValueError: Number of startup trials cannot be "
+                                                 "negative"),
+    ("hydra.sweeper.pruner._target_=optuna.pruners.NoSuchPruner",
+     "hydra.sweeper.pruner._target_='optuna.pruners.NoSuchPruner' is invalid: optuna.pruners has no class or function "
+     "NoSuchPruner"),
+    ("hydra.sweeper.direction=up", "hydra.sweeper.direction='up' is invalid: choose minimize or maximize"),
+], ids=["negative startup trials", "unknown pruner", "direction up"])
+def test_bad_sweeper_settings_are_refused_before_any_run(run_cli, tracking_uri, tmp_path, setting, message):
+    done = run_cli("hparams_search=fashion_optuna", "dataset=digits", setting, f"hydra.sweep.dir={tmp_path / 's'}",
+                   f"tracking.uri={tracking_uri}", timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-2000:]
+    assert f"error: {message}" in output, output[-2000:]
+    assert "Traceback" not in output and "Launching" not in output
+    assert runs_in(tracking_uri) == []  # refused before the sweep's parent run
+
+
+def test_a_second_sweep_of_a_study_leaves_the_live_trial_of_the_first_alone(tmp_path, tracking_uri):
+    """Two sweeps of one study in one storage at once (a search spread over machines): the second runs its own
+    trials and leaves the first's RUNNING trial to it; it is not marked failed as one a killed sweep left."""
+    command = _search_command(tmp_path, tracking_uri)
+    storage = tmp_path / "shared.db"
+    shared = [f"hydra.sweeper.storage={storage}", "hydra.sweeper.pruner=null"]
+    first = subprocess.Popen([*command, *shared, f"hydra.sweep.dir={tmp_path / 'first'}", "hydra.sweeper.n_trials=1",
+                              "trainer.epochs=400", "trainer.early_stopping.patience=null"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        for line in first.stdout:
+            seen.append(line)
+            if "epoch 1/400" in line:
+                break
+        second = subprocess.run([*command, *shared, f"hydra.sweep.dir={tmp_path / 'second'}",
+                                 "hydra.sweeper.n_trials=2", "trainer.epochs=1"], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=400)
+        output = second.stdout + second.stderr
+        assert second.returncode == 0, output[-3000:]
+        assert "trials [0] run in another sweep of this study now: left to it" in output
+        assert "cut short" not in output and "Traceback" not in output
+        trials = optuna.load_study(study_name="digits_prune", storage=f"sqlite:///{storage}").get_trials()
+        assert trials[0].state == TrialState.RUNNING and first.poll() is None  # the first's, still its own
+        assert [t.state for t in trials[1:]] == [TrialState.COMPLETE, TrialState.COMPLETE]
+        first.send_signal(signal.SIGINT)
+        rest, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 130 and "Traceback" not in "".join(seen) + rest, ("".join(seen) + rest)[-3000:]

@@ -25,7 +25,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from aeexp import run_hooks
+from aeexp import processes, run_hooks
 from aeexp.errors import AeexpError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -119,10 +119,46 @@ def settled_in(storage: optuna.storages.BaseStorage, study_name: str) -> int:
     return settled(optuna.load_study(study_name=study_name, storage=storage))
 
 
+DIRECTIONS = ("minimize", "maximize")
+
+
+def check_settings(sweeper: Any) -> None:
+    """Refuse, in one line naming the key, a setting of ``hydra.sweeper`` that cannot work: an unknown direction, no
+    trial or job, a sampler or pruner that cannot be made (an unknown class, a value it refuses)."""
+    from aeexp import components
+
+    if sweeper.direction not in DIRECTIONS:
+        raise ConfigError(f"hydra.sweeper.direction={sweeper.direction!r} is invalid: choose minimize or maximize")
+    for key in ("n_trials", "n_jobs"):
+        if not isinstance(sweeper[key], int) or sweeper[key] < 1:
+            raise ConfigError(f"hydra.sweeper.{key}={sweeper[key]!r} is invalid: it must be a positive integer")
+    for key in ("sampler", "pruner"):
+        if sweeper[key] is not None:
+            components.build(sweeper[key], f"hydra.sweeper.{key}")
+
+
+OWNER_ATTR = "aeexp.owner"  # trial attribute: the host and process of the sweep that asked for it
+
+
+def ask(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> optuna.trial.Trial:
+    """A new trial, marked with the process that runs it (so that another sweep of the study leaves it alone)."""
+    trial = study.ask(distributions)
+    trial.set_user_attr(OWNER_ATTR, processes.me())
+    return trial
+
+
+def running_elsewhere(study: optuna.Study) -> list[int]:
+    """Trials RUNNING in another live sweep of the study (see :func:`take_over_interrupted`)."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if processes.alive(t.user_attrs.get(OWNER_ATTR))]
+
+
 def take_over_interrupted(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by a killed sweep: marked failed and queued again with the same parameters (a job then
-    continues its MLflow run from the checkpoint, with ``sweep.resume``). Returns their numbers."""
-    left = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    """Trials left RUNNING by a killed sweep (its process no longer runs): marked failed and queued again with the
+    same parameters (a job then continues its MLflow run from the checkpoint, with ``sweep.resume``). A trial that
+    another sweep of the study runs now is left alone. Returns their numbers."""
+    left = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not processes.alive(t.user_attrs.get(OWNER_ATTR))]
     for trial in left:
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params)
@@ -143,7 +179,10 @@ class Pruning:
         value = metrics.get(OBJECTIVE)
         if trial is None or value is None or not math.isfinite(value):
             return
-        trial.report(value, epoch)
+        try:
+            trial.report(value, epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:  # ended by another process: nothing left to prune
+            return
         if trial.should_prune():
             self.pruned[trial.number] = epoch
             raise run_hooks.RunPruned(epoch, f"pruned by Optuna at epoch {epoch} ({OBJECTIVE} {value:.4g}, trial "
@@ -159,19 +198,23 @@ def pruning(trials: Sequence[optuna.trial.Trial], first_job: int) -> Iterator[Pr
 
 def tell(study: optuna.Study, trial: optuna.trial.Trial, result: Callable[[], Any], pruned: bool) -> str:
     """Tell the study how a trial ended (``result()``: the job's return value, which may raise); the state's name."""
-    if pruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        return "PRUNED"
     try:
         value = float(result())
     except Exception as err:  # the job raised past aeexp's own handling
         log.warning("trial %d failed: %s", trial.number, err)
         value = math.nan
-    if not math.isfinite(value):
-        study.tell(trial, state=TrialState.FAIL)
-        return "FAIL"
-    study.tell(trial, value)
-    return "COMPLETE"
+    state = "PRUNED" if pruned else "COMPLETE" if math.isfinite(value) else "FAIL"
+    try:
+        if state == "COMPLETE":
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=TrialState[state])
+    except optuna.exceptions.UpdateFinishedTrialError:
+        ended = study.get_trials(deepcopy=False)[trial.number].state.name
+        log.warning("trial %d was ended %s by another process before this one could record it %s", trial.number,
+                    ended, state)
+        return ended
+    return state
 
 
 def history(study: optuna.Study) -> tuple[list[int], list[float], list[bool]]:

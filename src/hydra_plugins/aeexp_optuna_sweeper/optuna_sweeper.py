@@ -30,11 +30,13 @@ class AeexpOptunaSweeper(Sweeper):
 
     @staticmethod
     def preflight(config: DictConfig) -> None:
-        """Before the sweep's parent run exists (called by aeexp.sweep): refuse a storage that cannot be opened, and
-        a study that already holds its trials unless the sweep is resumed (which only redoes the report)."""
+        """Before the sweep's parent run exists (called by aeexp.sweep): refuse a bad setting (direction, trial
+        counts, a sampler or pruner that cannot be made), a storage that cannot be opened, and a study that already
+        holds its trials unless the sweep is resumed (which only redoes the report)."""
         from aeexp import optuna_search, sweep_resume
 
         sweeper = config.hydra.sweeper
+        optuna_search.check_settings(sweeper)
         url = optuna_search.storage_url(sweeper.storage, config.hydra.sweep.dir)
         done = optuna_search.settled_in(optuna_search.open_storage(url), sweeper.study_name)
         if done >= sweeper.n_trials and not sweep_resume.requested(config):
@@ -76,8 +78,11 @@ class AeexpOptunaSweeper(Sweeper):
         interrupted = optuna_search.take_over_interrupted(study)
         if interrupted:
             log.info("trials %s were cut short by a killed sweep: running them again", interrupted)
+        live = optuna_search.running_elsewhere(study)
+        if live:
+            log.info("trials %s run in another sweep of this study now: left to it", live)
         while (remaining := self.n_trials - optuna_search.settled(study)) > 0:
-            trials = [study.ask(distributions) for _ in range(min(self.n_jobs, remaining))]
+            trials = [optuna_search.ask(study, distributions) for _ in range(min(self.n_jobs, remaining))]
             overrides = [optuna_search.trial_overrides(trial, fixed) for trial in trials]
             with optuna_search.pruning(trials, trials[0].number) as pruning:
                 returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
