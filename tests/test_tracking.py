@@ -162,6 +162,42 @@ def test_processes_that_start_together_on_a_new_sqlite_file_all_succeed(tmp_path
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
+MLFLOW_CLIENT = """
+import sys, time
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+
+store = Path(sys.argv[1])
+while not store.exists():  # the moment aeexp touches the new store: an MLflow UI or a notebook opening it too
+    time.sleep(0.005)
+MlflowClient(f"sqlite:///{store}").search_experiments()
+print("the other client opened the store", flush=True)
+"""
+
+
+def test_a_joblib_sweep_on_a_new_store_that_another_mlflow_client_opens_at_once_runs(tmp_path, run_cli):
+    """A second MLflow client (not aeexp: it takes no lock) creates a new sqlite store the moment the sweep does:
+    MLflow's schema migrations ran twice at once and the sweep exited 1 before its jobs started (2 of 3 tries here).
+    The sweep now waits for the other to finish making the store. Twice, each on a new store."""
+    for attempt in range(2):
+        store = tmp_path / f"store-{attempt}" / "mlflow.db"
+        store.parent.mkdir()
+        other = subprocess.Popen([sys.executable, "-c", MLFLOW_CLIENT, str(store)], text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        try:
+            done = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.bottleneck=2,4",
+                           f"tracking.uri=sqlite:///{store}", SMALL[0], *SMALL[2:], timeout=400)
+            assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+            assert "Creating initial MLflow database tables" in other.communicate(timeout=120)[0]
+        finally:
+            if other.poll() is None:
+                other.kill()
+                other.wait()
+        runs = runs_in(f"sqlite:///{store}", "digits")
+        assert len(runs) == 3 and {run.info.status for run in runs} == {"FINISHED"}
+
+
 # --- a shared server with a login (the README's cluster recipe), and a password in the URI --------------------
 
 ADMIN, ADMIN_PASSWORD = "admin", "aeexp-Admin-pw-4f9c"

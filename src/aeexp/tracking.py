@@ -124,19 +124,77 @@ def _folder_lock(directory: Path, store: Path) -> Iterator[None]:
         os.close(descriptor)  # and with it the lock
 
 
+STORE_ATTEMPTS = 6  # MLflow's creation of a new SQLite store tried this often while another process makes it
+STORE_SETTLE_S = 2.0  # a store whose file has not changed this long is no longer being made
+
+
+def _schema_head() -> str | None:
+    """The schema revision of the SQL stores this MLflow makes (the head of its migrations); None if unknown."""
+    try:
+        from alembic.script import ScriptDirectory
+        from mlflow.store import db_migrations
+
+        return ScriptDirectory(os.path.dirname(db_migrations.__file__)).get_current_head()
+    except Exception:  # another MLflow's layout: MLflow itself judges the schema
+        return None
+
+
+def _store_state(path: Path) -> tuple[bool, str | None]:
+    """Whether the SQLite file holds tables, and the schema revision it is at (None: none yet); (True, None) while
+    another process holds it locked (it is being written)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.1)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "alembic_version" not in tables:
+                return bool(tables), None
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            return True, row[0] if row else None
+    except sqlite3.Error:
+        return True, None
+
+
+def _settle(path: Path, deadline: float) -> None:
+    """Wait while another process (an MLflow UI, a notebook: not aeexp, whose processes take the folder's lock) is
+    making the store: it has tables, not yet at this MLflow's schema revision, and its file still changes. Starting
+    MLflow's migrations meanwhile would run them twice at once, and both fail."""
+    head = _schema_head()
+    while time.monotonic() < deadline:
+        has_tables, revision = _store_state(path)
+        if not has_tables or head is None or revision == head:
+            return
+        try:
+            if time.time() - path.stat().st_mtime > STORE_SETTLE_S:
+                return  # not being made: MLflow judges it (e.g. an older MLflow's store)
+        except OSError:
+            return
+        time.sleep(0.2)
+
+
 def _create_store_once(uri: str, path: Path) -> None:
     """Let MLflow create (or only open) the SQLite store at ``path`` while this process holds a lock on its folder,
     once per process. Processes that start together on a file that does not exist yet would otherwise all run
-    MLflow's schema migrations at once, and all but one fail (``duplicate column name: step``)."""
+    MLflow's schema migrations at once, and all but one fail (``duplicate column name: step``). Another program
+    making the store at the same time (an MLflow UI or client, which takes no lock) is waited for, and if the two
+    collided anyway, MLflow is asked again once it is done."""
     key = str(path.resolve())
     if key in _ready_stores:
         return
+    deadline = time.monotonic() + STORE_LOCK_TIMEOUT_S
     with _folder_lock(path.resolve().parent, path):
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as err:
-            raise TrackingError(f"tracking.uri={uri}: cannot use {path} as an MLflow store ({short_error(err)})"
-                                ) from None
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            _settle(path, deadline)
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)
+                break
+            except Exception as err:
+                if attempt == STORE_ATTEMPTS or time.monotonic() > deadline:
+                    raise TrackingError(
+                        f"tracking.uri={uri}: cannot use {path} as an MLflow store ({short_error(err)}); if another "
+                        "program (an MLflow UI or client) was creating it at the same time, their schema migrations "
+                        "collided: once it is done, run again (or delete the file if it holds no runs)") from None
+                log.info("%s: MLflow could not open it (%s), perhaps while another program makes it; trying again",
+                         path, short_error(err))
+                time.sleep(0.5 * attempt)
     _ready_stores.add(key)
 
 
