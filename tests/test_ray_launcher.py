@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from mlflow_server import free_port
 from mlflow_store import assert_no_running, runs_in
 
@@ -90,3 +91,44 @@ def test_a_ray_address_that_does_not_answer_is_refused(run_cli, tracking_uri):
     assert "Traceback" not in output and "Launching" not in output
     assert time.monotonic() - started < 60
     assert runs_in(tracking_uri) == []  # refused before the sweep's parent run
+
+
+def test_a_ray_worker_killed_mid_job_is_retried_into_its_own_run_and_the_sweep_finishes(run_cli, tracking_uri,
+                                                                                       ray_cluster, tmp_path):
+    """SIGKILL to the Ray worker running a job, once its run has a checkpoint: Ray retries the task, which continues
+    that same MLflow run from its checkpoint (every epoch's metrics once); the sweep counts each job once and
+    finishes (exit 0), not "1 of 3 jobs failed"."""
+    epochs = 25
+    command = [sys.executable, "-m", "aeexp", "-m", "hydra/launcher=ray", f"hydra.launcher.address={ray_cluster}",
+               "model.bottleneck=2,8", "model.widths=[32]", f"trainer.epochs={epochs}", "trainer.batch_size=16",
+               "trainer.early_stopping.patience=null", *FAST[1:], f"tracking.uri={tracking_uri}"]
+    sweep = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, **RAY_ENV, "PYTHONUNBUFFERED": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        victim = None
+        deadline = time.monotonic() + 300
+        while victim is None and sweep.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            for run in runs_in(tracking_uri, "digits"):
+                history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "train_loss")
+                if run.info.status == "RUNNING" and "sweep.pid" in run.data.tags and len(history) >= 2:
+                    victim = run
+                    break
+        assert victim is not None, "no job trained 2 epochs"
+        os.kill(int(victim.data.tags["sweep.pid"]), signal.SIGKILL)
+        output, _ = sweep.communicate(timeout=400)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    assert sweep.returncode == 0, output[-3000:]
+    runs = runs_in(tracking_uri, "digits")
+    (parent,) = [r for r in runs if "sweep.name" in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    again = next(c for c in children if c.info.run_id == victim.info.run_id)
+    assert again.info.status == "FINISHED" and int(again.data.tags["resumed_from_epoch"]) >= 1
+    assert again.data.tags["sweep.pid"] != victim.data.tags["sweep.pid"]  # continued by the retried task
+    steps = [m.step for m in MlflowClient(tracking_uri).get_metric_history(again.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, epochs + 1))
+    assert_no_running(tracking_uri)

@@ -84,6 +84,8 @@ def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
             return done
     if not cfg.get("resume"):  # (a resumed run takes its config, checked there, from its checkpoint)
         _check_components(cfg)
+        if sweep is not None:  # a job run again (a Ray task retried): it continues its own run
+            sweep_resume.continue_lost_attempt(sweep.parent_run_id, sweep.tracking_uri, cfg)
     from aeexp import experiment
 
     if sweep is not None:

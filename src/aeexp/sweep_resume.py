@@ -5,6 +5,9 @@ A job whose earlier child FINISHED is not run again (its result is reused); one 
 was left RUNNING by a killed process continues that child from its checkpoint, or, without a checkpoint, runs anew
 (the old child is then tagged ``sweep.superseded`` and left out of the report and of the parent's status); a job
 that never ran runs. Jobs are matched by their overrides, in any order, ``sweep.resume`` left out.
+
+The same holds within one attempt for a job run again after its process was lost (Ray retries a task whose worker
+died): it continues its own RUNNING child (:func:`continue_lost_attempt`), so the sweep counts each job once.
 """
 
 from __future__ import annotations
@@ -206,16 +209,43 @@ def before_job(earlier: dict[str, dict[str, Any]], tracking_uri: str, cfg: DictC
     if job["status"] == "FINISHED":
         log.info("job %s: run %s (%s) FINISHED before; reusing it", hydra_config.job.num, job["run_id"], job["name"])
         return float(job["val_loss"])
-    run = tracking.get_run(job["run_id"])
+    _continue_or_run_anew(tracking.get_run(job["run_id"]), cfg)
+    return None
+
+
+def continue_lost_attempt(parent_run_id: str, tracking_uri: str, cfg: DictConfig) -> None:
+    """A job that already has a RUNNING child in this sweep ran before in a process that was lost, and is run
+    again: Ray retries a task whose worker died, a scheduler requeues a job. Its child continues from its
+    checkpoint (``cfg.resume``), or, without one, is superseded (the job runs anew), so that the sweep counts the job
+    once. (One process at a time runs a sweep, :func:`hold`: no other live process runs this job.)"""
+    from aeexp import tracking
+
+    tracking.use_uri(tracking_uri)
+    hydra_config = HydraConfig.get()
+    key, number = job_key(list(hydra_config.overrides.task)), str(hydra_config.job.num)
+    for child in counted(tracking.child_runs(parent_run_id)):
+        if (child.status == "RUNNING" and child.tags.get("sweep.job") == number
+                and job_key(child.tags.get("sweep.job_overrides", "").split()) == key):
+            log.info("job %s ran before in process %s on %s, which was lost", number, child.tags.get("sweep.pid"),
+                     child.tags.get("sweep.host"))
+            _continue_or_run_anew(child, cfg)
+            return
+
+
+def _continue_or_run_anew(run: RunRecord, cfg: DictConfig) -> None:
+    """Point ``cfg.resume`` at the job's earlier ``run`` to continue it from its checkpoint; without one, tag it
+    superseded (ending it KILLED if a lost process left it RUNNING): the job then runs anew."""
+    from aeexp import tracking
+
+    hydra_config = HydraConfig.get()
     if _has_checkpoint(run):
         log.info("job %s: continuing run %s (%s, %s) from its checkpoint", hydra_config.job.num, run.run_id,
                  run.name, run.status)
         cfg.resume = run.run_id
-        return None
+        return
     log.info("job %s: run %s (%s, %s) has no checkpoint; running the job anew", hydra_config.job.num, run.run_id,
              run.name, run.status)
     tracking.set_run_tag(run.run_id, SUPERSEDED_TAG, f"run again by job {hydra_config.job.num} of "
                                                      f"{hydra_config.sweep.dir}")
     if run.status == "RUNNING":  # left so by a killed process
         tracking.end_run_by_id(run.run_id, "KILLED")
-    return None
