@@ -260,7 +260,6 @@ def test_a_second_sweep_of_a_study_leaves_the_live_trial_of_the_first_alone(tmp_
         first.send_signal(signal.SIGINT)
         rest, _ = first.communicate(timeout=120)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+        first.kill()  # (nothing, if it has ended)
+        first.wait()
     assert first.returncode == 130 and "Traceback" not in "".join(seen) + rest, ("".join(seen) + rest)[-3000:]

@@ -118,9 +118,8 @@ def test_a_ray_worker_killed_mid_job_is_retried_into_its_own_run_and_the_sweep_f
         os.kill(int(victim.data.tags["sweep.pid"]), signal.SIGKILL)
         output, _ = sweep.communicate(timeout=400)
     finally:
-        if sweep.poll() is None:
-            sweep.kill()
-            sweep.wait()
+        sweep.kill()  # (nothing, if it has ended)
+        sweep.wait()
     assert sweep.returncode == 0, output[-3000:]
     runs = runs_in(tracking_uri, "digits")
     (parent,) = [r for r in runs if "sweep.name" in r.data.tags]
