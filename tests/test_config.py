@@ -124,7 +124,7 @@ def test_a_config_stored_before_the_keys_moved_still_reads():
     cfg = stored_config.with_schema(stored_config.read(stored, "run r's config"), "run r's config")
     assert cfg.trainer.epochs == 7 and cfg.trainer.batch_size == 64 and cfg.trainer.early_stopping.patience == 10
     assert not set(MOVED) & set(cfg.trainer) and cfg.model.bottleneck == 4
-    with pytest.raises(stored_config.StoredConfigError, match="run r's config does not fit .*epoch"):
+    with pytest.raises(stored_config.StoredConfigError, match=r"run r's config does not fit .*epoch"):
         stored_config.with_schema(stored_config.read("trainer: {epoch: 7}\n", "run r's config"), "run r's config")
 
 
