@@ -269,7 +269,7 @@ def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_
         if tag == "a":
             assert attributes["href"].startswith(report.DEFAULT_UI + "/#/experiments/"), attributes
     texts = [text.strip() for text in page.texts]
-    assert texts.count(f"sweep {PARENT}") == 2  # the page's title and heading
+    assert texts.count(PARENT) == 2  # the page's title and heading: the name as it is (it says "sweep " already)
     columns = list(compare.COLUMNS)  # the runs' table: its header cells, in order, and nothing between them
     assert [i for i in range(len(texts)) if texts[i:i + len(columns)] == columns], texts
     assert page.text_parents <= {"title", "style", "h1", "h2", "p", "th", "td", "a"}  # no stray text in a table
