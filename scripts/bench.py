@@ -71,6 +71,8 @@ from torch import nn
 
 from aeexp import data, embed, metrics, models
 from aeexp.config import EmbedConfig
+from aeexp.data import sampling
+from aeexp.models import inference
 from aeexp.training import fastpath, loop, optim
 
 REPO = Path(__file__).resolve().parents[1]
@@ -422,7 +424,7 @@ def run_row(row: Row, cfg: DictConfig, ds: data.Dataset, args: argparse.Namespac
         loop.fit(aeexp.model, ds.train, ds.val, epochs=row.epochs, batch_size=args.batch_size,
                  optimizer=aeexp.optimizer, seed=seed, schedule=aeexp.schedule, step=aeexp.step,
                  grad_clip=aeexp.cfg.trainer.grad_clip, progress=False, on_epoch_end=between_epochs)
-        losses = {"aeexp": loop.evaluate_loss(aeexp.model, ds.test.images)}
+        losses = {"aeexp": inference.evaluate_loss(aeexp.model, ds.test.images)}
         losses.update({name: timed.test_loss(ds.test.images) for name, timed in baselines.items()})
         for name, seconds in times.items():
             contender = row.contenders[name]
@@ -472,7 +474,7 @@ def bench_dense_adam(ds: data.Dataset, x: torch.Tensor, args: argparse.Namespace
         return made
 
     aeexp = run_row(row, cfg, ds, args, baselines)
-    return row, loop.encode_all(aeexp.model, ds.test.images).numpy()
+    return row, inference.encode_all(aeexp.model, ds.test.images).numpy()
 
 
 def bench_dense_adamw_cosine(ds: data.Dataset, x: torch.Tensor, args: argparse.Namespace) -> Row:
@@ -542,7 +544,7 @@ EMBED_LABELS = {"sklearn": "sklearn TSNE defaults", "sklearn500": "sklearn TSNE 
 def bench_embedding(codes: np.ndarray, labels: np.ndarray, n: int, args: argparse.Namespace) -> EmbedResult:
     from sklearn.manifold import TSNE
 
-    chosen = metrics.stratified_sample(labels, n, 0)
+    chosen = sampling.stratified_sample(labels, n, 0)
     codes, labels = codes[chosen].astype(np.float32), labels[chosen]
     sample = np.sort(np.random.default_rng(0).choice(len(codes), min(args.trust_n, len(codes)), replace=False))
     defaults = EmbedConfig()

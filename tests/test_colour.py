@@ -17,6 +17,7 @@ from PIL import Image
 
 from aeexp import baseline, data, encode, metrics, models, plots
 from aeexp.explorer import explorer_html, png_data_uris
+from aeexp.models import inference
 from aeexp.training import loop, optim
 
 CPU = torch.device("cpu")
@@ -45,13 +46,13 @@ def test_every_model_family_trains_on_colour_images(make_config, preset, overrid
     torch.manual_seed(0)
     model = models.build(cfg.model, COLOUR)
     train, val = colour_split(192, 0), colour_split(64, 1)
-    before = loop.reconstruction_mse(model, val.images)
+    before = inference.reconstruction_mse(model, val.images)
     optimizer = torch.optim.Adam(optim.parameter_groups(model), lr=3e-3)
     history = loop.fit(model, train, val, epochs=3, batch_size=64, optimizer=optimizer, seed=0,
                        step=loop.make_step(model, optimizer, CPU), progress=False)
     assert np.isfinite(history.train_loss + history.val_loss).all()
-    assert loop.reconstruction_mse(model, val.images) < 0.7 * before  # it learnt to reconstruct colour images
-    x = loop.to_float(val.images[:5])
+    assert inference.reconstruction_mse(model, val.images) < 0.7 * before  # it learnt to reconstruct colour images
+    x = inference.to_float(val.images[:5])
     assert model(x).shape == (5, *COLOUR) and model.encode(x).shape == (5, model.bottleneck)
     if hasattr(model, "sample"):
         assert model.sample(4, torch.Generator().manual_seed(0)).shape == (4, *COLOUR)

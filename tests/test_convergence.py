@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from aeexp import data, models
+from aeexp.models import inference
 from aeexp.training import checkpoint, early_stopping, loop, optim
 
 
@@ -95,7 +96,7 @@ def test_fit_stops_once_validation_stops_improving_and_the_best_weights_score_be
     assert all(loss >= stopping.best_loss for loss in val[best:])  # nothing better after it...
     assert len(history) == best + 3  # ...for exactly `patience` epochs
     stopping.restore_best(model)
-    assert loop.evaluate_loss(model, digits.val.images) == pytest.approx(stopping.best_loss, rel=1e-6)
+    assert inference.evaluate_loss(model, digits.val.images) == pytest.approx(stopping.best_loss, rel=1e-6)
 
 
 def test_early_stopping_resumes_bit_identical():
@@ -127,7 +128,7 @@ def test_vae_kl_warm_up_rises_linearly_and_is_logged_per_epoch():
     assert betas == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5, 0.5])
     for metrics, beta in zip(seen, betas, strict=True):
         assert metrics["train_loss"] == pytest.approx(metrics["train_recon"] + beta * metrics["train_kl"], rel=1e-5)
-    x = loop.to_float(digits.val.images[:50])
+    x = inference.to_float(digits.val.images[:50])
     with torch.no_grad():  # validation uses the full beta, so that every epoch's val_loss compares
         mean, logvar = model.posterior(x)
         expected = models.pixel_loss(model.decode_logits(mean), x, "bce") + 0.5 * model.kl_per_pixel(mean, logvar)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from aeexp import data, encode, model_files, models, tracking
 from aeexp.errors import DataError
-from aeexp.training.loop import encode_all
+from aeexp.models.inference import encode_all
 
 N_IMAGES = 40
 BOTTLENECK = 4

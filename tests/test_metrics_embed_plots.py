@@ -9,6 +9,7 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from aeexp import embed, metrics, plots
+from aeexp.data import sampling
 
 
 @pytest.fixture
@@ -129,10 +130,10 @@ def test_trustworthiness_needs_three_points():
 
 def test_stratified_sample_keeps_class_proportions():
     labels = np.repeat(np.arange(4), [100, 50, 30, 20])
-    chosen = metrics.stratified_sample(labels, 100, seed=0)
+    chosen = sampling.stratified_sample(labels, 100, seed=0)
     assert len(chosen) == 100 and len(set(chosen)) == 100
     assert list(np.bincount(labels[chosen])) == [50, 25, 15, 10]
-    assert list(metrics.stratified_sample(labels, 1000)) == list(range(200))
+    assert list(sampling.stratified_sample(labels, 1000)) == list(range(200))
 
 
 def test_tsne_keeps_clusters_apart(blobs):

@@ -10,6 +10,7 @@ from idx import synthetic_images
 
 from aeexp import data, models
 from aeexp.errors import InvalidParameter
+from aeexp.models import inference
 from aeexp.training import fastpath, loop, optim
 
 CPU = torch.device("cpu")
@@ -50,7 +51,7 @@ def test_a_subclass_with_its_own_loss_trains_on_that_loss():
     assert loop.make_step(parent, _adam(parent), CPU).path == "fast"
     assert loop.make_step(child, _adam(child), CPU).path == "autograd"
     split, val = _tiny(128), _tiny(64, seed=1)
-    x = loop.to_float(split.images)
+    x = inference.to_float(split.images)
     with torch.no_grad():
         own = float(child.training_loss(x, x)[0])
         recon = float(parent.training_loss(x, x)[0])
@@ -72,7 +73,7 @@ def test_a_subclass_with_its_own_loss_trains_on_that_loss():
     loop.fit(parent, split, val, epochs=3, batch_size=32, optimizer=_adam(parent), seed=0, progress=False)
     for a, b in zip(child.parameters(), parent.parameters(), strict=True):
         assert not torch.allclose(a, b)
-    assert child_history.val_loss[-1] == pytest.approx(loop.evaluate_loss(child, val.images), rel=1e-6)
+    assert child_history.val_loss[-1] == pytest.approx(inference.evaluate_loss(child, val.images), rel=1e-6)
     with torch.no_grad():
         child_codes = float(child.encode(x).abs().mean())
         parent_codes = float(parent.encode(x).abs().mean())
@@ -126,7 +127,7 @@ def test_sparse_penalty_shrinks_the_codes():
                  on_epoch_end=lambda e, m: seen.append(m))
         assert {"train_recon", "train_l1"} <= set(seen[-1])
         assert seen[-1]["train_loss"] == pytest.approx(seen[-1]["train_recon"] + l1 * seen[-1]["train_l1"], rel=1e-5)
-        return float(loop.encode_all(model, val.images).abs().mean())
+        return float(inference.encode_all(model, val.images).abs().mean())
 
     free, sparse = mean_code(0.0), mean_code(1.0)
     assert sparse < 0.2 * free
@@ -186,7 +187,7 @@ def test_vqvae_refuses_a_vector_size_that_does_not_divide_the_bottleneck():
 
 def test_vqvae_codebook_starts_from_the_first_training_batch_and_is_saved():
     model = _vqvae("dense", (1, 8, 8))
-    x = loop.to_float(_tiny(32).images)
+    x = inference.to_float(_tiny(32).images)
     before = model.codebook.detach().clone()
     model.eval()
     with torch.no_grad():

@@ -11,7 +11,7 @@ from idx import synthetic_images
 
 from aeexp import data, models
 from aeexp.errors import ConfigError, InvalidParameter
-from aeexp.models import noise
+from aeexp.models import inference, noise
 from aeexp.models.conv import conv_sizes, max_conv_layers
 from aeexp.training import checkpoint, fastpath, loop, optim
 
@@ -208,7 +208,7 @@ def test_vae_kl_is_positive_and_reported_each_epoch():
         assert metrics["train_beta"] == 2.0  # no warm-up
         assert metrics["train_kl"] > 0
         assert metrics["train_loss"] == pytest.approx(metrics["train_recon"] + 2.0 * metrics["train_kl"], rel=1e-5)
-    x = loop.to_float(split.images[:50])
+    x = inference.to_float(split.images[:50])
     with torch.no_grad():
         mean, logvar = model.posterior(x)
         expected = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).sum(1).mean() / 64
@@ -216,7 +216,7 @@ def test_vae_kl_is_positive_and_reported_each_epoch():
         recon = float(models.pixel_loss(model.decode_logits(mean), x, "bce"))
     assert float(expected) > 0
     # val/test loss is the objective at the mean code; the pure reconstruction loss leaves the KL out
-    objective = loop.evaluate_loss(model, split.images[:50])
+    objective = inference.evaluate_loss(model, split.images[:50])
     assert objective == pytest.approx(recon + 2.0 * float(expected), rel=1e-5)
     assert recon < objective
 
@@ -259,7 +259,7 @@ def test_a_batch_normalised_code_has_zero_mean_and_unit_variance(path):
     step = (loop.make_step(model, optimizer, torch.device("cpu")) if path == "fast"
             else loop.AutogradStep(model, optimizer, torch.device("cpu"), compiled=False, mixed_precision=False))
     assert step.path == path
-    images = loop.to_float(split.images)
+    images = inference.to_float(split.images)
 
     model.train()
     codes = model.encode(images)
@@ -373,5 +373,5 @@ def test_new_presets_and_valid_settings(make_config):
     assert noise.DEFAULT_LEVELS["gaussian"] == 0.3
     model = models.build(vae.model, DIGITS_SHAPE)
     assert isinstance(model, models.VariationalAutoencoder)
-    codes = loop.encode_all(model, torch.from_numpy(synthetic_images(10, 0, size=8)[0]).unsqueeze(1))
+    codes = inference.encode_all(model, torch.from_numpy(synthetic_images(10, 0, size=8)[0]).unsqueeze(1))
     assert codes.shape == (10, 4) and np.isfinite(codes.numpy()).all()  # digits' 4-d code

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from aeexp import data, models
+from aeexp.models import inference
 from aeexp.training import loop, optim
 
 
@@ -115,10 +116,10 @@ def test_batches_cover_every_image_once_per_epoch():
 def test_evaluate_loss_weights_batches_by_size(monkeypatch):
     model = models.DenseAutoencoder((1, 8, 8), widths=[16], bottleneck=4, loss="mse")
     images = (torch.rand(9, 1, 8, 8) * 255).to(torch.uint8)
-    whole = float(model.evaluation_loss(loop.to_float(images)))
-    monkeypatch.setattr(loop, "EVAL_BATCH_SIZE", 4)
+    whole = float(model.evaluation_loss(inference.to_float(images)))
+    monkeypatch.setattr(inference, "EVAL_BATCH_SIZE", 4)
     sizes: list[int] = []
     own = model.evaluation_loss
     monkeypatch.setattr(model, "evaluation_loss", lambda x: (sizes.append(len(x)), own(x))[1])
-    assert loop.evaluate_loss(model, images) == pytest.approx(whole, rel=1e-5)
+    assert inference.evaluate_loss(model, images) == pytest.approx(whole, rel=1e-5)
     assert sizes == [4, 4, 1]

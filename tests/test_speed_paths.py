@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from sklearn.datasets import make_blobs
 
 from aeexp import data, embed, metrics, models, threads
+from aeexp.models import inference
 from aeexp.training import checkpoint, fastpath, loop, optim
 
 CPU = torch.device("cpu")
@@ -479,7 +480,7 @@ def _smooth_images(n: int, seed: int) -> data.Split:
 @pytest.mark.parametrize("loss", ["bce", "mse"])
 def test_written_out_backward_in_bf16_is_close_to_float32(loss):
     model = _dense((1, 28, 28), (64, 32), 8, loss=loss)
-    x = loop.to_float(_smooth_images(64, 0).images)
+    x = inference.to_float(_smooth_images(64, 0).images)
     exact = float(fastpath.loss_and_grads(model, x, x))
     exact_grads = [p.grad.clone() for p in model.parameters()]
     low = float(fastpath.loss_and_grads(model, x, x, fastpath.Workspace(), bf16=True))

@@ -21,7 +21,6 @@ import numpy as np
 from aeexp import files
 from aeexp.data.pixels import checked_pixels
 from aeexp.errors import AeexpError, DataError, TrackingError
-from aeexp.training import EVAL_BATCH_SIZE
 
 SUPPORTED = "an IDX file (plain or .gz), a .npy array, a PNG image or a folder of PNG images"
 _NPY_MAGIC = b"\x93NUMPY"
@@ -357,10 +356,10 @@ def _batches(images: Any, batch_size: int) -> Iterator[Any]:
     """Float batches in [0, 1]: uint8 images divided by 255 (as in training), float images as they are."""
     import torch
 
-    from aeexp.training.loop import iterate_batches
+    from aeexp.models.inference import batches
 
     if images.dtype == torch.uint8:
-        yield from iterate_batches(images, batch_size, None)
+        yield from batches(images, batch_size)
         return
     for start in range(0, images.shape[0], batch_size):
         yield images[start:start + batch_size]
@@ -477,6 +476,8 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: encode images with a logged model; 0 on success, 1 with one ``error:`` line otherwise."""
+    from aeexp.models.inference import EVAL_BATCH_SIZE
+
     parser = argparse.ArgumentParser(
         prog="aeexp encode", description=__doc__.splitlines()[0],
         epilog="Images: uint8 0..255 or floats in [0, 1]; .npy shapes (N, H, W), (N, H*W) or one (H, W) image, "

@@ -154,12 +154,12 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, methods: Sequence
     import torch
 
     from aeexp import experiment, report, tracking
-    from aeexp.training import loop
+    from aeexp.training.loop import resolve_device
 
     record = tracking.get_run(run_id)
     steps = tracking.metric_steps(run_id, record.metrics)
     step = final_step(steps)
-    device = loop.resolve_device("auto")
+    device = resolve_device("auto")
     with tempfile.TemporaryDirectory(prefix="aeexp-evaluate-") as scratch:
         folder = Path(scratch)
         cfg = stored_config(run_id, folder)

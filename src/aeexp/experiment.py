@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from aeexp import baseline, data, embed, files, metrics, models, plots, report, run_hooks, threads, tracking
 from aeexp import config as config_schema
+from aeexp.data.sampling import sample_indices
 from aeexp.errors import ConfigError, TrackingError
+from aeexp.models import inference
 from aeexp.naming import model_label, run_name
 from aeexp.params import run_params
 from aeexp.resumed_run import changed_settings, find_checkpoint, resolve_run_id
@@ -72,14 +74,14 @@ def final_metrics(model: models.Autoencoder, dataset: data.Dataset, seed: int
     """Test-split losses and, with labels, what the codes keep of the classes (:func:`aeexp.metrics.code_metrics`,
     as ``test_*``); also return the test codes."""
     test_images = dataset.test.images
-    test_codes = loop.encode_all(model, test_images).numpy()
+    test_codes = inference.encode_all(model, test_images).numpy()
     results = {
-        "test_loss": loop.evaluate_loss(model, test_images),
-        "test_mse": loop.reconstruction_mse(model, test_images),  # comparable to PCA's
+        "test_loss": inference.evaluate_loss(model, test_images),
+        "test_mse": inference.reconstruction_mse(model, test_images),  # comparable to PCA's
     }
     train_labels, test_labels = labels_of(dataset.train), labels_of(dataset.test)
     if train_labels is not None and test_labels is not None:
-        train_codes = loop.encode_all(model, dataset.train.images).numpy()
+        train_codes = inference.encode_all(model, dataset.train.images).numpy()
         codes = metrics.code_metrics(train_codes, train_labels, test_codes, test_labels, seed)
         results.update({f"test_{name}": value for name, value in codes.items()})
     return results, test_codes
@@ -98,15 +100,6 @@ class Views:
     labels: np.ndarray | None
 
 
-def _sample(labels: np.ndarray | None, n_items: int, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of at most ``n`` of ``n_items`` items: stratified by ``labels``, else uniform."""
-    if labels is not None:
-        return metrics.stratified_sample(labels, n, seed)
-    if n >= n_items:
-        return np.arange(n_items)
-    return np.sort(np.random.default_rng(seed).choice(n_items, n, replace=False))
-
-
 def embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray | None, seed: int
                       ) -> tuple[dict[str, float], Views]:
     """Each of ``embed.methods`` on the same sample: ``embed_<method>_{knn_acc,trust,time}`` (no ``knn_acc``
@@ -115,7 +108,7 @@ def embedding_metrics(cfg: DictConfig, codes: np.ndarray, labels: np.ndarray | N
     if n_samples > len(codes):
         log.info("embed.n_samples=%d is more than the %d test images: embedding all of them",
                  n_samples, len(codes))
-    chosen = _sample(labels, len(codes), n_samples, seed)
+    chosen = sample_indices(labels, len(codes), n_samples, seed)
     codes = codes[chosen]
     labels = None if labels is None else labels[chosen]
     results: dict[str, float] = {}
@@ -446,7 +439,7 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
             results, history = _train_and_finish(training, start, run_id, config_yaml, checkpoints, metric_log,
                                                  output_dir)
             model.cpu()
-            tracking.log_model(model, loop.to_float(training.dataset.test.images[:4]).cpu().numpy(), config_yaml)
+            tracking.log_model(model, inference.to_float(training.dataset.test.images[:4]).cpu().numpy(), config_yaml)
         except KeyboardInterrupt as err:  # the stop names the run it ended (the cli says how MLflow recorded it)
             if isinstance(err, interrupt.RunInterrupted):
                 raise
@@ -538,7 +531,7 @@ def _interpolations(model: models.Autoencoder, dataset: data.Dataset, examples: 
     rows, names = [], []
     weights = torch.linspace(0.0, 1.0, INTERPOLATION_STEPS, device=dataset.test.images.device)[:, None]
     for a, b in pairs:
-        codes = model.encode(loop.to_float(dataset.test.images[[a, b]]))
+        codes = model.encode(inference.to_float(dataset.test.images[[a, b]]))
         line = (1 - weights) * codes[0] + weights * codes[1]
         rows.append(model.decode(line).cpu().numpy())
         names.append(f"{_image_name(dataset, a)} -> {_image_name(dataset, b)}")
@@ -616,7 +609,7 @@ def write_reconstruction_examples(model: models.Autoencoder, dataset: data.Datas
     labels = labels_of(dataset.test)
     examples = (np.arange(min(RECONSTRUCTION_EXAMPLES, len(dataset.test))) if labels is None
                 else plots.pick_one_per_class(labels, RECONSTRUCTION_EXAMPLES))
-    inputs = loop.to_float(dataset.test.images[examples])
+    inputs = inference.to_float(dataset.test.images[examples])
     model.eval()
     outputs = model(inputs).float().cpu().numpy()
     arrays = {"indices": examples, "inputs": inputs.cpu().numpy().astype(np.float16),
@@ -631,7 +624,7 @@ def _figures(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dataset, 
     test_labels = labels_of(dataset.test)
     examples = (plots.pick_one_per_class(test_labels, RECONSTRUCTION_EXAMPLES) if test_labels is not None
                 else np.arange(min(RECONSTRUCTION_EXAMPLES, len(dataset.test))))
-    originals = loop.to_float(dataset.test.images[examples])
+    originals = inference.to_float(dataset.test.images[examples])
     noisy = _noisy_examples(model, originals, cfg.seed)
     interpolations, pair_names = _interpolations(model, dataset, examples)
     with torch.no_grad():
@@ -673,7 +666,7 @@ def write_explorer(cfg: DictConfig, model: models.Autoencoder, dataset: data.Dat
 
     method, points = next(iter(views.points.items()))
     images = dataset.test.images[torch.as_tensor(views.chosen, device=dataset.test.images.device)]
-    reconstructions = loop.reconstruct(model, images)
+    reconstructions = inference.reconstruct(model, images)
     html = explorer_html(points, views.labels, dataset.class_names, images.cpu().numpy(), reconstructions.numpy(),
                          f"{VIEW_NAMES[method]} of {model_label(cfg)} codes (bottleneck {model.bottleneck}) on "
                          f"{dataset.name}: hover a point for its image and reconstruction"

@@ -212,15 +212,3 @@ def trustworthiness(high: np.ndarray, low: np.ndarray, k: int = TRUST_K) -> floa
         ranks = (high_distances[:, None, :] < reach[:, :, None]).sum(-1, dtype=torch.int32) + 1
         excess += int((ranks - k).clamp_min(0).sum())
     return 1.0 - excess * 2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0))
-
-
-def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of at most ``n`` items drawn with the class proportions of ``labels``."""
-    if n >= len(labels):
-        return np.arange(len(labels))
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 and n >= np.count_nonzero(counts) else None
-    chosen, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=stratify, random_state=seed)
-    return np.sort(chosen)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aeexp.data.sampling import sample_indices
 from aeexp.errors import DataError, require
 
 if TYPE_CHECKING:
@@ -125,15 +126,10 @@ def _subset(images: np.ndarray, labels: np.ndarray | None, size: int | None
             ) -> tuple[np.ndarray, np.ndarray | None]:
     """A sample of ``size`` rows (all of them when None or not fewer; stratified when labelled), in file order, the
     same for every run: a data size, not part of a run's randomness."""
-    from aeexp.metrics import stratified_sample
-
     if size is None or size >= len(images):
         return images, labels
-    if labels is None:
-        chosen = np.sort(np.random.default_rng(0).choice(len(images), size, replace=False))
-        return images[chosen], None
-    chosen = stratified_sample(np.asarray(labels), size, seed=0)
-    return images[chosen], labels[chosen]
+    chosen = sample_indices(None if labels is None else np.asarray(labels), len(images), size, seed=0)
+    return images[chosen], None if labels is None else labels[chosen]
 
 
 def load(source: ImageDataset, seed: int = 0) -> Dataset:
@@ -148,6 +144,10 @@ def load(source: ImageDataset, seed: int = 0) -> Dataset:
     n = len(arrays.train_images)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     n_val = max(1, round(n * source.val_fraction))
+    if n - n_val < 1:
+        raise DataError(f"dataset {source.name}: holding out {n_val} of its {n} training images for validation "
+                        f"(val_fraction={source.val_fraction}) leaves none to train on; give more images or a smaller "
+                        "dataset.val_fraction")
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     labels = arrays.train_labels
     return Dataset(

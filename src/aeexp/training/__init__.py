@@ -2,5 +2,3 @@
 (:mod:`.optim`), checkpoints (:mod:`.checkpoint`), resuming (:mod:`.resume`), Ctrl-C/SIGTERM (:mod:`.interrupt`)
 and the CPU fast path (:mod:`.fastpath`). Nothing is imported here: the command line takes :mod:`.interrupt`
 before it imports torch."""
-
-EVAL_BATCH_SIZE = 4096  # images per forward pass when evaluating or encoding (no gradients kept)

@@ -21,7 +21,8 @@ import torch
 from aeexp.data import Split
 from aeexp.errors import TrainingError
 from aeexp.models import Autoencoder
-from aeexp.training import EVAL_BATCH_SIZE, fastpath, interrupt
+from aeexp.models.inference import batches, evaluate_loss, to_float
+from aeexp.training import fastpath, interrupt
 from aeexp.training.early_stopping import EarlyStopping
 from aeexp.training.optim import Schedule
 from aeexp.training.progress import shown
@@ -68,59 +69,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1], on the images' device (the division promotes to float32; on a CPU
-    through a float32 temporary, which the fast path's ``gather_batches`` avoids)."""
-    return torch.div(images, 255.0)
-
-
 def iterate_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator | None
                     ) -> Iterator[torch.Tensor]:
     """Float batches of ``images``: shuffled with ``generator``, or in order when it is None."""
-    n = images.shape[0]
     if generator is None:
-        for start in range(0, n, batch_size):
-            yield to_float(images[start:start + batch_size])
+        yield from batches(images, batch_size)
         return
-    order = torch.randperm(n, generator=generator).to(images.device)
-    for start in range(0, n, batch_size):
+    order = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    for start in range(0, images.shape[0], batch_size):
         # Gather the uint8 rows, then convert: a quarter of the bytes of gathering float rows.
         yield to_float(images.index_select(0, order[start:start + batch_size]))
-
-
-@torch.no_grad()
-def evaluate_loss(model: Autoencoder, images: torch.Tensor) -> float:
-    """The model's deterministic objective (``evaluation_loss``) over all ``images``, weighted by batch size."""
-    model.eval()
-    total = torch.zeros((), device=images.device, dtype=torch.float64)
-    for batch in iterate_batches(images, EVAL_BATCH_SIZE, None):
-        total += model.evaluation_loss(batch).double() * batch.shape[0]
-    return float(total) / images.shape[0]
-
-
-@torch.no_grad()
-def reconstruction_mse(model: Autoencoder, images: torch.Tensor) -> float:
-    """Mean squared error per pixel of the model's reconstructions (``model(x)``) of all ``images``."""
-    model.eval()
-    total = torch.zeros((), device=images.device, dtype=torch.float64)
-    for batch in iterate_batches(images, EVAL_BATCH_SIZE, None):
-        total += (model(batch).float() - batch).square().sum(dtype=torch.float64)
-    return float(total) / images.numel()
-
-
-@torch.no_grad()
-def encode_all(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
-    """Codes of all ``images``, on the CPU."""
-    model.eval()
-    return torch.cat([model.encode(batch).float().cpu()
-                      for batch in iterate_batches(images, EVAL_BATCH_SIZE, None)])
-
-
-@torch.no_grad()
-def reconstruct(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
-    """Reconstructions in [0, 1] of uint8 ``images``, on the CPU."""
-    model.eval()
-    return torch.cat([model(batch).float().cpu() for batch in iterate_batches(images, EVAL_BATCH_SIZE, None)])
 
 
 def should_compile(setting: bool | None, device: torch.device) -> bool:
