@@ -30,8 +30,9 @@ the order reversed every other epoch), so that other load on the machine hits bo
 
    Each with its test BCE after the same epochs.
 2. The 2-D embedding of test codes (at 3,000 points, what a run embeds by default, and at 10,000) through
-   ``aeexp.embed.embed_2d`` against ``sklearn.manifold.TSNE`` with its defaults and with ``max_iter=500``:
-   seconds, trustworthiness (k=10, on a fixed sample) and 5-NN accuracy (5-fold CV) in 2-D.
+   aeexp's t-SNE view (``aeexp.evaluation.views.tsne`` with its shipped settings) against
+   ``sklearn.manifold.TSNE`` with its defaults and with ``max_iter=500``: seconds, trustworthiness (k=10, on a fixed
+   sample) and 5-NN accuracy (5-fold CV) in 2-D.
 3. Whole runs (``python -m aeexp ...``) against the sum of their own training and embedding parts (read back from
    MLflow), and their peak RSS. They log to an MLflow store created (migrated) before the first run, as a user's
    second run would find it; once with an empty cache (the PCA baseline computed) and once with it cached.
@@ -69,9 +70,10 @@ from bench_process import fmt, median
 from omegaconf import DictConfig
 from torch import nn
 
-from aeexp import data, embed, metrics, models
+from aeexp import data, models
 from aeexp.config import EmbedConfig
 from aeexp.data import sampling
+from aeexp.evaluation import lists, metrics
 from aeexp.models import inference
 from aeexp.training import fastpath, loop, optim
 
@@ -547,10 +549,9 @@ def bench_embedding(codes: np.ndarray, labels: np.ndarray, n: int, args: argpars
     chosen = sampling.stratified_sample(labels, n, 0)
     codes, labels = codes[chosen].astype(np.float32), labels[chosen]
     sample = np.sort(np.random.default_rng(0).choice(len(codes), min(args.trust_n, len(codes)), replace=False))
-    defaults = EmbedConfig()
+    tsne = lists.shipped("tsne").views["tsne"]  # as a run makes it: conf/embed/tsne.yaml's settings
     methods = {
-        "aeexp": lambda seed: embed.embed_2d(codes, "tsne", defaults.perplexity, seed, n_iter=defaults.n_iter,
-                                             early_exaggeration_iter=defaults.early_exaggeration_iter),
+        "aeexp": lambda seed: tsne(codes=codes, seed=seed),
         "sklearn": lambda seed: TSNE(random_state=seed).fit_transform(codes),
         "sklearn500": lambda seed: TSNE(max_iter=500, random_state=seed).fit_transform(codes),
     }
@@ -559,7 +560,7 @@ def bench_embedding(codes: np.ndarray, labels: np.ndarray, n: int, args: argpars
         result.seconds[name], result.trust[name], result.knn[name] = [], [], []
     result.ratios = {name: [] for name in methods if name != "aeexp"}
     # First-call costs (imports, thread pools) out of the timings.
-    embed.embed_2d(codes[:200], "tsne", 30.0, 0)
+    tsne(codes=codes[:200], seed=0)
     TSNE(max_iter=250, random_state=0).fit_transform(codes[:200])
     for repeat in range(args.repeats):
         order = list(methods.items())
@@ -692,7 +693,8 @@ def training_targets(rows: list[Row]) -> list[tuple[str, bool]]:
 
 def embedding_report(results: list[EmbedResult], args: argparse.Namespace) -> tuple[list[str], list[tuple[str, bool]]]:
     d = EmbedConfig()
-    labels = {"aeexp": f"aeexp `embed_2d` (openTSNE, {d.early_exaggeration_iter}+{d.n_iter} iterations)",
+    tsne = lists.compose(["embed=tsne"]).embed.views.tsne
+    labels = {"aeexp": f"aeexp's `tsne` view (openTSNE, {tsne.early_exaggeration_iter}+{tsne.n_iter} iterations)",
               **EMBED_LABELS}
     sizes = " and ".join(f"{r.n:,}" for r in results)
     lines = [f"Embedding: test codes of the last dense ae32 model above -> 2-D, at {sizes} "

@@ -10,7 +10,7 @@ starts one:
 - aeexp: the process sets its thread budget first, as ``python -m aeexp`` does (``threads.apply`` of
   ``trainer.threads``' default: this machine's cores, no sweep sharing them; waiting OpenMP threads sleep), then
   trains the dense row's network (``model=ae32 model.code_norm=none optimizer=adam``) with ``loop.fit`` and embeds
-  3,000 of its test codes with ``embed.embed_2d`` (t-SNE, the run's defaults);
+  3,000 of its test codes with aeexp's t-SNE view (``conf/embed/tsne.yaml``'s settings);
 - a bare eager loop with ``torch.optim.Adam(fused=True)`` at torch's defaults (its threads: all cores; OpenMP's
   waiting threads spin for a while, libgomp's default), the same network.
 
@@ -54,8 +54,9 @@ def _child_aeexp(args: argparse.Namespace) -> dict[str, float | list[float]]:
     import bench  # (torch and the rest only now)
     import numpy as np
 
-    from aeexp import embed, metrics
-    from aeexp.config import EmbedConfig
+    from aeexp.data import sampling
+    from aeexp.evaluation import lists
+    from aeexp.models import inference
     from aeexp.training import loop
 
     ds = bench.load_dataset(args.dataset, args.root, args.train_n)
@@ -64,13 +65,12 @@ def _child_aeexp(args: argparse.Namespace) -> dict[str, float | list[float]]:
     loop.fit(aeexp.model, ds.train, ds.val, epochs=args.epochs + 1, batch_size=bench.BATCH, optimizer=aeexp.optimizer,
              seed=0, schedule=aeexp.schedule, step=aeexp.step, progress=False,
              on_epoch_end=lambda epoch, values: times.append(values["epoch_time"]))
-    codes = loop.encode_all(aeexp.model, ds.test.images).numpy()
-    codes = codes[metrics.stratified_sample(ds.test.labels.numpy(), TSNE_POINTS, 0)].astype(np.float32)
-    defaults = EmbedConfig()
-    embed.embed_2d(codes[:200], "tsne", defaults.perplexity, 0)  # first-call costs out of the timing
+    codes = inference.encode_all(aeexp.model, ds.test.images).numpy()
+    codes = codes[sampling.stratified_sample(ds.test.labels.numpy(), TSNE_POINTS, 0)].astype(np.float32)
+    tsne = lists.shipped("tsne").views["tsne"]  # as a run makes it: conf/embed/tsne.yaml's settings
+    tsne(codes=codes[:200], seed=0)  # first-call costs out of the timing
     started = bench.time.perf_counter()
-    embed.embed_2d(codes, "tsne", defaults.perplexity, 0, n_iter=defaults.n_iter,
-                   early_exaggeration_iter=defaults.early_exaggeration_iter)
+    tsne(codes=codes, seed=0)
     return {"epochs": times[1:], "tsne": bench.time.perf_counter() - started, "threads": threads.current()}
 
 

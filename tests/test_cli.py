@@ -282,8 +282,8 @@ BAD_INPUTS = [
     (["trainer.progress=maybe"], _hydra_type_error("trainer.progress", "maybe", "Value 'maybe' is not a valid bool")),
     (["trainer.device=tpu"], _hydra_type_error("trainer.device", "tpu", "Invalid value 'tpu', expected one of "
                                                                         "[auto, cpu, cuda]")),
-    (["embed.methods=[tsne,foo]"], ["Error merging override embed.methods=[tsne,foo]", "Invalid value 'foo', expected "
-                                    "one of [tsne, pca, umap]", "full_key: embed.methods[1]\n"]),
+    (["embed.methods=[tsne,pca]"], ["error: embed.methods is no longer a setting: give embed=[tsne,pca] instead."]),
+    (["embed=[tsne,foo]"], ["Could not load 'embed/foo'"]),  # (Hydra lists no choices for a list)
     (["seed=x"], _hydra_type_error("seed", "x", "Value 'x' of type 'str' could not be converted to Integer")),
     (["trainer.epochs=0"], ["error: trainer.epochs=0 is invalid: it must be positive."]),
     (["trainer.batch_size=-8"], ["error: trainer.batch_size=-8 is invalid: it must be positive."]),
@@ -332,8 +332,14 @@ BAD_INPUTS = [
     *[([f"embed.n_samples={n}"], [f"error: embed.n_samples={n} is invalid: it must be at least 50 (the 5-fold 5-NN "
                                   "accuracy and the trustworthiness of the embedding need that many points)."])
       for n in (0, 1, 2, 5, 10)],
-    (["embed=umap", "embed.n_samples=60", "embed.n_neighbors=60"],
-     ["error: embed.n_neighbors=60 is invalid: it must be below embed.n_samples=60."]),
+    (["embed=umap", "embed.views.umap.n_neighbors=1"],
+     ["error: embed.views.umap.n_neighbors=1 is invalid: it must be at least 2."]),
+    (["embed.views.tsne.perplexity=0"], ["error: embed.views.tsne.perplexity=0 is invalid: it must be above 0."]),
+    (["metrics.knn.ks=[5,0]"], ["error: metrics.knn.ks[1]=0 is invalid: it must be at least 1."]),
+    (["seed=-1"], ["error: seed=-1 is invalid: it must be an integer from 0 to 4294967295 (the seeds numpy and "
+                   "scikit-learn take)."]),
+    (["seed=100000000000000000000"], ["error: seed=100000000000000000000 is invalid: it must be an integer from 0 to "
+                                      "4294967295"]),
     (["dataset=mnist", "dataset.root=./empty", "dataset.download=false"],
      ["error: dataset mnist: files not found. Expected train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
       "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] in one of: empty/MNIST/raw, "]),
@@ -417,6 +423,8 @@ def test_broken_data_fails_with_one_clear_message(run_cli, tracking_uri, tmp_pat
     assert message in output and "Traceback" not in output, output[-2000:]
     assert runs_in(tracking_uri) == []
     assert not (tmp_path / "outputs").exists()
+    # The data is read before the MLflow experiment is made: data that cannot be read leaves no empty experiment.
+    assert "mnist" not in {e.name for e in MlflowClient(tracking_uri).search_experiments()}
 
 
 def test_more_embedding_samples_than_test_images_are_clamped_with_a_notice(run_cli, tracking_uri):

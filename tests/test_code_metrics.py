@@ -12,7 +12,10 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from aeexp import metrics
+from aeexp.evaluation import guard, lists, metrics
+
+SHIPPED = lists.shipped().metrics  # conf/metrics/default.yaml, as a run builds it
+PROBE = {"c": 1.0, "max_iter": 50}  # the shipped probe's settings
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +45,11 @@ def test_linear_probe_is_scikit_learns_logistic_regression(digits_split):
     scaler = StandardScaler().fit(train_x)
     reference = LogisticRegression(C=1.0, max_iter=5000, tol=1e-8).fit(scaler.transform(train_x), train_y)
     expected = reference.score(scaler.transform(test_x), test_y)
-    ours = metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y, max_iter=500)
+    ours = metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y, c=1.0, max_iter=500)
     assert ours == pytest.approx(expected, abs=1 / len(test_y) + 1e-12)  # at most one prediction apart
-    quick = metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y)  # the default iterations
+    quick = metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y, **PROBE)  # the shipped iterations
     assert quick == pytest.approx(expected, abs=0.005)
-    weak = metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y, c=1e-2)  # a stronger penalty
+    weak = metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y, c=1e-2, max_iter=50)  # more penalty
     reference_weak = LogisticRegression(C=1e-2, max_iter=5000).fit(scaler.transform(train_x), train_y)
     assert weak == pytest.approx(reference_weak.score(scaler.transform(test_x), test_y), abs=1 / len(test_y) + 1e-12)
     assert weak < ours
@@ -55,8 +58,8 @@ def test_linear_probe_is_scikit_learns_logistic_regression(digits_split):
 def test_probe_of_constant_features_and_one_class():
     x = np.zeros((20, 3), dtype=np.float32)
     y = np.array([0, 1] * 10)
-    assert metrics.linear_probe_accuracy(x, y, x, y) == pytest.approx(0.5)  # nothing to learn: a coin
-    assert metrics.linear_probe_accuracy(x, np.full(20, 7), x, np.full(20, 7)) == 1.0
+    assert metrics.linear_probe_accuracy(x, y, x, y, **PROBE) == pytest.approx(0.5)  # nothing to learn: a coin
+    assert metrics.linear_probe_accuracy(x, np.full(20, 7), x, np.full(20, 7), **PROBE) == 1.0
 
 
 def test_kmeans_agreement_is_scikit_learns():
@@ -70,27 +73,38 @@ def test_kmeans_agreement_is_scikit_learns():
     assert metrics.kmeans_agreement(noise, y)[0] < 0.05  # codes that know nothing of the classes
 
 
-def test_code_metrics_names_and_order(digits_split):
+def _measured(train_x, train_y, test_x, test_y, seed: int = 0) -> dict[str, float]:
+    inputs = {"train_codes": train_x, "train_labels": train_y, "test_codes": test_x, "test_labels": test_y,
+              "seed": seed}
+    return guard.measure(SHIPPED, inputs, "test", guard.Skips())
+
+
+def test_the_shipped_metric_list_names_and_order(digits_split):
     train_x, train_y, test_x, test_y = digits_split
-    values = metrics.code_metrics(train_x, train_y, test_x, test_y, seed=0)
-    assert tuple(values) == metrics.CODE_METRICS
-    assert values["knn_acc"] == metrics.knn_accuracy(train_x, train_y, test_x, test_y)
+    assert list(SHIPPED) == ["knn", "probe", "kmeans"]
+    values = _measured(train_x, train_y, test_x, test_y)
+    names = ["knn1_acc", "knn_acc", "knn20_acc", "probe_acc", "kmeans_nmi", "kmeans_ari"]
+    assert list(values) == [f"test_{name}" for name in names]
+    assert values["test_knn_acc"] == metrics.knn_accuracy(train_x, train_y, test_x, test_y)
+    assert values["test_probe_acc"] == metrics.linear_probe_accuracy(train_x, train_y, test_x, test_y, **PROBE)
+    assert (values["test_kmeans_nmi"], values["test_kmeans_ari"]) == metrics.kmeans_agreement(test_x, test_y, 0)
     assert all(0 <= v <= 1 for v in values.values())
     # better codes score higher: the digits' pixels against the same pixels with most of their signal drowned
     rng = np.random.default_rng(0)
     noisy = [a + rng.normal(scale=12.0, size=a.shape) for a in (train_x, test_x)]
-    worse = metrics.code_metrics(noisy[0], train_y, noisy[1], test_y, seed=0)
-    assert all(worse[name] < values[name] for name in metrics.CODE_METRICS)
+    worse = _measured(noisy[0], train_y, noisy[1], test_y)
+    assert all(worse[name] < values[name] for name in values)
 
 
-def test_code_metrics_fit_on_the_training_codes_and_score_the_test_codes(digits_split):
-    """Each value of code_metrics under its own name against scikit-learn: k-NN fit on the training codes and scored
-    on the test codes (not the test codes scored against themselves, nor the training codes), k-means on the test
-    codes, NMI and ARI each where it belongs, on codes where all of these differ."""
+def test_the_shipped_metrics_fit_on_the_training_codes_and_score_the_test_codes(digits_split):
+    """Each value of the shipped metric list under its own name against scikit-learn: k-NN fit on the training codes
+    and scored on the test codes (not the test codes scored against themselves, nor the training codes), k-means on
+    the test codes, NMI and ARI each where it belongs, on codes where all of these differ."""
     train_x, train_y, test_x, test_y = digits_split
     rng = np.random.default_rng(1)
     train_x, test_x = (a + rng.normal(scale=8.0, size=a.shape).astype(np.float32) for a in (train_x, test_x))
-    values = metrics.code_metrics(train_x, train_y, test_x, test_y, seed=3)
+    measured = _measured(train_x, train_y, test_x, test_y, seed=3)  # through the shipped list
+    values = {name.removeprefix("test_"): value for name, value in measured.items()}
     ks = {"knn1_acc": 1, "knn_acc": 5, "knn20_acc": 20}
 
     def knn(fit_x, fit_y, score_x, score_y):

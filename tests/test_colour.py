@@ -15,7 +15,9 @@ import torch
 from image_sets import colour_images, shows_colour
 from PIL import Image
 
-from aeexp import baseline, data, encode, metrics, models, plots
+from aeexp import data, encode, models
+from aeexp.evaluation import baseline, guard, lists, metrics
+from aeexp.evaluation import figures as plots
 from aeexp.explorer import explorer_html, png_data_uris
 from aeexp.models import inference
 from aeexp.training import loop, optim
@@ -105,12 +107,14 @@ def test_the_pca_baseline_uses_every_channel():
     flat = images.reshape(300, -1) / 255.0
     reference = PCA(n_components=6).fit(flat[:240])
     expected_mse = np.mean((reference.inverse_transform(reference.transform(flat[240:])) - flat[240:]) ** 2)
-    got = baseline.pca_metrics(split.images[:240], labels[:240], split.images[240:], labels[240:], 6)
+    shipped = lists.shipped().metrics
+    got = baseline.pca_metrics(split.images[:240], labels[:240], split.images[240:], labels[240:], 6, shipped,
+                               guard.Skips())
     assert got["pca_test_mse"] == pytest.approx(expected_mse, rel=1e-5)
     expected_knn = metrics.knn_accuracy(reference.transform(flat[:240]), labels[:240],
                                         reference.transform(flat[240:]), labels[240:])
     assert got["pca_knn_acc"] == pytest.approx(expected_knn, abs=0.02)
-    unlabelled = baseline.pca_metrics(split.images[:240], None, split.images[240:], None, 6)
+    unlabelled = baseline.pca_metrics(split.images[:240], None, split.images[240:], None, 6, shipped, guard.Skips())
     assert unlabelled == {"pca_test_mse": got["pca_test_mse"]}  # no labels, no kNN accuracy
 
 

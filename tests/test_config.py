@@ -1,5 +1,6 @@
 """The config: composition from the packaged YAML, type checks at compose time (trainer, embed, tracking), value
-checks in ``config.validate``, and the checks of what is built from a ``_target_`` (dataset, model, optimizer)."""
+checks in ``config.validate``, and the checks of what is built from a ``_target_`` (dataset, model, optimizer, the
+metric and view lists)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from aeexp import data, models, stored_config
-from aeexp.config import MOVED, TrackingConfig, TrainerConfig, flatten, refuse_moved, validate
+from aeexp.config import MOVED, MOVED_EMBED, TrackingConfig, TrainerConfig, flatten, refuse_moved, validate
 from aeexp.errors import ConfigError
+from aeexp.evaluation import lists
 from aeexp.models.common import common_settings
 from aeexp.training import optim
 
@@ -63,7 +65,7 @@ def test_seed_models_and_overrides(make_config):
 
 
 @pytest.mark.parametrize("override", ["trainer.epochs=ten", "trainer.device=tpu", "trainer.grad_clip=big",
-                                      "trainer.progress=maybe", "embed.n_samples=many", "embed.methods=[tsne,bogus]",
+                                      "trainer.progress=maybe", "embed.n_samples=many", "embed.views=many",
                                       "tracking.uri=[1,2]", "seed=first"])
 def test_wrong_types_of_the_schema_fail_at_compose_naming_the_key(make_config, override):
     key = override.split("=")[0]
@@ -128,6 +130,40 @@ def test_a_config_stored_before_the_keys_moved_still_reads():
         stored_config.with_schema(stored_config.read("trainer: {epoch: 7}\n", "run r's config"), "run r's config")
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("embed.methods=[tsne,pca]", "embed.methods is no longer a setting: give embed=[tsne,pca] instead."),
+    ("embed.perplexity=50", "embed.perplexity is no longer a setting: give embed.views.tsne.perplexity=50 instead."),
+    ("embed.n_iter=100", "embed.n_iter is no longer a setting: give embed.views.tsne.n_iter=100 instead."),
+    ("embed.early_exaggeration_iter=50", "embed.early_exaggeration_iter is no longer a setting: give "
+                                         "embed.views.tsne.early_exaggeration_iter=50 instead."),
+    ("embed.n_neighbors=5", "embed.n_neighbors is no longer a setting: give embed.views.umap.n_neighbors=5 instead."),
+    ("embed.min_dist=0.5", "embed.min_dist is no longer a setting: give embed.views.umap.min_dist=0.5 instead."),
+])
+def test_moved_embed_keys_are_refused_naming_the_new_key(make_config, override, message):
+    for spelling in (override, f"+{override}"):
+        with pytest.raises(ConfigError) as info:
+            refuse_moved(["dataset=mnist", spelling])
+        assert str(info.value) == message
+    assert len(MOVED_EMBED) == 6
+    refuse_moved(["embed=[tsne,pca]", "embed.views.tsne.perplexity=50", "embed.n_samples=100"])  # no moved key
+    shown = make_config().embed  # nor are they settings: `--cfg job` does not show them
+    assert not set(MOVED_EMBED) & set(shown) and "views" in shown
+
+
+def test_a_config_stored_before_the_view_lists_still_reads():
+    """Runs made before embed.views stored embed.methods and the views' settings as embed keys: read on today's
+    schema, their views are named entries (no _target_: a stored config builds nothing), their settings dropped."""
+    def from_stored(text: str):
+        return stored_config.with_schema(stored_config.read(text, "run r's config"), "run r's config")
+
+    stored = "embed: {methods: [pca, umap], n_samples: 200, perplexity: 30.0, n_neighbors: 15, min_dist: 0.1}\n"
+    cfg = from_stored(stored)
+    assert list(cfg.embed.views) == ["pca", "umap"] and all(not entry for entry in cfg.embed.views.values())
+    assert cfg.embed.n_samples == 200 and not set(MOVED_EMBED) & set(cfg.embed)
+    kept = from_stored("embed: {views: {pca: {_target_: aeexp.evaluation.views.pca}}, methods: null}\n")
+    assert list(kept.embed.views) == ["pca"] and kept.embed.views.pca._target_ == "aeexp.evaluation.views.pca"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -135,11 +171,9 @@ def test_a_config_stored_before_the_keys_moved_still_reads():
         ("trainer.batch_size=0", "trainer.batch_size=0"),
         ("trainer.grad_clip=0", "trainer.grad_clip=0.0 is invalid: it must be positive (or null: no clipping)."),
         ("embed.n_samples=-5", "embed.n_samples=-5"),
-        ("embed.perplexity=0", "embed.perplexity=0"),
-        ("embed.n_iter=0", "embed.n_iter=0"),
-        ("embed.early_exaggeration_iter=-1", "embed.early_exaggeration_iter=-1"),
-        ("embed.n_neighbors=1", "embed.n_neighbors=1 is invalid: it must be at least 2."),
-        ("embed.methods=[pca,pca]", "embed.methods=['pca', 'pca'] is invalid"),
+        ("seed=-1", "seed=-1 is invalid: it must be an integer from 0 to 4294967295"),
+        ("seed=100000000000000000000", "seed=100000000000000000000 is invalid: it must be an integer from 0 to "
+                                       "4294967295 (the seeds numpy and scikit-learn take)."),
         ("tracking.experiment=''", "tracking.experiment='' is invalid"),
         ("model._target_=null", "model._target_=None is invalid: choose a preset"),
         ("optimizer._target_=null", "optimizer._target_=None is invalid: choose a preset"),
@@ -178,6 +212,37 @@ def test_invalid_values_of_built_components_name_the_key(make_config, override, 
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    ("embed.views.tsne.perplexity=0", "embed.views.tsne.perplexity=0 is invalid: it must be above 0."),
+    ("embed.views.tsne.n_iter=0", "embed.views.tsne.n_iter=0 is invalid: it must be at least 1."),
+    ("embed.views.tsne.early_exaggeration_iter=-1", "embed.views.tsne.early_exaggeration_iter=-1 is invalid: it must "
+                                                    "be at least 0."),
+    ("embed.views.tsne.n_iter=1.5", "embed.views.tsne.n_iter=1.5 is invalid: expected an integer."),
+    ("embed=umap embed.views.umap.n_neighbors=1", "embed.views.umap.n_neighbors=1 is invalid: it must be at least 2."),
+    ("embed=umap embed.views.umap.min_dist=-0.1", "embed.views.umap.min_dist=-0.1 is invalid: it must be at least 0."),
+    ("embed=umap embed.views.umap.n_epochs=0", "embed.views.umap.n_epochs=0 is invalid: it must be at least 1."),
+    ("metrics.knn.ks=[1,0]", "metrics.knn.ks[1]=0 is invalid: it must be at least 1."),
+    ("metrics.probe.c=0", "metrics.probe.c=0 is invalid: it must be above 0."),
+    ("+metrics.kmeans.seed=3", "metrics.kmeans.seed is not a setting: aeexp passes it"),
+    ("~metrics.probe.c", "metrics.probe.c is missing: aeexp.evaluation.metrics.linear_probe needs it"),
+    ("~metrics.knn._partial_", "metrics.knn._partial_ is missing: aeexp.evaluation.metrics.knn is a function"),
+    ("metrics.kmeans._target_=aeexp.evaluation.metrics.nope", "metrics.kmeans._target_='aeexp.evaluation.metrics.nope' "
+                                                              "is invalid: aeexp.evaluation.metrics has no class"),
+    ("embed=[pca,umap] +embed.views.tsne=null", None),  # an entry set to null is left out
+    ("+embed.views.loss_curves._target_=aeexp.evaluation.views.pca", "embed.views.loss_curves: a view cannot be named "
+                                                                     "loss_curves"),
+])
+def test_invalid_metric_and_view_entries_name_the_key(make_config, overrides, message):
+    cfg = make_config(*overrides.split())
+    validate(cfg)  # the lists' entries are theirs to judge, when built (before any data is read)
+    if message is None:
+        assert list(lists.build(cfg).views) == ["pca", "umap"]
+        return
+    with pytest.raises(ConfigError) as info:
+        lists.build(cfg)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
 def test_invalid_sgd_momentum_is_refused_when_the_optimizer_is_built(make_config):
     cfg = make_config("optimizer=sgd", "optimizer.momentum=-1")
     validate(cfg)
@@ -210,6 +275,9 @@ def test_flatten_gives_dotted_resolved_keys(make_config):
     assert flat["tags.owner"] == "me"
     for key in MOVED:  # the moved keys are no settings: not logged as params
         assert f"trainer.{key}" not in flat
+    for key in MOVED_EMBED:
+        assert f"embed.{key}" not in flat
+    assert flat["embed.views.tsne._target_"] == "aeexp.evaluation.views.tsne" and flat["metrics.knn.ks"] == "[1, 5, 20]"
     assert "trainer.epochs" in flat and "trainer.grad_clip" in flat
     assert all("." in key or key in ("seed", "resume", "allow_targets") for key in flat)
     assert flat["resume"] == "None"

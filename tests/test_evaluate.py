@@ -109,7 +109,7 @@ def test_a_plain_run_gets_the_views_it_lacks_and_keeps_what_it_has(store: Store)
 
     # Measured again in this process: the same weights and data give the logged test and PCA metrics.
     tracking.use_existing_store(store.uri, "runs")
-    again = evaluate.evaluate_run(store.run_id, store.uri, ["tsne"])
+    again = evaluate.evaluate_run(store.run_id, store.uri, evaluate.evaluation_lists(["tsne"]))
     assert again.added == {} and again.figures == [] and again.skipped_views == ["tsne"]  # nothing twice
     compared = [key for key in before.data.metrics if key.startswith(("test_", "pca_"))]
     assert {"test_loss", "test_mse", "test_knn_acc", "test_knn1_acc", "test_knn20_acc", "test_probe_acc",
@@ -159,12 +159,12 @@ def test_a_view_added_again_writes_the_explorer_page_only_where_the_run_has_none
     explorer_before = (folder / "explorer.html").read_bytes()
     (folder / "pca.png").unlink()
 
-    assert evaluate.evaluate_run(store.run_id, store.uri, ["pca"]).figures == ["pca.png"]
+    assert evaluate.evaluate_run(store.run_id, store.uri, evaluate.evaluation_lists(["pca"])).figures == ["pca.png"]
     assert (folder / "explorer.html").read_bytes() == explorer_before  # the run's own page is kept
 
     (folder / "pca.png").unlink()
     (folder / "explorer.html").unlink()  # a run from before the explorer, or whose page was deleted
-    evaluated = evaluate.evaluate_run(store.run_id, store.uri, ["pca"])
+    evaluated = evaluate.evaluate_run(store.run_id, store.uri, evaluate.evaluation_lists(["pca"]))
 
     assert evaluated.figures == ["pca.png", "explorer.html"] and evaluated.added == {}
     page = (folder / "explorer.html").read_text(encoding="utf-8")

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from aeexp import embed, metrics, plots
 from aeexp.data import sampling
+from aeexp.evaluation import baseline, guard, lists, metrics, views
+from aeexp.evaluation import figures as plots
+
+SHIPPED = lists.shipped()
 
 
 @pytest.fixture
@@ -138,7 +141,7 @@ def test_stratified_sample_keeps_class_proportions():
 
 def test_tsne_keeps_clusters_apart(blobs):
     x, y = blobs
-    points = embed.embed_2d(x, "tsne", perplexity=30, seed=0)
+    points = SHIPPED.views["tsne"](codes=x, seed=0)
     assert points.shape == (300, 2) and points.dtype == np.float32
     assert metrics.cv_knn_accuracy(points, y) > 0.95
     assert metrics.trustworthiness(x, points) > 0.9
@@ -146,7 +149,7 @@ def test_tsne_keeps_clusters_apart(blobs):
 
 def test_tsne_clamps_perplexity_for_few_points(blobs):
     x, _ = blobs
-    assert embed.embed_2d(x[:12], "tsne", perplexity=30).shape == (12, 2)
+    assert views.tsne(x[:12], 0, perplexity=30, early_exaggeration_iter=125, n_iter=250).shape == (12, 2)
 
 
 def test_reconstruction_grid_layout():
@@ -205,8 +208,6 @@ def test_pca_baseline_matches_scikit_learn():
     import torch
     from sklearn.decomposition import PCA
 
-    from aeexp import baseline
-
     rng = np.random.default_rng(0)
     basis = rng.normal(size=(6, 64))
     images = np.clip(rng.normal(size=(500, 6)) @ basis * 20 + 128 + rng.normal(size=(500, 64)) * 5, 0, 255)
@@ -219,47 +220,48 @@ def test_pca_baseline_matches_scikit_learn():
     expected_mse = np.mean((reference.inverse_transform(reference.transform(flat_test)) - flat_test) ** 2)
     expected_knn = metrics.knn_accuracy(reference.transform(flat_train), labels[:400],
                                         reference.transform(flat_test), labels[400:])
-    got = baseline.pca_metrics(train, labels[:400], test, labels[400:], n_components=4)
+    got = baseline.pca_metrics(train, labels[:400], test, labels[400:], 4, SHIPPED.metrics, guard.Skips())
     assert got["pca_test_mse"] == pytest.approx(expected_mse, rel=1e-6)
     assert got["pca_knn_acc"] == pytest.approx(expected_knn, abs=0.02)
-    more = baseline.pca_metrics(train, labels[:400], test, labels[400:], n_components=12)
+    more = baseline.pca_metrics(train, labels[:400], test, labels[400:], 12, SHIPPED.metrics, guard.Skips())
     assert more["pca_test_mse"] < got["pca_test_mse"]  # more components, less error
 
 
-def test_pca_baseline_is_computed_once_per_data_and_size(tmp_path, monkeypatch):
+def test_pca_baseline_is_computed_once_per_data_size_and_metric(tmp_path, monkeypatch):
     import torch
 
-    from aeexp import baseline
-
     monkeypatch.setenv("AEEXP_CACHE_DIR", str(tmp_path / "cache"))
-    computed = []
-    compute = baseline.pca_metrics
-
-    def counting(*args, **kwargs):
-        computed.append(kwargs.get("n_components", args[-1]))
-        return compute(*args, **kwargs)
-
-    monkeypatch.setattr(baseline, "pca_metrics", counting)
+    fitted = []
+    fit = baseline.fit_pca
+    monkeypatch.setattr(baseline, "fit_pca", lambda images, n: (fitted.append(n), fit(images, n))[1])
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (300, 1, 8, 8), dtype=np.uint8))
     labels = rng.integers(0, 3, 300)
     splits = [images[:200], labels[:200], images[200:], labels[200:]]
 
-    first = baseline.cached_pca_metrics(*splits, 4)
-    assert first == compute(*splits, 4) and computed == [4]
-    (stored,) = (tmp_path / "cache" / "pca").glob("*.json")
-    assert baseline.cached_pca_metrics(*splits, 4) == first and computed == [4]  # from the cache
-    baseline.cached_pca_metrics(*splits, 5)
-    assert computed == [4, 5]  # another size is another baseline
+    def cached(*arrays, n=4, metrics=SHIPPED.metrics):
+        return baseline.pca_metrics(*arrays, n, metrics, guard.Skips())
+
+    first = cached(*splits)
+    assert list(first) == ["pca_test_mse", "pca_knn1_acc", "pca_knn_acc", "pca_knn20_acc", "pca_probe_acc",
+                           "pca_kmeans_nmi", "pca_kmeans_ari"] and fitted == [4]
+    stored = sorted((tmp_path / "cache" / "pca").rglob("*.json"))
+    assert len(stored) == 4  # the MSE and one file per metric
+    assert cached(*splits) == first and fitted == [4]  # from the cache: no PCA fit
+    cached(*splits, n=5)
+    assert fitted == [4, 5]  # another size is another baseline
     changed = images.clone()
     changed[7, 0, 3, 3] ^= 1
-    baseline.cached_pca_metrics(changed[:200], labels[:200], changed[200:], labels[200:], 4)
-    assert computed == [4, 5, 4]  # one pixel of other data is other data
+    cached(changed[:200], labels[:200], changed[200:], labels[200:])
+    assert fitted == [4, 5, 4]  # one pixel of other data is other data
+    other = lists.build_metrics(lists.compose(["metrics.knn.ks=[3]"]).metrics)
+    assert set(cached(*splits, metrics=other)) == {"pca_test_mse", "pca_knn3_acc", "pca_probe_acc", "pca_kmeans_nmi",
+                                                   "pca_kmeans_ari"} and fitted == [4, 5, 4, 4]  # a new setting
 
-    stored.write_text('{"pca_test_mse": 0.')  # a file cut short: computed again and rewritten
-    assert baseline.cached_pca_metrics(*splits, 4) == first and computed == [4, 5, 4, 4]
-    assert json.loads(stored.read_text()) == first
-    assert not list(stored.parent.glob("*.tmp"))
+    stored[0].write_text('{"pca_test_mse": 0.')  # a file cut short: computed again and rewritten
+    assert cached(*splits) == first and fitted == [4, 5, 4, 4, 4]
+    assert json.loads(stored[0].read_text())
+    assert not list(stored[0].parent.glob("*.tmp"))
 
     monkeypatch.setenv("AEEXP_CACHE_DIR", "/proc/aeexp-cache")  # cannot be created, also for root
-    assert baseline.cached_pca_metrics(*splits, 4) == first
+    assert cached(*splits) == first

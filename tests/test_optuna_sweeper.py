@@ -22,6 +22,7 @@ EPOCHS = 6
 SEARCH = f"""# @package _global_
 defaults:
   - override /hydra/sweeper: aeexp_optuna
+  - override /embed: pca
 
 hydra:
   mode: MULTIRUN
@@ -45,7 +46,6 @@ trainer:
   progress: false
 
 embed:
-  methods: [pca]
   n_samples: 200
 
 tracking:

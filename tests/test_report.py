@@ -18,7 +18,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.container import ErrorbarContainer
 from mlflow.tracking import MlflowClient
 
-from aeexp import compare, plots, report
+from aeexp import compare, report
+from aeexp.evaluation import figures as plots
 from aeexp.tracking import RunRecord
 
 SEEDS = ("0", "1", "2")
@@ -70,13 +71,15 @@ def _check_aggregation(seed_sweep: dict[str, Any], server_uri: str) -> None:
     logged = {Path(a.path).name for a in MlflowClient(server_uri).list_artifacts(seed_sweep["parent"].info.run_id,
                                                                                   "comparison")}
     assert {"comparison.csv", compare.SETTINGS_CSV, "comparison.md", "metrics_vs_bottleneck.png",
-            "reconstruction_panel.png", "report.html"} <= logged
+            "reconstruction_panel.png", "pca_panel.png", "report.html"} <= logged
 
 
 def _check_metrics_plot(seed_sweep: dict[str, Any]) -> None:
     groups = report.settings(_records(seed_sweep["children"]))
-    curves = report.curves(groups, compare.PLOTTED, compare.BASELINES)
-    figure = plots.metrics_vs_bottleneck(curves, compare.PLOTTED)
+    shown = report.shown(_records(seed_sweep["children"]))
+    assert {"test_mse", "test_knn_acc", "test_probe_acc"} <= set(shown.plotted) and shown.views == ["pca"]
+    curves = report.curves(groups, shown.plotted, shown.baselines)
+    figure = plots.metrics_vs_bottleneck(curves, shown.plotted)
     axes = {ax.get_title(): ax for ax in figure.axes}
     for metric in ("test_mse", "test_knn_acc"):
         ax = axes[metric]
@@ -88,7 +91,7 @@ def _check_metrics_plot(seed_sweep: dict[str, Any]) -> None:
         segments = bars.lines[2][0].get_segments()  # one vertical bar per point: mean - std .. mean + std
         assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([2 * expected[2][1], 2 * expected[8][1]])
         (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
-        pca = {int(g.param("model.bottleneck")): g.summary(compare.BASELINES[metric])[0] for g in groups}
+        pca = {int(g.param("model.bottleneck")): g.summary(shown.baselines[metric])[0] for g in groups}
         assert list(dashed.get_ydata()) == pytest.approx([pca[2], pca[8]])
         assert to_rgba(dashed.get_color()) == to_rgba(bars.lines[0].get_color())  # the dataset's colour
     plots.plt.close(figure)
@@ -115,7 +118,7 @@ def _check_page(frame: Any, children: list[Any]) -> None:
     """The page's tables and inlined figures, as the browser shows them."""
     frame.get_by_text("By setting: mean ± standard deviation over seeds").wait_for(timeout=30_000)
     images = frame.evaluate(_IMAGES_JS)
-    assert [i[0] for i in images] == ["metrics_vs_bottleneck.png", "reconstruction_panel.png"]
+    assert [i[0] for i in images] == ["metrics_vs_bottleneck.png", "reconstruction_panel.png", "pca_panel.png"]
     assert all(ok and src == "data:image/png;base64," for _, ok, src in images), images
     tables = frame.locator("table")
     assert tables.count() == 2

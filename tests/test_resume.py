@@ -27,7 +27,7 @@ from aeexp.training import checkpoint
 
 # Small, many-step epochs on digits: long enough to interrupt mid-run, quick to finish.
 RUN = ["model.widths=[64]", "model.bottleneck=8", "trainer.batch_size=16", "trainer.progress=false",
-       "embed.n_samples=200", "embed.n_iter=100", "embed.early_exaggeration_iter=50", "seed=5"]
+       "embed.n_samples=200", "seed=5"]
 # AdamW, a linear warm-up over the first epoch, then a cosine decay stepped every batch over the planned epochs.
 SCHEDULED = ["optimizer=adamw", "scheduler=cosine", "scheduler.warmup_epochs=1", "embed=pca"]
 FINAL_METRICS = ("test_loss", "test_mse", "test_knn_acc", "embed_knn_acc", "embed_trust", "pca_test_mse", "pca_knn_acc")
@@ -506,7 +506,7 @@ def test_a_run_killed_while_logging_its_results_resumes_to_the_same_results_once
     without training, logs each final metric once, logs the checkpoint and tags one that exists; a later resume
     trains it further."""
     uri = new_sqlite_store(tmp_path / "mlflow.db")
-    process = _start(tmp_path, uri, "embed.methods=[tsne,pca]", epochs=3)
+    process = _start(tmp_path, uri, "embed=[tsne,pca]", epochs=3)
     try:
         run_id = _run_id(_read_until(process, "epoch 3/3"))
         _wait_for(lambda: bool(metric_history(uri, run_id, "test_loss")), "the final metrics", timeout=180)
@@ -704,7 +704,7 @@ def test_an_output_folder_made_read_only_mid_run_fails_in_one_line_and_the_run_r
     failed = _only_run(uri)
     assert failed.info.status == "FAILED" and "WriteError: cannot write" in failed.data.tags["error"]
 
-    done = run_cli(f"resume={run_id}", f"trainer.epochs={saved + 1}", "embed.n_samples=100", "embed.methods=[pca]",
+    done = run_cli(f"resume={run_id}", f"trainer.epochs={saved + 1}", "embed.n_samples=100", "embed=pca",
                    f"tracking.uri={uri}")
     assert done.returncode == 0, done.stderr[-3000:]
     run = _only_run(uri)
@@ -712,9 +712,13 @@ def test_an_output_folder_made_read_only_mid_run_fails_in_one_line_and_the_run_r
     assert run.data.params["trainer.epochs"] == "100000" and run.data.params["embed.n_samples"] == "200"
     assert {key: value for key, value in run.data.tags.items() if key.startswith("resumed")} == {
         "resumed_from_epoch": str(saved), "resumed.trainer.epochs": str(saved + 1),
-        "resumed.embed.n_samples": "100", "resumed.embed.methods": "['pca']"}
+        "resumed.embed.n_samples": "100", "resumed.embed.views.pca._target_": "aeexp.evaluation.views.pca",
+        "resumed.embed.views.pca._partial_": "True", "resumed.embed.views.pca.title": "PCA"}
     config = Path(MlflowClient(uri).download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text()
-    assert f"epochs: {saved + 1}" in config and "n_samples: 100" in config and "- pca" in config
+    assert f"epochs: {saved + 1}" in config and "n_samples: 100" in config and "aeexp.evaluation.views.pca" in config
+    assert "aeexp.evaluation.views.tsne" not in config
+    assert "measured with this command's views (pca) and metrics (knn, probe, kmeans), not the ones it started with " \
+           "(tsne; knn, probe, kmeans)" in done.stdout + done.stderr
     assert _steps(uri, run_id, "train_loss") == list(range(1, saved + 2))
 
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import make_blobs
 
-from aeexp import data, embed, metrics, models, threads
+from aeexp import data, models, threads
+from aeexp.evaluation import lists, metrics, views
 from aeexp.models import inference
 from aeexp.training import checkpoint, fastpath, loop, optim
 
@@ -306,12 +307,12 @@ def clusters():
     return x.astype(np.float32), y
 
 
-@pytest.mark.parametrize("n", [300, embed.FFT_MIN_POINTS], ids=["barnes-hut", "fft"])
+@pytest.mark.parametrize("n", [300, views.FFT_MIN_POINTS], ids=["barnes-hut", "fft"])
 def test_embedding_keeps_clusters_as_well_as_sklearn(clusters, n):
     from sklearn.manifold import TSNE
 
     x, y = clusters[0][:n], clusters[1][:n]
-    ours = embed.embed_2d(x, "tsne", perplexity=30, seed=0)
+    ours = lists.shipped("tsne").views["tsne"](codes=x, seed=0)  # as a run makes it
     theirs = TSNE(random_state=0).fit_transform(x)
     assert ours.shape == (n, 2) and ours.dtype == np.float32 and np.isfinite(ours).all()
     assert metrics.cv_knn_accuracy(ours, y) >= metrics.cv_knn_accuracy(theirs, y) - 0.02
@@ -321,7 +322,8 @@ def test_embedding_keeps_clusters_as_well_as_sklearn(clusters, n):
 
 def test_embedding_is_deterministic_for_a_seed(clusters):
     x = clusters[0][:1200]
-    np.testing.assert_array_equal(embed.embed_2d(x, seed=3), embed.embed_2d(x, seed=3))
+    tsne = lists.shipped("tsne").views["tsne"]
+    np.testing.assert_array_equal(tsne(codes=x, seed=3), tsne(codes=x, seed=3))
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["grey", "colour"])
@@ -436,13 +438,13 @@ def test_tsne_with_its_own_neighbour_index_gives_opentsne_s_exact_path(clusters)
     from openTSNE import TSNEEmbedding, affinity, initialization
 
     x = np.ascontiguousarray(clusters[0][:400], dtype=np.float64)
-    ours = embed.embed_2d(x, "tsne", perplexity=30, seed=2, n_iter=60, early_exaggeration_iter=30)
-    # openTSNE left to build the index itself (method="exact"), then the same optimisation as embed.tsne_2d
+    ours = views.tsne(x, 2, perplexity=30, n_iter=60, early_exaggeration_iter=30)
+    # openTSNE left to build the index itself (method="exact"), then the same optimisation as views.tsne
     p = affinity.PerplexityBasedNN(x, perplexity=30, method="exact", n_jobs=threads.current(), random_state=2)
     theirs = TSNEEmbedding(initialization.pca(x, random_state=2), p, n_jobs=threads.current(), random_state=2,
                            negative_gradient_method="bh")
-    theirs = theirs.optimize(n_iter=30, exaggeration=embed.EARLY_EXAGGERATION, momentum=0.8,
-                             learning_rate=max(1.0, 400 / embed.EARLY_EXAGGERATION))
+    theirs = theirs.optimize(n_iter=30, exaggeration=views.EARLY_EXAGGERATION, momentum=0.8,
+                             learning_rate=max(1.0, 400 / views.EARLY_EXAGGERATION))
     theirs = theirs.optimize(n_iter=60, momentum=0.8, learning_rate=400.0)
     np.testing.assert_array_equal(ours, np.asarray(theirs, dtype=np.float32))
 
@@ -451,8 +453,8 @@ def test_tsne_does_not_import_numba():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np; from aeexp import embed; "
-            "embed.embed_2d(np.random.default_rng(0).normal(size=(200, 8)), 'tsne', n_iter=10, "
+    code = ("import sys, numpy as np; from aeexp.evaluation import views; "
+            "views.tsne(np.random.default_rng(0).normal(size=(200, 8)), 0, perplexity=30, n_iter=10, "
             "early_exaggeration_iter=10); print(sorted({'numba', 'pynndescent'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -12,9 +12,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from aeexp import data, run_hooks, sweep_resume, threads
+from aeexp import preflight, run_hooks, sweep_resume, threads
 from aeexp import sweep as sweeps
-from aeexp.config import plain, refuse_moved, register_configs, validate
+from aeexp.config import refuse_moved, register_configs, validate
 from aeexp.errors import AeexpError, ConfigError, DataError
 from aeexp.folders import remove_unused
 from aeexp.redaction import mask_credentials_in_logs
@@ -44,34 +44,6 @@ def _ui_hint(tracking_uri: str, experiment_id: str) -> str:
     return f"mlflow ui --app-name aeexp --workers 1 --backend-store-uri {tracking_uri}  (then open {link})"
 
 
-def _check_components(cfg: DictConfig) -> None:
-    """Build the dataset source (it starts reading its files meanwhile), the model on the meta device and the
-    optimizer and schedule over a stand-in, so that a bad value of theirs is refused within ~2 s, before MLflow and
-    the rest are imported (~5 s) and before any run exists."""
-    source = data.build(cfg.dataset)
-    source.read_ahead()
-    from aeexp import models
-    from aeexp.training import optim
-
-    parameters = models.check(cfg.model, source.image_shape)
-    if parameters is not None:
-        _check_model_fits(cfg, parameters)
-    optim.check_optimizer(cfg.optimizer)
-    optim.check_scheduler(cfg.scheduler, cfg.trainer.epochs)
-
-
-def _check_model_fits(cfg: DictConfig, parameters: int) -> None:
-    """Refuse, with the figures, a model too large to train in the memory of the device it would train on."""
-    import torch
-
-    from aeexp.training import memory
-
-    settings = ", ".join(f"model.{key}={plain(cfg.model[key])}" for key in ("widths", "bottleneck") if key in cfg.model)
-    on_gpu = cfg.trainer.device.value != "cpu" and torch.cuda.is_available()
-    available = torch.cuda.mem_get_info()[0] if on_gpu else memory.available_host_memory()
-    memory.check_fits(parameters, available, "GPU" if on_gpu else "free", settings or "model")
-
-
 def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
     interrupt.check()  # a stop requested between a sweep's jobs
     validate(cfg)  # before the heavy imports below: a bad value is refused in a second
@@ -82,17 +54,18 @@ def _run_job(cfg: DictConfig, sweep: sweeps.Sweep | None) -> float:
         done = sweep_resume.before_job(sweep.earlier, sweep.tracking_uri, cfg)
         if done is not None:
             return done
-    if not cfg.get("resume"):  # (a resumed run takes its config, checked there, from its checkpoint)
-        _check_components(cfg)
-        if sweep is not None:  # a job run again (a Ray task retried): it continues its own run
-            sweep_resume.continue_lost_attempt(sweep.parent_run_id, sweep.tracking_uri, cfg)
+    # before the heavy imports below; a resumed run takes its config, checked there, from its checkpoint
+    checked = None if cfg.get("resume") else preflight.check_components(cfg)
+    if checked is not None and sweep is not None:  # a job run again (a Ray task retried): it continues its own run
+        sweep_resume.continue_lost_attempt(sweep.parent_run_id, sweep.tracking_uri, cfg)
     from aeexp import experiment
 
     if sweep is not None:
         sweeps.prepare_job_process()
     hydra_config = HydraConfig.get()
     with interrupt.deferred():  # Ctrl-C/SIGTERM stop the run at its next safe point
-        result = experiment.run(cfg, Path(hydra_config.runtime.output_dir), sweep, list(hydra_config.overrides.task))
+        result = experiment.run(cfg, Path(hydra_config.runtime.output_dir), sweep, list(hydra_config.overrides.task),
+                                checked)
     log.info("run %s in experiment %r at %s", result.run_id, result.experiment, result.tracking_uri)
     _describe_in_the_ui(result, sweep is None)
     return result.val_loss

@@ -1,6 +1,7 @@
 """Sweep comparison report: a table of every child's overrides and final metrics, the same aggregated over seeds,
-metric-vs-bottleneck plots, the children's reconstructions and t-SNE figures side by side, and report.html with all
-of it; from a parent run or a whole experiment.
+metric-vs-bottleneck plots, the children's reconstructions and each 2-D view's figures side by side, and report.html
+with all of it; from a parent run or a whole experiment. The metrics and views shown are those the runs logged
+(:func:`aeexp.report.shown`): a metric or view of one's own gets its columns, plot and panel.
 
 ``python -m aeexp.compare --experiment fashion_mnist`` or ``aeexp compare --parent-run <id>``.
 """
@@ -14,25 +15,31 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from aeexp import plots, report
+from aeexp import report
 from aeexp.errors import AeexpError
+from aeexp.evaluation import figures
 from aeexp.tracking import RunRecord
 
 log = logging.getLogger(__name__)
 
-METRICS = ("val_loss", "test_loss", "test_mse", "pca_test_mse", "test_knn_acc", "pca_knn_acc", "embed_knn_acc",
-           "embed_trust")
-PLOTTED = ("test_loss", "test_mse", "test_knn_acc", "embed_knn_acc")
-# A metric's baseline, drawn dashed in the metrics plot: PCA of the same size (aeexp.baseline).
-BASELINES = {"test_mse": "pca_test_mse", "test_knn_acc": "pca_knn_acc"}
 SETTINGS_CSV = "comparison_by_setting.csv"
-# The figures of report.html, in order (optuna_history.png is written by aeexp's Optuna sweeper).
-FIGURES = (("Metrics against bottleneck size (dashed: PCA of the same size)", "metrics_vs_bottleneck.png"),
-           ("The same test images through each run", "reconstruction_panel.png"),
-           ("t-SNE of each run's codes", "tsne_panel.png"), ("Optuna: the objective per trial", "optuna_history.png"))
-COLUMNS = ("run", "status", "overrides", "dataset", "model", "bottleneck", *METRICS, "error")
-# Of metrics_vs_bottleneck.png, reconstruction_panel.png and tsne_panel.png.
+OPTUNA_HISTORY = "optuna_history.png"  # written by aeexp's Optuna sweeper
+RUN_COLUMNS, LAST_COLUMN = ("run", "status", "overrides", "dataset", "model", "bottleneck"), "error"
+# Of metrics_vs_bottleneck.png, reconstruction_panel.png and <view>_panel.png.
 PLOT_DPI, RECONSTRUCTION_DPI, PANEL_DPI = 100, 90, 80
+
+
+def columns(metrics: Sequence[str]) -> list[str]:
+    """The columns of the table of runs: who the run is, its ``metrics``, its error."""
+    return [*RUN_COLUMNS, *metrics, LAST_COLUMN]
+
+
+def figure_files(views: Sequence[str]) -> list[tuple[str, str]]:
+    """The figures of report.html, in order: (heading, file name)."""
+    return [("Metrics against bottleneck size (dashed: PCA of the same size)", "metrics_vs_bottleneck.png"),
+            ("The same test images through each run", "reconstruction_panel.png"),
+            *[(f"2-D view {view} of each run's codes", f"{view}_panel.png") for view in views],
+            ("Optuna: the objective per trial", OPTUNA_HISTORY)]
 
 
 def _varying_overrides(runs: Sequence[RunRecord]) -> list[str]:
@@ -46,8 +53,8 @@ def _varying_overrides(runs: Sequence[RunRecord]) -> list[str]:
     return [" ".join(o for o in overrides if counts[o] < len(runs) or len(runs) == 1) for overrides in split]
 
 
-def table_rows(runs: Sequence[RunRecord]) -> list[dict[str, str]]:
-    """One row per run: name, status, overrides, dataset, model, bottleneck, final metrics, error."""
+def table_rows(runs: Sequence[RunRecord], metrics: Sequence[str]) -> list[dict[str, str]]:
+    """One row per run: name, status, overrides, dataset, model, bottleneck, final ``metrics``, error."""
     rows = []
     for run, overrides in zip(runs, _varying_overrides(runs), strict=True):
         row = {
@@ -59,7 +66,7 @@ def table_rows(runs: Sequence[RunRecord]) -> list[dict[str, str]]:
             "bottleneck": run.params.get("model.bottleneck", ""),
             "error": run.tags.get("error", "").splitlines()[0][:200] if run.tags.get("error") else "",
         }
-        row.update({m: f"{run.metrics[m]:.4f}" if m in run.metrics else "" for m in METRICS})
+        row.update({m: f"{run.metrics[m]:.4f}" if m in run.metrics else "" for m in metrics})
         rows.append(row)
     return rows
 
@@ -69,46 +76,51 @@ def sweep_title(name: str) -> str:
     return name if name.startswith("sweep ") else f"sweep {name}"
 
 
-def to_markdown(rows: Sequence[dict[str, str]], title: str) -> str:
-    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def to_markdown(rows: Sequence[dict[str, str]], title: str, metrics: Sequence[str]) -> str:
+    head = columns(metrics)
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in head) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _write_tables(runs: Sequence[RunRecord], groups: Sequence[report.Setting], out_dir: Path, title: str
-                  ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def _write_tables(runs: Sequence[RunRecord], groups: Sequence[report.Setting], metrics: Sequence[str], out_dir: Path,
+                  title: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """comparison.csv (a row per run), comparison_by_setting.csv (a row per setting) and comparison.md (both)."""
-    rows = table_rows(runs)
-    setting_rows = report.aggregated_rows(groups, METRICS)
-    for path, columns, content in ((out_dir / "comparison.csv", COLUMNS, rows),
-                                   (out_dir / SETTINGS_CSV, report.aggregated_columns(METRICS), setting_rows)):
+    rows = table_rows(runs, metrics)
+    setting_rows = report.aggregated_rows(groups, metrics)
+    for path, fields, content in ((out_dir / "comparison.csv", columns(metrics), rows),
+                                  (out_dir / SETTINGS_CSV, report.aggregated_columns(metrics), setting_rows)):
         with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(content)
     (out_dir / "comparison.md").write_text(
-        to_markdown(rows, title) + "\n## By setting: mean ± standard deviation over seeds\n\n"
-        + report.aggregated_markdown(setting_rows, METRICS))
+        to_markdown(rows, title, metrics) + "\n## By setting: mean ± standard deviation over seeds\n\n"
+        + report.aggregated_markdown(setting_rows, metrics))
     return rows, setting_rows
 
 
-def _save(figure: plots.Figure | None, path: Path, dpi: int) -> list[Path]:
+def _save(figure: figures.Figure | None, path: Path, dpi: int) -> list[Path]:
     if figure is None:
         return []
     figure.savefig(path, dpi=dpi)
-    plots.plt.close(figure)
+    figures.plt.close(figure)
     return [path]
 
 
-def bottleneck_figure(runs: Sequence[RunRecord]) -> plots.Figure:
-    """``PLOTTED`` metrics against the bottleneck: a line per setting but its bottleneck (mean and spread over seeds,
-    from the finished runs), PCA's dashed."""
-    return plots.metrics_vs_bottleneck(report.curves(report.settings(runs), PLOTTED, BASELINES), PLOTTED)
+def bottleneck_figure(runs: Sequence[RunRecord]) -> figures.Figure | None:
+    """The plotted metrics (:func:`aeexp.report.shown`) against the bottleneck: a line per setting but its bottleneck
+    (mean and spread over seeds, from the finished runs), PCA's dashed; None when the runs logged none of them."""
+    shown = report.shown(runs)
+    if not shown.plotted:
+        return None
+    return figures.metrics_vs_bottleneck(report.curves(report.settings(runs), shown.plotted, shown.baselines),
+                                         shown.plotted)
 
 
-def tsne_panel(runs: Sequence[RunRecord], scratch: Path) -> plots.Figure | None:
-    """The runs' ``tsne.png`` side by side, titled with the run names (downloaded to ``scratch``); None if no run
+def view_panel(runs: Sequence[RunRecord], view: str, scratch: Path) -> figures.Figure | None:
+    """The runs' ``<view>.png`` side by side, titled with the run names (downloaded to ``scratch``); None if no run
     has one."""
     import matplotlib.image
 
@@ -116,31 +128,33 @@ def tsne_panel(runs: Sequence[RunRecord], scratch: Path) -> plots.Figure | None:
 
     images, titles = [], []
     for run in runs:
-        path = tracking.download_artifact(run.run_id, "tsne.png", scratch / run.run_id)
+        path = tracking.download_artifact(run.run_id, f"{view}.png", scratch / run.run_id)
         if path is not None:
             images.append(matplotlib.image.imread(path))
             titles.append(run.name)
-    return plots.image_panel(images, titles) if images else None
+    return figures.image_panel(images, titles) if images else None
 
 
 def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str, ui: str | None = None) -> list[Path]:
-    """Write the comparison tables, metrics_vs_bottleneck.png, reconstruction_panel.png, tsne_panel.png and
-    report.html (runs linked to the MLflow UI at ``ui``, default: that of the tracking store) to ``out_dir``."""
+    """Write the comparison tables, metrics_vs_bottleneck.png, reconstruction_panel.png, a ``<view>_panel.png`` per
+    2-D view and report.html (runs linked to the MLflow UI at ``ui``, default: that of the tracking store) to
+    ``out_dir``."""
     from aeexp import tracking
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = report.settings(runs)
-    rows, setting_rows = _write_tables(runs, groups, out_dir, title)
+    shown = report.shown(runs)
+    rows, setting_rows = _write_tables(runs, report.settings(runs), shown.columns, out_dir, title)
     written = [out_dir / "comparison.csv", out_dir / SETTINGS_CSV, out_dir / "comparison.md"]
     written += _save(bottleneck_figure(runs), out_dir / "metrics_vs_bottleneck.png", PLOT_DPI)
     written += _save(report.reconstruction_panel(runs, tracking.download_artifact),
                      out_dir / "reconstruction_panel.png", RECONSTRUCTION_DPI)
     with tempfile.TemporaryDirectory() as scratch:
-        written += _save(tsne_panel(runs, Path(scratch)), out_dir / "tsne_panel.png", PANEL_DPI)
+        for view in shown.views:
+            written += _save(view_panel(runs, view, Path(scratch)), out_dir / f"{view}_panel.png", PANEL_DPI)
     ui = ui or report.ui_base(tracking.current_uri())
-    page = report.Page(title, COLUMNS, rows, [report.run_url(ui, run) for run in runs],
-                       *report.shown_rows(setting_rows, METRICS),
-                       [(heading, out_dir / name) for heading, name in FIGURES])
+    page = report.Page(title, columns(shown.columns), rows, [report.run_url(ui, run) for run in runs],
+                       *report.shown_rows(setting_rows, shown.columns),
+                       [(heading, out_dir / name) for heading, name in figure_files(shown.views)])
     written.append(out_dir / "report.html")
     written[-1].write_text(report.page_html(page), encoding="utf-8")
     return written
@@ -178,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AeexpError as err:
         log.error("error: %s", err)
         return 1
-    print(to_markdown(table_rows(runs), title))
+    metrics = report.shown(runs).columns
+    print(to_markdown(table_rows(runs, metrics), title, metrics))
     log.info("wrote %s", ", ".join(str(p) for p in written))
     return 0
 

@@ -21,12 +21,6 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class EmbedMethod(str, Enum):
-    tsne = "tsne"
-    pca = "pca"
-    umap = "umap"
-
-
 @dataclass
 class EarlyStoppingConfig:
     """Stop when ``val_loss`` has not improved by more than ``min_delta`` for ``patience`` epochs; the best epoch's
@@ -74,22 +68,28 @@ MOVED = {
 # The fewest codes embedded: 5 per class of a 10-class dataset, so that each fold of the 5-fold cross-validated
 # 5-NN accuracy holds every class, and well above the 2 x 10 + 1 points trustworthiness (k=10) needs.
 EMBED_MIN_SAMPLES = 50
+SEED_MAX = 2**32 - 1
 
 
 @dataclass
 class EmbedConfig:
-    """The 2-D views of the test-split codes: the first of ``methods`` gives ``embed_*`` metrics and the explorer."""
+    """The 2-D views of a stratified sample of at most ``n_samples`` test-split codes: ``views`` by name, each a
+    function and its settings (``conf/embed/*.yaml``, see :mod:`aeexp.evaluation.lists`); the first gives the
+    ``embed_*`` metrics and the explorer."""
 
-    methods: list[EmbedMethod] = field(default_factory=lambda: [EmbedMethod.tsne])
+    views: dict[str, Any] = field(default_factory=dict)
     n_samples: int = 3000
-    perplexity: float = 30.0
-    # openTSNE iterations: early exaggeration (12x), then the rest; 125 + 250 match scikit-learn's 1,000 in
-    # trustworthiness and 5-NN accuracy on the benchmark (scripts/bench.py).
-    early_exaggeration_iter: int = 125
-    n_iter: int = 250
-    # UMAP: neighbours of the graph and the minimum distance of the layout (umap-learn's defaults)
-    n_neighbors: int = 15
-    min_dist: float = 0.1
+
+
+# embed.<key> that moved -> the override to give instead (refuse_moved says so; stored_config.with_schema drops them).
+MOVED_EMBED = {
+    "methods": "embed={value}",
+    "perplexity": "embed.views.tsne.perplexity={value}",
+    "early_exaggeration_iter": "embed.views.tsne.early_exaggeration_iter={value}",
+    "n_iter": "embed.views.tsne.n_iter={value}",
+    "n_neighbors": "embed.views.umap.n_neighbors={value}",
+    "min_dist": "embed.views.umap.min_dist={value}",
+}
 
 
 @dataclass
@@ -121,6 +121,8 @@ class Config:
     scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    # The metrics of the codes by name, each a function and its settings (conf/metrics/*.yaml).
+    metrics: dict[str, Any] = field(default_factory=dict)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     tags: dict[str, str] = field(default_factory=dict)
@@ -150,14 +152,15 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
 
 
 def refuse_moved(overrides: Sequence[str]) -> None:
-    """Refuse a command-line override of a key that moved out of ``trainer`` (``trainer.lr=0.01``), with the one
-    line that names the new key; the schema no longer has them, so Hydra would say only that they are unknown."""
+    """Refuse a command-line override of a key that moved out of ``trainer`` (``trainer.lr=0.01``) or ``embed``
+    (``embed.methods=[tsne,pca]``), with the one line that names the new key; the schema no longer has them, so Hydra
+    would say only that they are unknown."""
     for override in overrides:
         key, equals, value = override.lstrip("+~").partition("=")
-        moved = key.removeprefix("trainer.") if key.startswith("trainer.") else None
-        if moved in MOVED and equals:
-            raise ConfigError(f"trainer.{moved} is no longer a setting: give {MOVED[moved].format(value=value)} "
-                              "instead.")
+        group, _, moved = key.partition(".")
+        instead = {"trainer": MOVED, "embed": MOVED_EMBED}.get(group, {}).get(moved)
+        if instead and equals:
+            raise ConfigError(f"{key} is no longer a setting: give {instead.format(value=value)} instead.")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -178,23 +181,13 @@ def validate(cfg: DictConfig) -> None:
              "it must be positive (or null: this machine's cores shared among the jobs running at once)")
     _require(cfg.trainer.grad_clip is None or cfg.trainer.grad_clip > 0, "trainer.grad_clip", cfg.trainer.grad_clip,
              "it must be positive (or null: no clipping)")
-    methods = plain(cfg.embed.methods)
-    _require(len(methods) > 0 and len(set(methods)) == len(methods), "embed.methods", methods,
-             "give one or more different methods, e.g. [tsne,pca,umap]")
-    _require(cfg.embed.n_neighbors >= 2, "embed.n_neighbors", cfg.embed.n_neighbors, "it must be at least 2")
-    _require(cfg.embed.min_dist >= 0, "embed.min_dist", cfg.embed.min_dist, "it must be >= 0")
     _require(cfg.trainer.checkpoint_every >= 0, "trainer.checkpoint_every", cfg.trainer.checkpoint_every,
              "it must be >= 0 (0: log the checkpoint to MLflow only when the run ends or stops)")
     _require(cfg.embed.n_samples >= EMBED_MIN_SAMPLES, "embed.n_samples", cfg.embed.n_samples,
              f"it must be at least {EMBED_MIN_SAMPLES} (the 5-fold 5-NN accuracy and the trustworthiness of the "
              "embedding need that many points)")
-    if EmbedMethod.umap.value in methods:
-        _require(cfg.embed.n_neighbors < cfg.embed.n_samples, "embed.n_neighbors", cfg.embed.n_neighbors,
-                 f"it must be below embed.n_samples={cfg.embed.n_samples}")
-    _require(cfg.embed.perplexity > 0, "embed.perplexity", cfg.embed.perplexity, "it must be positive")
-    _require(cfg.embed.n_iter > 0, "embed.n_iter", cfg.embed.n_iter, "it must be positive")
-    _require(cfg.embed.early_exaggeration_iter >= 0, "embed.early_exaggeration_iter",
-             cfg.embed.early_exaggeration_iter, "it must be >= 0")
+    _require(0 <= cfg.seed <= SEED_MAX, "seed", cfg.seed, f"it must be an integer from 0 to {SEED_MAX} (the "
+             "seeds numpy and scikit-learn take)")
     _require(cfg.tracking.experiment != "", "tracking.experiment", cfg.tracking.experiment,
              "give a non-empty experiment name")
     _require(cfg.get("resume") is None or str(cfg.resume).strip() != "", "resume", cfg.get("resume"),

@@ -1,12 +1,13 @@
 """Re-evaluate finished runs from their logged model and data, writing what they lack back into the same MLflow runs.
 
-``python -m aeexp.evaluate RUN_ID | --parent-run ID | --experiment NAME [--embed tsne,pca,umap]`` (or ``aeexp
-evaluate ...``). Each finished run's model is made from its config and weights (nothing unpickled unless
-``--trust-pickle``), its dataset is read again from its config with its seed (the same splits), and the final
-metrics are measured again: ``test_*``, the PCA baseline ``pca_*`` and, with ``--embed``, the 2-D views
-(``embed_<method>_*``, ``<method>.png``, and ``explorer.html`` of the first where the run has none). They are logged
-at the run's final step (the epochs it trained) where that metric has no value at that step yet; what the run
-already has is kept as it was. A sweep's comparison report is written anew and logged to its parent run.
+``python -m aeexp.evaluate RUN_ID | --parent-run ID | --experiment NAME [--embed tsne,pca,umap] [--metrics NAMES]
+[--config-dir DIR]`` (or ``aeexp evaluate ...``). Each finished run's model is made from its config and weights
+(nothing unpickled unless ``--trust-pickle``), its dataset is read again from its config with its seed (the same
+splits), and the final metrics are measured again: ``test_*``, the PCA baseline ``pca_*`` and, with ``--embed``, the
+2-D views (``embed_<view>_*``, ``<view>.png``, and ``explorer.html`` of the first where the run has none). The
+metrics and views are aeexp's and the user's configs as composed now (``--config-dir``), never those a run stored.
+They are logged at the run's final step (the epochs it trained) where that metric has no value at that step yet;
+what the run already has is kept as it was. A sweep's comparison report is written anew and logged to its parent run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 EVALUATED_TAG = "aeexp.evaluated"
 SWEEP_TAG = "sweep.name"  # a sweep's parent run has it (aeexp.sweep)
-METHODS = ("tsne", "pca", "umap")
 # The metrics whose last step is the epochs a run trained, in the order they are looked for.
 STEP_METRICS = ("stopped_epoch", "test_loss", "train_loss")
 
@@ -47,6 +47,7 @@ class Evaluated:
     added: dict[str, float]
     figures: list[str] = field(default_factory=list)
     skipped_views: list[str] = field(default_factory=list)
+    not_computed: dict[str, str] = field(default_factory=dict)  # what could not be computed on its data, and why
 
     def kept(self, logged: dict[str, float]) -> dict[str, float]:
         """The measured metrics the run already had, each with its difference (logged - measured)."""
@@ -67,6 +68,8 @@ class Evaluated:
                      f"now: {key} {kept[key]:+.2g})")
         if self.skipped_views:
             said += f"; views already there: {', '.join(self.skipped_views)}"
+        if self.not_computed:
+            said += f"; could not compute (tagged skipped.*): {', '.join(self.not_computed)}"
         return said
 
 
@@ -119,70 +122,84 @@ def _dataset(cfg: Any, device: Any) -> Any:
         raise Unavailable(f"its data cannot be read again: {err}") from None
 
 
-def _views(cfg: Any, model: Any, dataset: Any, codes: Any, methods: list[str], folder: Path, explorer: bool
-           ) -> tuple[dict[str, float], dict[str, Path]]:
-    """The 2-D views ``methods`` of the test codes, on the run's own sample: their metrics and figures (written
-    to ``folder``), and with ``explorer`` the explorer page of the first of them."""
-    from aeexp import experiment
+def _view_files(subject: Any, codes: Any, views: dict[str, Any], n_samples: int, skips: Any, explorer: bool
+                ) -> tuple[dict[str, float], dict[str, Any]]:
+    """The 2-D ``views`` of the test codes, on the run's own sample: their metrics, and what makes their figures
+    (and with ``explorer`` the explorer page of the first)."""
+    from aeexp.evaluation import pictures, pipeline
 
-    cfg.embed.methods = methods
-    results, views = experiment.embedding_metrics(cfg, codes, experiment.labels_of(dataset.test), cfg.seed)
-    figures = {}
-    for filename, figure in experiment.view_figures(cfg, model, dataset, views, results).items():
-        experiment.save_figure(figure, folder / filename)
-        figures[filename] = folder / filename
-    if explorer:
-        figures[experiment.EXPLORER] = folder / experiment.EXPLORER
-        experiment.write_explorer(cfg, model, dataset, views, figures[experiment.EXPLORER])
-    return results, figures
+    results, shown = pipeline.embed(codes, pipeline.labels_of(subject.dataset.test), views, n_samples, subject.seed,
+                                    skips)
+    return results, pictures.view_contents(subject, shown, results, explorer)
 
 
-def _missing_views(run_id: str, methods: Sequence[str], steps: dict[str, set[int]], step: int) -> list[str]:
-    """Those of ``methods`` whose metrics at ``step`` or figure the run lacks."""
+def _missing_views(run_id: str, names: Sequence[str], steps: dict[str, set[int]], step: int) -> list[str]:
+    """Those of views ``names`` whose metrics at ``step`` or figure the run lacks."""
     from aeexp import tracking
 
-    return [method for method in methods
-            if not all(step in steps.get(f"embed_{method}_{key}", set()) for key in ("trust", "time"))
-            or not tracking.has_artifact(run_id, f"{method}.png")]
+    return [name for name in names
+            if not all(step in steps.get(f"embed_{name}_{key}", set()) for key in ("trust", "time"))
+            or not tracking.has_artifact(run_id, f"{name}.png")]
 
 
-def evaluate_run(run_id: str, tracking_uri: str | None = None, methods: Sequence[str] = (),
+def evaluation_lists(views: Sequence[str] = (), metrics: Sequence[str] = (), config_dir: Path | None = None) -> Any:
+    """The metrics (the config's, or the ``metrics`` group's options ``metrics``) and the 2-D views (the ``embed``
+    group's options ``views``: none when empty) that aeexp's packaged configs and a user's ``config_dir`` define
+    now, built (:class:`aeexp.evaluation.lists.Lists`); ConfigError (one line) for an unknown name."""
+    from aeexp.evaluation import lists
+
+    overrides = []
+    if views:
+        overrides.append(f"embed=[{','.join(views)}]")
+    if metrics:
+        overrides.append(f"metrics=[{','.join(metrics)}]")
+    built = lists.build(lists.compose(overrides, config_dir))
+    return built if views else lists.Lists(built.metrics, {})
+
+
+def evaluate_run(run_id: str, tracking_uri: str | None = None, evaluation: Any = None,
                  trust_pickle: bool = False) -> Evaluated:
-    """Measure run ``run_id``'s final metrics again (and the views ``methods``) from its logged model and data, and
-    log those it lacks at its final step, the figures it lacks and the tag ``aeexp.evaluated``. Unavailable (one
-    line) when its model, config or data cannot be found; the run's status is left as it is."""
+    """Measure run ``run_id``'s final metrics again (and the views of ``evaluation``, a
+    :class:`~aeexp.evaluation.lists.Lists`; default: the packaged metrics, no views) from its logged model and data,
+    and log those it lacks at its final step, the figures it lacks, the tag ``aeexp.evaluated`` and a tag
+    ``skipped.<name>`` for what could not be computed. Unavailable (one line) when its model, config or data cannot
+    be found; the run's status is left as it is."""
     import torch
 
-    from aeexp import experiment, report, tracking
+    from aeexp import run_record, tracking
+    from aeexp.evaluation import EXPLORER, guard, pictures, pipeline
+    from aeexp.naming import model_label
     from aeexp.training.loop import resolve_device
 
+    evaluation = evaluation or evaluation_lists()
     record = tracking.get_run(run_id)
     steps = tracking.metric_steps(run_id, record.metrics)
     step = final_step(steps)
-    device = resolve_device("auto")
     with tempfile.TemporaryDirectory(prefix="aeexp-evaluate-") as scratch:
         folder = Path(scratch)
         cfg = stored_config(run_id, folder)
-        model = _model(run_id, tracking_uri, trust_pickle).to(device)
-        dataset = _dataset(cfg, device)
+        model = _model(run_id, tracking_uri, trust_pickle).to(resolve_device("auto"))
+        subject = pictures.Subject(model, _dataset(cfg, resolve_device("auto")), model_label(cfg), cfg.seed)
         torch.manual_seed(cfg.seed)  # what draws from the global RNG draws the same on every evaluation
-        measured, codes = experiment.final_and_baseline_metrics(model, dataset, cfg.seed)
-        wanted = _missing_views(run_id, methods, steps, step)
-        figures: dict[str, Path] = {}
+        skips = guard.Skips()
+        measured, codes = pipeline.measure(model, subject.dataset, evaluation.metrics, cfg.seed, skips)
+        wanted = _missing_views(run_id, list(evaluation.views), steps, step)
+        contents: dict[str, Any] = {}
         if wanted:
-            embedded, figures = _views(cfg, model, dataset, codes, wanted, folder,
-                                       explorer=not tracking.has_artifact(run_id, experiment.EXPLORER))
+            embedded, contents = _view_files(subject, codes, {name: evaluation.views[name] for name in wanted},
+                                             cfg.embed.n_samples, skips,
+                                             explorer=not tracking.has_artifact(run_id, EXPLORER))
             measured.update(embedded)
-        added = experiment.MetricLog(steps, run_id).log(measured, step)
-        if not tracking.has_artifact(run_id, report.RECONSTRUCTIONS):  # the sweep report's panel needs it
-            figures[report.RECONSTRUCTIONS] = folder / report.RECONSTRUCTIONS
-            experiment.write_reconstruction_examples(model, dataset, figures[report.RECONSTRUCTIONS])
-        new_files = [name for name in figures if not tracking.has_artifact(run_id, name)]
-        for name in new_files:
-            tracking.log_artifact_to(run_id, figures[name])
-    tracking.set_run_tag(run_id, EVALUATED_TAG, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    return Evaluated(run_id, record.name, step, measured, added, new_files,
-                     [m for m in methods if m not in wanted])
+        added = run_record.MetricLog(steps, run_id).log(measured, step)
+        contents.update(pictures.reconstruction_contents(subject))  # the sweep report's panel needs it
+        new_files = pictures.write({name: make for name, make in contents.items()
+                                    if not tracking.has_artifact(run_id, name)}, folder, skips, lambda: None)
+        for path in new_files:
+            tracking.log_artifact_to(run_id, path)
+    for key, value in {**skips.tags(), EVALUATED_TAG: datetime.now(timezone.utc).isoformat(timespec="seconds")}.items():
+        tracking.set_run_tag(run_id, key, value)
+    return Evaluated(run_id, record.name, step, measured, added, [path.name for path in new_files],
+                     [name for name in evaluation.views if name not in wanted], skips.reasons)
 
 
 # --- which runs ---------------------------------------------------------------------------------------------------
@@ -253,17 +270,29 @@ def write_sweep_report(parent: Any, folder: Path) -> list[Path]:
 # --- the command --------------------------------------------------------------------------------------------------
 
 
-def _methods(values: Sequence[str]) -> list[str]:
-    """``--embed`` values (``tsne,pca``, the option given again, or ``all``) as methods, in order, each once."""
-    chosen: list[str] = []
-    for value in values:
-        for name in filter(None, (part.strip() for part in value.split(","))):
-            for method in METHODS if name == "all" else [name]:
-                if method not in METHODS:
-                    raise argparse.ArgumentTypeError(f"--embed {name}: choose from {', '.join(METHODS)} or all")
-                if method not in chosen:
-                    chosen.append(method)
-    return chosen
+def _names(values: Sequence[str]) -> list[str]:
+    """Option values (``tsne,pca``, or the option given again) as names, in order, each once."""
+    return list(dict.fromkeys(name for value in values for name in (part.strip() for part in value.split(","))
+                              if name))
+
+
+def _options(group: str, config_dir: Path | None) -> str:
+    """The configs of a group that aeexp ships and ``config_dir`` adds: ``all, pca, tsne, umap``."""
+    from importlib.resources import files
+
+    folders = [files("aeexp.conf").joinpath(group), *([Path(config_dir).expanduser() / group] if config_dir else [])]
+    return ", ".join(sorted({entry.name.removesuffix(".yaml") for folder in folders if folder.is_dir()
+                             for entry in folder.iterdir() if entry.name.endswith(".yaml")}))
+
+
+def _lists(args: argparse.Namespace) -> Any:
+    """The metrics and views the options ask for; ConfigError (one line, naming what there is) otherwise."""
+    views, metrics = _names(args.embed), _names(args.metrics)
+    try:
+        return evaluation_lists(views, metrics, args.config_dir)
+    except AeexpError as err:
+        raise AeexpError(f"{err} (embed: {_options('embed', args.config_dir)}; metrics: "
+                         f"{_options('metrics', args.config_dir)}; your own from --config-dir)") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -277,9 +306,15 @@ def _parser() -> argparse.ArgumentParser:
                                              "is written anew")
     source.add_argument("--experiment", help="every finished run of this MLflow experiment (sweeps' jobs included, "
                                              "their reports written anew)")
-    parser.add_argument("--embed", action="append", default=[], metavar="METHODS",
-                        help="add these 2-D views where a run lacks them: tsne, pca, umap, several as tsne,pca (or "
-                             "the option again), or all")
+    parser.add_argument("--embed", action="append", default=[], metavar="VIEWS",
+                        help="add these 2-D views where a run lacks them: configs of the embed group (tsne, pca, "
+                             "umap, all, or yours in --config-dir), several as tsne,pca or the option again")
+    parser.add_argument("--metrics", action="append", default=[], metavar="METRICS",
+                        help="measure these configs of the metrics group (default: default; yours in --config-dir), "
+                             "several as default,mine")
+    parser.add_argument("--config-dir", type=Path, default=None,
+                        help="a folder of your own configs (embed/, metrics/) as `python -m aeexp --config-dir` "
+                             "takes; their functions' modules must be importable (PYTHONPATH)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLflow's default, MLFLOW_TRACKING_URI or "
                              "sqlite:///mlflow.db in the current folder)")
@@ -293,12 +328,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _evaluate_each(runs: Sequence[Any], args: argparse.Namespace, methods: list[str]) -> list[Any]:
+def _evaluate_each(runs: Sequence[Any], args: argparse.Namespace, evaluation: Any) -> list[Any]:
     """Evaluate each run, printing a line for each (errors to stderr); return those evaluated."""
     done = []
     for run in runs:
         try:
-            evaluated = evaluate_run(run.run_id, args.tracking_uri, methods, args.trust_pickle)
+            evaluated = evaluate_run(run.run_id, args.tracking_uri, evaluation, args.trust_pickle)
         except AeexpError as err:
             print(f"error: run {run.run_id} ({run.name}): {err}", file=sys.stderr)
             continue
@@ -331,9 +366,9 @@ def _write_reports(parents: Sequence[Any]) -> int:
     return failed
 
 
-def _run(selection: Selection, args: argparse.Namespace, methods: list[str]) -> int:
+def _run(selection: Selection, args: argparse.Namespace, evaluation: Any) -> int:
     """Evaluate the selection, then write the reports of the sweeps it touched; the exit code."""
-    done = _evaluate_each(selection.runs, args, methods)
+    done = _evaluate_each(selection.runs, args, evaluation)
     if selection.unfinished:
         print(f"left out {len(selection.unfinished)} runs that did not finish: "
               + ", ".join(f"{run.name} ({run.status})" for run in selection.unfinished))
@@ -349,16 +384,12 @@ def _run(selection: Selection, args: argparse.Namespace, methods: list[str]) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: evaluate runs; 0 when every run was evaluated, 1 with a line for each that was not."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        methods = _methods(args.embed)
-    except argparse.ArgumentTypeError as err:
-        parser.error(str(err))
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from aeexp import stored_config, tracking
 
     try:
+        evaluation = _lists(args)
         tracking.use_existing_store(args.tracking_uri, "runs to evaluate")
         selection = select(args.run_id, args.parent_run, args.experiment)
     except AeexpError as err:
@@ -369,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         with stored_config.allowing(args.allow_target):
-            return _run(selection, args, methods)
+            return _run(selection, args, evaluation)
     except KeyboardInterrupt:
         print("error: interrupted; the runs evaluated so far keep what was logged to them", file=sys.stderr)
         return 130

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aeexp import mlflow_ui, plots
+from aeexp import mlflow_ui
+from aeexp.evaluation import RECONSTRUCTIONS, figures
 from aeexp.tracking import RunRecord
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ SEED_KEY = "seed"
 # Keys that say how or where a run went, not what it is: never part of a setting.
 NOT_A_SETTING = ("seed", "resume", "sweep.", "tracking.", "tags.", "trainer.progress", "hydra.")
 DEFAULT_UI = mlflow_ui.DEFAULT_UI
-RECONSTRUCTIONS = "reconstructions.npz"
 MAX_PANEL_ROWS = 48
 Download = Callable[[str, str, Path], Path | None]
 
@@ -128,10 +128,47 @@ def _mean_std(row: dict[str, str], metric: str) -> str:
     return f"{mean} ± {std}" if std else mean
 
 
-def curves(groups: Sequence[Setting], metrics: Sequence[str], baselines: dict[str, str]) -> list[plots.Curve]:
+LOSSES = ("val_loss", "test_loss", "test_mse")  # every run's own, shown first
+VIEW_METRICS = ("knn_acc", "trust")  # of each 2-D view, embed_<view>_<key>; the first view's also as embed_<key>
+
+
+@dataclass
+class Shown:
+    """What a report shows of its runs' final metrics, found in what they logged: the table's metric ``columns``,
+    the metrics ``plotted`` against the bottleneck with their PCA ``baselines``, and the 2-D ``views``."""
+
+    columns: list[str]
+    plotted: list[str]
+    baselines: dict[str, str]
+    views: list[str]
+
+
+def _baseline(metric: str, logged: set[str]) -> str | None:
+    """PCA's twin of ``test_<name>``: ``pca_<name>`` (``pca_test_mse`` for ``test_mse``), if a run logged it."""
+    name = metric.removeprefix("test_")
+    return next((twin for twin in (f"pca_{name}", f"pca_test_{name}") if twin in logged), None)
+
+
+def shown(runs: Sequence[RunRecord]) -> Shown:
+    """The metrics of ``runs`` a report shows: ``val_loss``, ``test_loss``, ``test_mse`` and each other ``test_*``
+    (the metric list's, by name), each followed by its PCA baseline, then the first view's ``embed_knn_acc`` and
+    ``embed_trust``; all but ``val_loss`` and the trustworthiness plotted. The views are those with an
+    ``embed_<view>_time``."""
+    logged = {key for run in runs for key in run.metrics}
+    tests = [m for m in LOSSES[1:] if m in logged] + sorted(m for m in logged if m.startswith("test_")
+                                                            and m not in LOSSES)
+    baselines = {m: twin for m in tests if (twin := _baseline(m, logged)) is not None}
+    headline = [f"embed_{key}" for key in VIEW_METRICS if f"embed_{key}" in logged]
+    columns = [m for m in LOSSES[:1] if m in logged] + [c for m in tests for c in (m, baselines.get(m)) if c]
+    views = sorted(key.removeprefix("embed_").removesuffix("_time") for key in logged
+                   if key.startswith("embed_") and key.endswith("_time") and key != "embed_time")
+    return Shown(columns + headline, tests + [m for m in headline if m == "embed_knn_acc"], baselines, views)
+
+
+def curves(groups: Sequence[Setting], metrics: Sequence[str], baselines: dict[str, str]) -> list[figures.Curve]:
     """The lines of the metrics plot: per metric, one per setting but its bottleneck (mean and spread at each
     size), and one dashed line per dataset for a metric's baseline (``baselines[metric]``, e.g. PCA's)."""
-    found: dict[tuple[str, str, bool], plots.Curve] = {}
+    found: dict[tuple[str, str, bool], figures.Curve] = {}
     for group in groups:
         bottleneck = group.param("model.bottleneck")
         if not bottleneck.isdigit():
@@ -143,7 +180,7 @@ def curves(groups: Sequence[Setting], metrics: Sequence[str], baselines: dict[st
                 summary = group.summary(key) if key else None
                 if summary is None:
                     continue
-                curve = found.setdefault((metric, line, baseline), plots.Curve(metric, line, dataset, [], baseline))
+                curve = found.setdefault((metric, line, baseline), figures.Curve(metric, line, dataset, [], baseline))
                 if all(p[0] != int(bottleneck) for p in curve.points):
                     curve.points.append((int(bottleneck), summary[0], summary[1]))
     return list(found.values())
@@ -156,7 +193,7 @@ def _curve_label(group: Setting, dataset: str) -> str:
     return " ".join([f"{group.param('model.name') or '?'} on {dataset}", *extra])
 
 
-def reconstruction_panel(runs: Sequence[RunRecord], download: Download) -> plots.Figure | None:
+def reconstruction_panel(runs: Sequence[RunRecord], download: Download) -> figures.Figure | None:
     """The same test images through every run, one row per run labelled by its swept values; a block per dataset.
     ``download(run_id, artifact, folder)`` fetches a run's ``reconstructions.npz`` (None when it has none)."""
     blocks: dict[str, tuple[np.ndarray, list[tuple[str, np.ndarray]]]] = {}
@@ -174,8 +211,8 @@ def reconstruction_panel(runs: Sequence[RunRecord], download: Download) -> plots
                 block[1].append((name, outputs))
     if not blocks:
         return None
-    return plots.reconstruction_panel([(f"test images of {title.split(' ', 1)[0]} through each run", inputs, rows)
-                                       for title, (inputs, rows) in blocks.items()])
+    return figures.reconstruction_panel([(f"test images of {title.split(' ', 1)[0]} through each run", inputs, rows)
+                                         for title, (inputs, rows) in blocks.items()])
 
 
 def ui_base(tracking_uri: str) -> str:

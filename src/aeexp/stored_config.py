@@ -94,10 +94,12 @@ def targets(config: DictConfig) -> list[tuple[str, Any]]:
 
 @functools.cache
 def _shipped_classes() -> frozenset[str]:
-    """The dotted paths of aeexp's own model and dataset classes, as its configs name them and as their modules do."""
+    """The dotted paths of aeexp's own model and dataset classes, as its configs name them and as their modules do,
+    and of its metric and view functions."""
     from aeexp import data, models
+    from aeexp.evaluation import lists
 
-    paths = set()
+    paths = set(lists.shipped_targets())  # the metric and view functions of aeexp's own configs
     for package, base in ((models, models.Autoencoder), (data, data.ImageDataset)):
         for name in package.__all__:
             found = getattr(package, name)
@@ -164,13 +166,18 @@ def read(text: str, where: str, current: DictConfig | None = None, allowed: Coll
 
 def with_schema(config: DictConfig, where: str) -> DictConfig:
     """A stored run config merged into aeexp's schema (defaults for keys an older aeexp did not write; the keys
-    that moved out of ``trainer``, which runs made before stored as null, dropped: :data:`aeexp.config.MOVED`);
-    StoredConfigError (one line) for a value the schema refuses."""
-    from aeexp.config import MOVED, Config
+    that moved out of ``trainer`` and ``embed``, which runs made before stored, dropped: :data:`aeexp.config.MOVED`,
+    :data:`aeexp.config.MOVED_EMBED`; the views of a run stored before the view lists, its ``embed.methods``, become
+    entries of ``embed.views`` by name only, filled on resume with aeexp's own views:
+    :func:`aeexp.evaluation.lists.for_resumed_run`); StoredConfigError (one line) for a value the schema refuses."""
+    from aeexp.config import MOVED, MOVED_EMBED, Config
 
-    if OmegaConf.is_dict(config.get("trainer")):
-        for key in MOVED:
-            config.trainer.pop(key, None)
+    for group, moved in (("trainer", MOVED), ("embed", MOVED_EMBED)):
+        node = config.get(group)
+        if OmegaConf.is_dict(node):
+            values = {key: node.pop(key, None) for key in moved}
+            if group == "embed" and OmegaConf.is_list(values["methods"]) and not node.get("views"):
+                node.views = {str(method): {} for method in values["methods"]}
     try:
         return OmegaConf.merge(OmegaConf.structured(Config), config)
     except Exception as err:  # OmegaConf's validation errors

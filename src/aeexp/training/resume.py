@@ -11,11 +11,12 @@ from aeexp import stored_config
 from aeexp.config import plain
 from aeexp.errors import ConfigError
 
-# What a resumed run may change: how long it trains and how, the views of its codes, where MLflow is. Anything
-# else (data, model, optimiser, seed) would make it a different run.
+# What a resumed run may change: how long it trains and how, the views and metrics of its codes (always this
+# command's: aeexp.experiment), where MLflow is. Anything else (data, model, optimiser, seed) would make it a
+# different run.
 CHANGEABLE = ("trainer.epochs", "trainer.early_stopping", "trainer.progress", "trainer.device", "trainer.compile",
-              "trainer.mixed_precision", "trainer.checkpoint_every", "trainer.threads", "embed", "tracking.uri",
-              stored_config.ALLOW_KEY)
+              "trainer.mixed_precision", "trainer.checkpoint_every", "trainer.threads", "embed", "metrics",
+              "tracking.uri", stored_config.ALLOW_KEY)
 
 
 def _key(override: str) -> str:

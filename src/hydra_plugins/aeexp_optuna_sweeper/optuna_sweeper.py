@@ -95,7 +95,8 @@ class AeexpOptunaSweeper(Sweeper):
     def _report(self, study: Any) -> None:
         """optimization_results.yaml in the sweep dir, optuna_history.png beside the comparison report (logged to the
         parent run with it), the best trial as the parent's tags."""
-        from aeexp import optuna_search, plots, sweep, tracking
+        from aeexp import optuna_search, sweep, tracking
+        from aeexp.evaluation import figures
 
         directory = Path(self.config.hydra.sweep.dir)
         found = optuna_search.results(study)
@@ -103,10 +104,10 @@ class AeexpOptunaSweeper(Sweeper):
         optuna_search.write_results(found, directory / sweep.REPORT_DIR / "optimization_results.yaml")
         numbers, values, pruned = optuna_search.history(study)
         if numbers:
-            figure = plots.optimization_history(numbers, values, pruned, optuna_search.OBJECTIVE,
-                                                minimize=self.direction == "minimize")
+            figure = figures.optimization_history(numbers, values, pruned, optuna_search.OBJECTIVE,
+                                                  minimize=self.direction == "minimize")
             figure.savefig(directory / sweep.REPORT_DIR / "optuna_history.png", dpi=100)
-            plots.plt.close(figure)
+            figures.plt.close(figure)
         log.info("Optuna study %r: %d trials (%d complete, %d pruned, %d failed); best %s", study.study_name,
                  found["n_trials"], found["complete"], found["pruned"], found["failed"],
                  found.get("best_params", "none"))

@@ -1,15 +1,23 @@
-"""Codes -> 2-D points for a picture of the latent space: t-SNE (openTSNE, tuned for a few seconds), PCA or UMAP."""
+"""The shipped 2-D views of the codes, listed in ``conf/embed/{tsne,pca,umap}.yaml``: t-SNE (openTSNE, tuned for a
+few seconds), PCA and UMAP.
+
+A view is a function from codes ``(n, d)`` to points ``(n, 2)``; it says what it needs by its parameter names (see
+:mod:`aeexp.evaluation.lists`): ``codes``, ``seed``, ``labels``. Its settings come from its YAML entry.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
+from typing import Annotated
 
 import numpy as np
 
 from aeexp import threads
+from aeexp.evaluation.bounds import AtLeast, NonNegative, NonNegativeInt, Positive, PositiveInt
 
-METHODS = ("tsne", "pca", "umap")
+log = logging.getLogger(__name__)
 
 # Measured on 10,000 Fashion-MNIST test codes (32-d), 2 cores: see BENCHMARKS.md and scripts/bench.py.
 EXACT_NEIGHBORS_MAX = 20_000  # exact kNN (1 s at 10k points) beats Annoy (6 s) below this size
@@ -25,30 +33,14 @@ def max_perplexity(n_points: int) -> float:
     return max(1.0, (n_points - 1) / 3.0)
 
 
-def embed_2d(codes: np.ndarray, method: str = "tsne", perplexity: float = 30.0, seed: int = 0, *,
-             n_iter: int = 250, early_exaggeration_iter: int = 125, n_neighbors: int = 15,
-             min_dist: float = 0.1, n_epochs: int | None = None) -> np.ndarray:
-    """2-D embedding of ``codes`` (float32 array ``(n, 2)``) by ``method``: ``tsne``, ``pca`` or ``umap``.
-
-    ``perplexity``, ``n_iter`` and ``early_exaggeration_iter`` are t-SNE's, ``n_neighbors``, ``min_dist`` and
-    ``n_epochs`` UMAP's; PCA has no settings. The same ``seed`` gives the same points (PCA does not use it).
-    """
-    if method == "tsne":
-        return tsne_2d(codes, perplexity, seed, n_iter=n_iter, early_exaggeration_iter=early_exaggeration_iter)
-    if method == "pca":
-        return pca_2d(codes)
-    if method == "umap":
-        return umap_2d(codes, seed, n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs)
-    raise ValueError(f"unknown embedding method {method!r}: expected one of {', '.join(METHODS)}")
-
-
-def tsne_2d(codes: np.ndarray, perplexity: float = 30.0, seed: int = 0, *, n_iter: int = 250,
-            early_exaggeration_iter: int = 125) -> np.ndarray:
-    """t-SNE of ``codes`` (float32 ``(n, 2)``).
+def tsne(codes: np.ndarray, seed: int, *, perplexity: Positive, early_exaggeration_iter: NonNegativeInt,
+         n_iter: PositiveInt) -> np.ndarray:
+    """t-SNE of ``codes`` (float32 ``(n, 2)``), seeded: the same ``seed`` gives the same points.
 
     PCA initialisation, ``early_exaggeration_iter`` iterations at exaggeration 12 (learning rate n/12), then
-    ``n_iter`` at exaggeration 1 (learning rate n): 375 in all, against scikit-learn's 1,000, for the same
-    trustworthiness and 5-NN accuracy on the benchmark's codes.
+    ``n_iter`` at exaggeration 1 (learning rate n): 125 + 250 in all (the shipped settings), against
+    scikit-learn's 1,000, for the same trustworthiness and 5-NN accuracy on the benchmark's codes. ``perplexity``
+    is lowered to what ``n`` points allow (:func:`max_perplexity`).
     """
     from openTSNE import TSNEEmbedding, affinity, initialization, nearest_neighbors
 
@@ -77,7 +69,7 @@ def tsne_2d(codes: np.ndarray, perplexity: float = 30.0, seed: int = 0, *, n_ite
     return np.asarray(embedding, dtype=np.float32)
 
 
-def pca_2d(codes: np.ndarray) -> np.ndarray:
+def pca(codes: np.ndarray) -> np.ndarray:
     """Projection of ``codes`` on their first two principal axes (float32 ``(n, 2)``; zeros where fewer exist).
 
     An exact SVD of the centred codes, signs fixed as scikit-learn's ``PCA`` fixes them (the largest loading of
@@ -96,8 +88,8 @@ def pca_2d(codes: np.ndarray) -> np.ndarray:
     return points.astype(np.float32)
 
 
-def umap_2d(codes: np.ndarray, seed: int = 0, *, n_neighbors: int = 15, min_dist: float = 0.1,
-            n_epochs: int | None = None) -> np.ndarray:
+def umap(codes: np.ndarray, seed: int, *, n_neighbors: Annotated[int, AtLeast(2)], min_dist: NonNegative,
+         n_epochs: PositiveInt | None) -> np.ndarray:
     """UMAP of ``codes`` (float32 ``(n, 2)``), seeded: the same ``seed`` gives the same points.
 
     umap-learn is imported here, not at the top: its import and numba's compilation on the first call cost
@@ -112,8 +104,10 @@ def umap_2d(codes: np.ndarray, seed: int = 0, *, n_neighbors: int = 15, min_dist
     x = np.ascontiguousarray(codes, dtype=np.float32).reshape(len(codes), -1)
     n = len(x)
     if n < 3:
-        return pca_2d(x)
-    import umap
+        return pca(x)
+    if "umap" not in sys.modules:
+        log.info("UMAP: importing umap-learn, whose first call in a process compiles with numba (10-30 s)")
+    import umap as umap_learn
 
     k = max(2, min(n_neighbors, n - 1))
     knn: tuple = (None, None, None)
@@ -123,7 +117,7 @@ def umap_2d(codes: np.ndarray, seed: int = 0, *, n_neighbors: int = 15, min_dist
         distances, indices = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)  # each point first, at 0
         knn = (indices, distances.astype(np.float32), None)
     init = "spectral" if n >= UMAP_SPECTRAL_MIN_POINTS else "pca"
-    model = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, n_epochs=n_epochs, init=init,
+    model = umap_learn.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, n_epochs=n_epochs, init=init,
                       random_state=seed, n_jobs=1, precomputed_knn=knn)
     with warnings.catch_warnings():
         # expected here: no search index with our neighbours (UMAP.transform is not used); separate clusters

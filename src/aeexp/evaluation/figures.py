@@ -1,4 +1,10 @@
-"""Figures as pure functions: arrays in, matplotlib Figure out (no MLflow, no files)."""
+"""Figures as pure functions: arrays in, matplotlib Figure out (no MLflow, no files): a run's (reconstructions,
+image grids, loss curves, 2-D views) and a sweep report's (metrics against bottleneck, reconstruction and image
+panels, an Optuna study's history).
+
+Text from outside (class names, dataset and run names, titles) is shown as it is written, never read as
+matplotlib's mathtext: a class folder named ``$$a^2$$`` is a label, not a formula.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+
+def plain(text: str) -> str:
+    """``text`` as matplotlib shows it literally: each ``$`` escaped, so no mathtext is parsed."""
+    return str(text).replace("$", r"\$")
 
 
 def pick_one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
@@ -49,10 +60,10 @@ def _grid_axes(fig: Figure, images: np.ndarray, row_labels: Sequence[str], colum
     height, width = images.shape[-2:]
     ax = fig.add_subplot() if ax is None else ax
     ax.imshow(np.clip(_mosaic(images), 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_yticks([r * (height + 1) + (height - 1) / 2 for r in range(len(row_labels))], list(row_labels),
-                  fontsize=fontsize)
-    ax.set_xticks([c * (width + 1) + (width - 1) / 2 for c in range(len(column_labels))], list(column_labels),
-                  fontsize=fontsize)
+    ax.set_yticks([r * (height + 1) + (height - 1) / 2 for r in range(len(row_labels))],
+                  [plain(label) for label in row_labels], fontsize=fontsize)
+    ax.set_xticks([c * (width + 1) + (width - 1) / 2 for c in range(len(column_labels))],
+                  [plain(label) for label in column_labels], fontsize=fontsize)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)
     for spine in ax.spines.values():
@@ -82,7 +93,7 @@ def image_grid(images: np.ndarray, title: str, row_labels: Sequence[str] = ()) -
     rows, columns = images.shape[:2]
     fig = plt.figure(figsize=(0.9 * columns + 0.8, 0.9 * rows + 0.6))
     _grid_axes(fig, images, list(row_labels)[:rows])
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(plain(title), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -94,7 +105,7 @@ def loss_curves(train_loss: Sequence[float], val_loss: Sequence[float], loss_nam
     ax.plot(epochs, train_loss, marker="o", ms=3, label="train")
     ax.plot(epochs, val_loss, marker="o", ms=3, label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{loss_name} loss")
+    ax.set_ylabel(plain(f"{loss_name} loss"))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -112,8 +123,8 @@ def embedding_scatter(points: np.ndarray, labels: np.ndarray | None, class_names
     for c, name in enumerate(class_names if labels is not None else []):
         mask = labels == c
         if mask.any():
-            ax.scatter(points[mask, 0], points[mask, 1], s=4, alpha=0.7, color=cmap(c % cmap.N), label=name)
-    ax.set_title(title, fontsize=10)
+            ax.scatter(points[mask, 0], points[mask, 1], s=4, alpha=0.7, color=cmap(c % cmap.N), label=plain(name))
+    ax.set_title(plain(title), fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
     if labels is not None:
@@ -150,13 +161,13 @@ def metrics_vs_bottleneck(curves: Sequence[Curve], metric_names: Sequence[str]) 
         for curve in sorted((c for c in curves if c.metric == metric), key=lambda c: (c.baseline, c.label)):
             x, mean, std = (np.array(v, dtype=float) for v in zip(*sorted(curve.points), strict=True))
             if curve.baseline:
-                ax.plot(x, mean, linestyle="--", color=colours[curve.dataset], label=curve.label)
+                ax.plot(x, mean, linestyle="--", color=colours[curve.dataset], label=plain(curve.label))
             else:
                 ax.errorbar(x, mean, yerr=std if std.any() else None, marker=markers[curve.label], capsize=3,
-                            color=colours[curve.dataset], label=curve.label)
+                            color=colours[curve.dataset], label=plain(curve.label))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bottleneck")
-        ax.set_title(metric)
+        ax.set_title(plain(metric))
         ax.grid(alpha=0.3)
     handles, labels = {}, []
     for ax in axes.flat:
@@ -184,7 +195,7 @@ def reconstruction_panel(groups: Sequence[tuple[str, np.ndarray, Sequence[tuple[
         images = np.stack([inputs, *[outputs for _, outputs in rows]])
         ax = fig.add_subplot(place)
         _grid_axes(fig, images, ["input", *[label for label, _ in rows]], fontsize=7, ax=ax)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(plain(title), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -203,7 +214,7 @@ def optimization_history(numbers: Sequence[int], values: Sequence[float], pruned
         best = (np.minimum if minimize else np.maximum).accumulate(values[done])
         ax.step(numbers[done], best, where="post", color="tab:orange", label="best so far")
     ax.set_xlabel("trial")
-    ax.set_ylabel(objective)
+    ax.set_ylabel(plain(objective))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -219,6 +230,6 @@ def image_panel(images: Sequence[np.ndarray], titles: Sequence[str], columns: in
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
         ax.imshow(image)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(plain(title), fontsize=10)
     fig.tight_layout()
     return fig
