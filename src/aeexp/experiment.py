@@ -77,26 +77,13 @@ def _resumed_start(cfg: DictConfig, sweep: Sweep | None, overrides: Sequence[str
                           "with sweep.resume=<parent run id>)")
     state = find_checkpoint(run_record)
     resumed_cfg = resume.resumed_config(cfg, state.config, overrides, run_id, state.epoch)
-    _measure_as_this_command(resumed_cfg, cfg, run_id)
+    lists.for_resumed_run(resumed_cfg, cfg, run_id)  # its own views and metrics, nothing built that aeexp did not ship
     checked = preflight.check(resumed_cfg)
     if run_record.status == "FINISHED" and resumed_cfg.trainer.epochs == state.epoch:
         raise ConfigError(f"resume: run {run_id} already finished its {state.epoch} epochs; give trainer.epochs "
                           f"above {state.epoch} to train it further")
     tracking.configure(tracking_uri, experiment_name)
     return _Start(resumed_cfg, experiment_name, tracking_uri, state, run_record, checked)
-
-
-def _measure_as_this_command(resumed_cfg: DictConfig, cfg: DictConfig, run_id: str) -> None:
-    """A resumed run's views and metrics are this command's (``embed=...``, ``metrics=...``, defaults included),
-    never built from the config it stored; one line says so when they are not those it started with."""
-    started = (list(resumed_cfg.embed.views) or list(resumed_cfg.embed.get("methods") or []), list(resumed_cfg.metrics))
-    resumed_cfg.embed, resumed_cfg.metrics = cfg.embed, cfg.metrics
-    now = (list(cfg.embed.views), list(cfg.metrics))
-    if [list(map(str, names)) for names in started] != now:
-        log.info("resume: run %s is measured with this command's views (%s) and metrics (%s), not the ones it started "
-                 "with (%s; %s): choose them with embed=... and metrics=...", run_id, ", ".join(now[0]) or "none",
-                 ", ".join(now[1]) or "none", ", ".join(map(str, started[0])) or "none",
-                 ", ".join(started[1]) or "none")
 
 
 def resume_command(run_id: str, tracking_uri: str | None) -> str:

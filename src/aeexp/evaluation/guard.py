@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 REASON_LENGTH = 300  # characters of a reason kept (a tag, a log line)
+METRIC_NAME = re.compile(r"[A-Za-z0-9_][\w.\- ]{0,199}")  # what MLflow takes everywhere (its names: 250 at most)
 
 
 def reason_of(err: BaseException) -> str:
@@ -90,6 +92,9 @@ def _checked_values(values: Any, name: str, prefix: str, skips: Skips) -> dict[s
         return {}
     kept = {}
     for key, value in values.items():
+        if not isinstance(key, str) or not METRIC_NAME.fullmatch(key):
+            skips.skip(name, f"it returned a value named {key!r}: a metric's name is letters, digits, _ - . and spaces")
+            continue
         try:
             number = float(value)
         except (TypeError, ValueError):

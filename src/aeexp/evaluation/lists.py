@@ -186,3 +186,50 @@ def shipped(views: str = "all", metrics: str = "default") -> Lists:
     """The lists aeexp ships (``embed=<views>``, ``metrics=<metrics>``), for scripts and tests that do not compose a
     whole config: ``shipped().views["tsne"](codes=codes, seed=0)``."""
     return build(compose([f"embed={views}", f"metrics={metrics}"]))
+
+
+def _shipped_entries(group: str, within: str | None = None) -> dict[str, Any]:
+    """The entries of the metric or view configs aeexp ships (``conf/<group>/*.yaml``, under ``within``), by name,
+    read from its YAML files as data."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    entries: dict[str, Any] = {}
+    for file in files("aeexp.conf").joinpath(group).iterdir():
+        if file.name.endswith(".yaml"):
+            config = OmegaConf.create(file.read_text(encoding="utf-8"))
+            node = config.get(within) if within else config
+            entries.update({str(name): entry for name, entry in (node or {}).items() if name != "defaults"})
+    return entries
+
+
+def _targets(node: Any) -> set[str]:
+    return {str(entry.get("_target_")) for entry in (node or {}).values() if hasattr(entry, "get")}
+
+
+def for_resumed_run(stored: Any, cfg: Any, run_id: str) -> None:
+    """Make ``stored``, the config a run stored, measure as that run did: its own views and metrics (``cfg``'s where
+    the resuming command chose them: ``resume.resumed_config`` put them in). A stored config is data: an entry is
+    built only when its ``_target_`` is aeexp's or one the resuming command's own lists name; ConfigError (one line)
+    for any other. A run logged before the lists (``embed.methods``) gets aeexp's views of those names."""
+    from aeexp.config import MOVED_EMBED
+
+    methods = stored.embed.get("methods")
+    if methods and not stored.embed.views:
+        shipped = _shipped_entries("embed", "views")
+        stored.embed.views = {str(m): shipped[str(m)] for m in methods if str(m) in shipped}
+    for key in MOVED_EMBED:
+        stored.embed[key] = None
+    if not stored.metrics:  # logged before the metric list: it measured what aeexp's default list measures
+        stored.metrics = cfg.metrics
+    allowed = _targets(_shipped_entries("embed", "views")) | _targets(_shipped_entries("metrics"))
+    allowed |= _targets(cfg.embed.views) | _targets(cfg.metrics)
+    for key, node in (("embed.views", stored.embed.views), ("metrics", stored.metrics)):
+        for name, entry in (node or {}).items():
+            target = entry.get("_target_") if hasattr(entry, "get") else entry
+            if target not in allowed:
+                raise ConfigError(f"resume: run {run_id}'s stored config has {key}.{name}._target_={target!r}, which "
+                                  "is none of aeexp's metrics and views nor in this command's: a stored config builds "
+                                  f"nothing of its own; give it again (its config with --config-dir) or choose "
+                                  f"{key.split('.')[0]}=... anew")
