@@ -53,7 +53,7 @@ bench: setup
 
 # Mutation testing (mutmut, not in CI): the modules and tests in pyproject.toml's [tool.mutmut]. Run it on a quiet
 # machine; it writes docs/mutation-survivors.txt (every mutant not caught), reviewed in docs/MUTATION.md. It keeps its
-# work in mutants/ and goes on where a stopped run left off. One module: make mutate MUTANTS='aeexp.metrics.*'
+# work in mutants/ and goes on where a stopped run left off. One module: make mutate MUTANTS='aeexp.evaluation.metrics.*'
 MUTMUT_VERSION := 3.8.1
 MUTANTS ?=
 mutate: setup

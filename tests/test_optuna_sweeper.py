@@ -154,6 +154,7 @@ def test_a_killed_study_continues_where_it_stopped_and_prunes(tmp_path, tracking
 MAXIMISE = """# @package _global_
 defaults:
   - override /hydra/sweeper: aeexp_optuna
+  - override /embed: pca
 
 hydra:
   mode: MULTIRUN
@@ -174,7 +175,6 @@ trainer:
   progress: false
 
 embed:
-  methods: [pca]
   n_samples: 200
 
 tracking:

@@ -452,7 +452,7 @@ def test_ctrl_c_during_a_sweeps_second_job_counts_all_three_jobs(tmp_path, track
     job, the one that finished, the one stopped and the one that never ran, which it names."""
     line, _ = _faulted_sweep(tmp_path, tracking_uri, {"1"}, lambda process, _: os.killpg(process.pid, signal.SIGINT),
                              130, "trainer.epochs=2,5000,3", "trainer.early_stopping.patience=null",
-                             "embed.methods=[pca]")
+                             "embed=pca")
     assert ("1 of 3 jobs were stopped and marked KILLED (ae32-b4-digits epochs=5000), 1 of 3 did not run "
             "(trainer.epochs=3), 1 finished") in line, line
     (summary,) = [text for text in (tmp_path / "out.txt").read_text().splitlines()

@@ -168,8 +168,8 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, evaluation: Any =
 
     from aeexp import run_record, tracking
     from aeexp.evaluation import EXPLORER, guard, pictures, pipeline
+    from aeexp.models.inference import resolve_device
     from aeexp.naming import model_label
-    from aeexp.training.loop import resolve_device
 
     evaluation = evaluation or evaluation_lists()
     record = tracking.get_run(run_id)

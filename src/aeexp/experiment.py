@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from aeexp import data, files, models, preflight, run_hooks, run_record, tracking
 from aeexp.errors import ConfigError, TrackingError
 from aeexp.evaluation import lists, pictures, pipeline
-from aeexp.models.inference import to_float
-from aeexp.naming import run_name
+from aeexp.models.inference import resolve_device, to_float
+from aeexp.naming import model_label, run_name
 from aeexp.params import run_params
 from aeexp.resumed_run import find_checkpoint, resolve_run_id
 from aeexp.sweep import PRUNED_TAG, Sweep, job_tags
@@ -44,7 +44,7 @@ def _device(cfg: DictConfig) -> torch.device:
     wanted = cfg.trainer.device.value
     if wanted == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
-    return loop.resolve_device(wanted)
+    return resolve_device(wanted)
 
 
 
@@ -257,7 +257,7 @@ def _evaluate(training: _Training, output_dir: Path, metric_log: run_record.Metr
     evaluation = pipeline.evaluate(model, dataset, training.lists, cfg.embed.n_samples, cfg.seed, interrupt.check)
     metric_log.log(evaluation.metrics, step=len(training.history))
     interrupt.check()
-    subject = pictures.Subject(model, dataset, models.name_of(cfg.model), cfg.seed)
+    subject = pictures.Subject(model, dataset, model_label(cfg), cfg.seed)
     for path in pictures.write_all(subject, evaluation, training.history.epochs, output_dir, interrupt.check):
         tracking.log_artifact(path)  # drawn once, into the output folder; MLflow copies it
     if evaluation.skips.reasons:

@@ -204,6 +204,11 @@ def _shipped_entries(group: str, within: str | None = None) -> dict[str, Any]:
     return entries
 
 
+def _target_of(entry: Any) -> Any:
+    """An entry's ``_target_`` (an entry may be the bare target)."""
+    return entry.get("_target_") if hasattr(entry, "get") else entry
+
+
 def _targets(node: Any) -> set[str]:
     return {str(entry.get("_target_")) for entry in (node or {}).values() if hasattr(entry, "get")}
 
@@ -212,22 +217,19 @@ def for_resumed_run(stored: Any, cfg: Any, run_id: str) -> None:
     """Make ``stored``, the config a run stored, measure as that run did: its own views and metrics (``cfg``'s where
     the resuming command chose them: ``resume.resumed_config`` put them in). A stored config is data: an entry is
     built only when its ``_target_`` is aeexp's or one the resuming command's own lists name; ConfigError (one line)
-    for any other. A run logged before the lists (``embed.methods``) gets aeexp's views of those names."""
-    from aeexp.config import MOVED_EMBED
-
-    methods = stored.embed.get("methods")
-    if methods and not stored.embed.views:
+    for any other. A run logged before the lists (``embed.methods``, which :func:`aeexp.config.from_stored` makes
+    entries of ``embed.views`` by name only) gets aeexp's views of those names."""
+    views = stored.embed.views or {}
+    if views and not any(_target_of(entry) for entry in views.values()):
         shipped = _shipped_entries("embed", "views")
-        stored.embed.views = {str(m): shipped[str(m)] for m in methods if str(m) in shipped}
-    for key in MOVED_EMBED:
-        stored.embed[key] = None
+        stored.embed.views = {str(name): shipped[str(name)] for name in views if str(name) in shipped}
     if not stored.metrics:  # logged before the metric list: it measured what aeexp's default list measures
         stored.metrics = cfg.metrics
     allowed = _targets(_shipped_entries("embed", "views")) | _targets(_shipped_entries("metrics"))
     allowed |= _targets(cfg.embed.views) | _targets(cfg.metrics)
     for key, node in (("embed.views", stored.embed.views), ("metrics", stored.metrics)):
         for name, entry in (node or {}).items():
-            target = entry.get("_target_") if hasattr(entry, "get") else entry
+            target = _target_of(entry)
             if target not in allowed:
                 raise ConfigError(f"resume: run {run_id}'s stored config has {key}.{name}._target_={target!r}, which "
                                   "is none of aeexp's metrics and views nor in this command's: a stored config builds "

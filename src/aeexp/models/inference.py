@@ -11,6 +11,13 @@ from aeexp.models.base import Autoencoder
 EVAL_BATCH_SIZE = 4096  # images per forward pass when evaluating or encoding (no gradients kept)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1], on the images' device (the division promotes to float32; on a CPU
     through a float32 temporary, which the fast path's ``gather_batches`` avoids)."""

@@ -62,13 +62,6 @@ class History:
 EpochHook = Callable[[int, dict[str, float]], None]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def iterate_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator | None
                     ) -> Iterator[torch.Tensor]:
     """Float batches of ``images``: shuffled with ``generator``, or in order when it is None."""
