@@ -224,7 +224,7 @@ def test_wheel_ships_configs_and_runs_without_the_repo(tmp_path):
     assert groups.stdout.startswith(str(target)), groups.stdout.splitlines()[0]
     for line in ("study_name: fashion_optuna", "hydra_plugins.aeexp_launchers.launchers.SubmititSlurmLauncher",
                  "partition: null", "vector_size: 1", "bottleneck: 4", "_target_: aeexp.models.VQVAE",
-                 "T_max: null", "uri: http://127.0.0.1:5000", "- umap"):
+                 "T_max: null", "uri: http://127.0.0.1:5000", "_target_: aeexp.evaluation.views.umap"):
         assert line in groups.stdout, line
 
 
