@@ -121,7 +121,7 @@ def test_a_target_planted_in_a_stored_config_is_refused_on_resume(run_cli, track
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 1 and "Traceback" not in output, output[-3000:]
     (line,) = [line for line in output.splitlines() if "[ERROR]" in line]
-    assert f"stored config has {key}.{name}._target_='{entry['_target_']}'" in line
+    assert f"checkpoint has {key}.{name}._target_={entry['_target_']}: from a stored config aeexp builds only" in line
     assert folder.is_dir() and not (folder / "written").exists()  # nothing ran
 
 

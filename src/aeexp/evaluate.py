@@ -79,7 +79,9 @@ class Evaluated:
 def stored_config(run_id: str, scratch: Path) -> Any:
     """The resolved config run ``run_id`` logged (its ``config.yaml`` artifact), read as data (no interpolation
     resolved, no target built but aeexp's own or an allowed one: :mod:`aeexp.stored_config`), checked against aeexp's
-    schema."""
+    schema; without its metric and view lists (evaluate measures with its own, :func:`evaluation_lists`)."""
+    from omegaconf import OmegaConf
+
     from aeexp import stored_config, tracking
 
     path = tracking.download_artifact(run_id, "config.yaml", scratch)
@@ -90,7 +92,12 @@ def stored_config(run_id: str, scratch: Path) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise Unavailable(f"its config.yaml is unreadable ({type(err).__name__}: {err})".splitlines()[0]) from None
     try:
-        return stored_config.with_schema(stored_config.read(text, "its config.yaml"), "its config.yaml")
+        config = stored_config.parse(text, "its config.yaml")
+        config.pop("metrics", None)  # measured with this command's lists, never built from the run's stored ones
+        if OmegaConf.is_dict(config.get("embed")):
+            config.embed.pop("views", None)
+        stored_config.check_targets(config, "its config.yaml")
+        return stored_config.with_schema(config, "its config.yaml")
     except stored_config.StoredConfigError as err:
         raise Unavailable(str(err)) from None
 

@@ -77,7 +77,7 @@ def _resumed_start(cfg: DictConfig, sweep: Sweep | None, overrides: Sequence[str
                           "with sweep.resume=<parent run id>)")
     state = find_checkpoint(run_record)
     resumed_cfg = resume.resumed_config(cfg, state.config, overrides, run_id, state.epoch)
-    lists.for_resumed_run(resumed_cfg, cfg, run_id)  # its own views and metrics, nothing built that aeexp did not ship
+    lists.for_resumed_run(resumed_cfg, cfg)  # its own views and metrics (their targets checked when it was read)
     checked = preflight.check(resumed_cfg)
     if run_record.status == "FINISHED" and resumed_cfg.trainer.epochs == state.epoch:
         raise ConfigError(f"resume: run {run_id} already finished its {state.epoch} epochs; give trainer.epochs "

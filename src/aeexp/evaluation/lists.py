@@ -159,29 +159,6 @@ def compose(overrides: Sequence[str] = (), config_dir: Path | None = None) -> An
         raise ConfigError(str(err).splitlines()[0]) from None
 
 
-@functools.cache
-def shipped_targets() -> frozenset[str]:
-    """The ``_target_`` of every metric and view aeexp ships (``conf/metrics/*.yaml``, ``conf/embed/*.yaml``): the
-    functions a stored config may name for them (:mod:`aeexp.stored_config`)."""
-    from importlib.resources import files
-
-    from omegaconf import OmegaConf
-
-    found: set[str] = set()
-    for group in ("metrics", "embed"):
-        for file in files("aeexp.conf").joinpath(group).iterdir():
-            if file.name.endswith(".yaml"):
-                found.update(_targets_in(OmegaConf.to_container(OmegaConf.create(file.read_text(encoding="utf-8")))))
-    return frozenset(found)
-
-
-def _targets_in(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        own = [str(node["_target_"])] if node.get("_target_") else []
-        return own + [target for value in node.values() for target in _targets_in(value)]
-    return [target for value in node for target in _targets_in(value)] if isinstance(node, list) else []
-
-
 def shipped(views: str = "all", metrics: str = "default") -> Lists:
     """The lists aeexp ships (``embed=<views>``, ``metrics=<metrics>``), for scripts and tests that do not compose a
     whole config: ``shipped().views["tsne"](codes=codes, seed=0)``."""
@@ -204,34 +181,26 @@ def _shipped_entries(group: str, within: str | None = None) -> dict[str, Any]:
     return entries
 
 
-def _target_of(entry: Any) -> Any:
-    """An entry's ``_target_`` (an entry may be the bare target)."""
-    return entry.get("_target_") if hasattr(entry, "get") else entry
+@functools.cache
+def shipped_targets() -> frozenset[str]:
+    """The ``_target_`` of every metric and view aeexp ships (``conf/metrics/*.yaml``, ``conf/embed/*.yaml``): the
+    functions a stored config may name for them (:mod:`aeexp.stored_config`)."""
+    return frozenset(_targets(_shipped_entries("embed", "views")) | _targets(_shipped_entries("metrics")))
 
 
 def _targets(node: Any) -> set[str]:
     return {str(entry.get("_target_")) for entry in (node or {}).values() if hasattr(entry, "get")}
 
 
-def for_resumed_run(stored: Any, cfg: Any, run_id: str) -> None:
+def for_resumed_run(stored: Any, cfg: Any) -> None:
     """Make ``stored``, the config a run stored, measure as that run did: its own views and metrics (``cfg``'s where
-    the resuming command chose them: ``resume.resumed_config`` put them in). A stored config is data: an entry is
-    built only when its ``_target_`` is aeexp's or one the resuming command's own lists name; ConfigError (one line)
-    for any other. A run logged before the lists (``embed.methods``, which :func:`aeexp.config.from_stored` makes
-    entries of ``embed.views`` by name only) gets aeexp's views of those names."""
+    the resuming command chose them: ``resume.resumed_config`` put them in). Their targets were checked when it was
+    read (:mod:`aeexp.stored_config`: aeexp's own, given again by the resuming command, or allowed). A run logged
+    before the lists (``embed.methods``, which :func:`aeexp.stored_config.with_schema` makes entries of
+    ``embed.views`` by name only) gets aeexp's views of those names; one logged before the metric list, aeexp's."""
     views = stored.embed.views or {}
-    if views and not any(_target_of(entry) for entry in views.values()):
+    if views and not any(hasattr(entry, "get") and entry.get("_target_") for entry in views.values()):
         shipped = _shipped_entries("embed", "views")
         stored.embed.views = {str(name): shipped[str(name)] for name in views if str(name) in shipped}
     if not stored.metrics:  # logged before the metric list: it measured what aeexp's default list measures
         stored.metrics = cfg.metrics
-    allowed = _targets(_shipped_entries("embed", "views")) | _targets(_shipped_entries("metrics"))
-    allowed |= _targets(cfg.embed.views) | _targets(cfg.metrics)
-    for key, node in (("embed.views", stored.embed.views), ("metrics", stored.metrics)):
-        for name, entry in (node or {}).items():
-            target = _target_of(entry)
-            if target not in allowed:
-                raise ConfigError(f"resume: run {run_id}'s stored config has {key}.{name}._target_={target!r}, which "
-                                  "is none of aeexp's metrics and views nor in this command's: a stored config builds "
-                                  f"nothing of its own; give it again (its config with --config-dir) or choose "
-                                  f"{key.split('.')[0]}=... anew")
