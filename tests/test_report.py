@@ -197,6 +197,7 @@ def test_a_seed_sweep_report(server_uri: str, tmp_path: Path) -> None:
 
 
 PARENT = "sweep <script>alert('parent')</script> & co"
+METRICS = ("val_loss", "test_loss", "test_mse")  # what the marked-up runs log
 # (run name, job overrides, status, error): markup and ampersands in every field the page shows; no spaces inside an
 # override (the job's overrides are split on them).
 MARKED_UP = [("<img src=x onerror=alert(1)>", "model.bottleneck=2 +model.note=<img/src=x/onerror=alert(2)>",
@@ -242,7 +243,7 @@ def _marked_up_sweep(uri: str) -> str:
         for key, value in (("dataset.name", "digits"), ("model.name", "ae32"), ("seed", "0"),
                            ("model.bottleneck", overrides.split()[0].split("=")[1])):
             client.log_param(run, key, value)
-        for metric in compare.METRICS:
+        for metric in METRICS:
             client.log_metric(run, metric, 0.5 + i / 10)
         client.set_terminated(run, status)
     client.set_terminated(parent, "FINISHED")
@@ -273,14 +274,14 @@ def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_
             assert attributes["href"].startswith(report.DEFAULT_UI + "/#/experiments/"), attributes
     texts = [text.strip() for text in page.texts]
     assert texts.count(PARENT) == 2  # the page's title and heading: the name as it is (it says "sweep " already)
-    columns = list(compare.COLUMNS)  # the runs' table: its header cells, in order, and nothing between them
+    columns = compare.columns(METRICS)  # the runs' table: its header cells, in order, and nothing between them
     assert [i for i in range(len(texts)) if texts[i:i + len(columns)] == columns], texts
     assert page.text_parents <= {"title", "style", "h1", "h2", "p", "th", "td", "a"}  # no stray text in a table
     rows = [attributes.get("class") for tag, attributes in page.elements if tag == "tr"]  # a head's has none
     assert rows.count("FAILED") == 1 and rows.count("FINISHED") == 2 and set(rows) == {None, "", "FINISHED", "FAILED"}
     links = [attributes["href"] for tag, attributes in page.elements if tag == "a"]
     assert len(set(links)) == len(links) == len(MARKED_UP)  # each run's name, and nothing else, opens it
-    setting_columns, _ = report.shown_rows([], compare.METRICS)
+    setting_columns, _ = report.shown_rows([], METRICS)
     assert len([tag for tag, _ in page.elements if tag == "th"]) == len(columns) + len(setting_columns)
     for name, overrides, _, error in MARKED_UP:
         assert name in texts, name
