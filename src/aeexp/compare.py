@@ -85,20 +85,24 @@ def to_markdown(rows: Sequence[dict[str, str]], title: str, metrics: Sequence[st
 
 
 def _write_tables(runs: Sequence[RunRecord], groups: Sequence[report.Setting], metrics: Sequence[str], out_dir: Path,
-                  title: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """comparison.csv (a row per run), comparison_by_setting.csv (a row per setting) and comparison.md (both)."""
+                  title: str) -> tuple[list[dict[str, str]], list[dict[str, str]], list[str]]:
+    """comparison.csv (a row per run), comparison_by_setting.csv (a row per setting, with the stability of its codes
+    across seeds) and comparison.md (both); also return the by-setting table's measures."""
+    from aeexp import sweep_insight, tracking
+
     rows = table_rows(runs, metrics)
     setting_rows = report.aggregated_rows(groups, metrics)
+    by_setting = [*metrics, *sweep_insight.add_stability(groups, setting_rows, tracking.download_artifact)]
     for path, fields, content in ((out_dir / "comparison.csv", columns(metrics), rows),
-                                  (out_dir / SETTINGS_CSV, report.aggregated_columns(metrics), setting_rows)):
+                                  (out_dir / SETTINGS_CSV, report.aggregated_columns(by_setting), setting_rows)):
         with path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(content)
     (out_dir / "comparison.md").write_text(
         to_markdown(rows, title, metrics) + "\n## By setting: mean ± standard deviation over seeds\n\n"
-        + report.aggregated_markdown(setting_rows, metrics))
-    return rows, setting_rows
+        + report.aggregated_markdown(setting_rows, by_setting))
+    return rows, setting_rows, by_setting
 
 
 def _save(figure: figures.Figure | None, path: Path, dpi: int) -> list[Path]:
@@ -139,12 +143,17 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str, ui: str |
     """Write the comparison tables, metrics_vs_bottleneck.png, reconstruction_panel.png, a ``<view>_panel.png`` per
     2-D view and report.html (runs linked to the MLflow UI at ``ui``, default: that of the tracking store) to
     ``out_dir``."""
-    from aeexp import tracking
+    from aeexp import sweep_insight, tracking
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = report.shown(runs)
-    rows, setting_rows = _write_tables(runs, report.settings(runs), shown.columns, out_dir, title)
+    rows, setting_rows, by_setting = _write_tables(runs, report.settings(runs), shown.columns, out_dir, title)
     written = [out_dir / "comparison.csv", out_dir / SETTINGS_CSV, out_dir / "comparison.md"]
+    insight_files, insight_markdown = sweep_insight.write_importance(runs, out_dir)
+    if insight_markdown:
+        with (out_dir / "comparison.md").open("a", encoding="utf-8") as handle:
+            handle.write(insight_markdown)
+    written += insight_files
     written += _save(bottleneck_figure(runs), out_dir / "metrics_vs_bottleneck.png", PLOT_DPI)
     written += _save(report.reconstruction_panel(runs, tracking.download_artifact),
                      out_dir / "reconstruction_panel.png", RECONSTRUCTION_DPI)
@@ -153,8 +162,9 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str, ui: str |
             written += _save(view_panel(runs, view, Path(scratch)), out_dir / f"{view}_panel.png", PANEL_DPI)
     ui = ui or report.ui_base(tracking.current_uri())
     page = report.Page(title, columns(shown.columns), rows, [report.run_url(ui, run) for run in runs],
-                       *report.shown_rows(setting_rows, shown.columns),
-                       [(heading, out_dir / name) for heading, name in figure_files(shown.views)])
+                       *report.shown_rows(setting_rows, by_setting),
+                       [(heading, out_dir / name)
+                        for heading, name in [*figure_files(shown.views), *sweep_insight.figure_files()]])
     written.append(out_dir / "report.html")
     written[-1].write_text(report.page_html(page), encoding="utf-8")
     return written

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aeexp import data, files, models, preflight, run_hooks, run_record, tracking
 from aeexp.errors import ConfigError, TrackingError
-from aeexp.evaluation import lists, pictures, pipeline
+from aeexp.evaluation import lists, pictures, pipeline, stability
 from aeexp.models.inference import resolve_device, to_float
 from aeexp.naming import model_label, run_name
 from aeexp.params import run_params
@@ -258,7 +258,8 @@ def _evaluate(training: _Training, output_dir: Path, metric_log: run_record.Metr
     metric_log.log(evaluation.metrics, step=len(training.history))
     interrupt.check()
     subject = pictures.Subject(model, dataset, model_label(cfg), cfg.seed)
-    for path in pictures.write_all(subject, evaluation, training.history.epochs, output_dir, interrupt.check):
+    codes = stability.write_codes(evaluation.codes, pipeline.labels_of(dataset.test), output_dir)  # sweep report's
+    for path in [*pictures.write_all(subject, evaluation, training.history.epochs, output_dir, interrupt.check), codes]:
         tracking.log_artifact(path)  # drawn once, into the output folder; MLflow copies it
     if evaluation.skips.reasons:
         tracking.set_tags(evaluation.skips.tags())

@@ -29,7 +29,8 @@ MAX_PANEL_ROWS = 48
 Download = Callable[[str, str, Path], Path | None]
 
 
-def _is_setting_key(key: str) -> bool:
+def is_setting_key(key: str) -> bool:
+    """Whether ``key`` says what a run is (a setting), not how or where it went (:data:`NOT_A_SETTING`)."""
     return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_A_SETTING)
 
 
@@ -82,7 +83,7 @@ def settings(runs: Sequence[RunRecord]) -> list[Setting]:
     """The runs grouped by setting, in order of first appearance."""
     groups: dict[str, Setting] = {}
     for run, values in zip(runs, varying(runs), strict=True):
-        name = label({k: v for k, v in values.items() if _is_setting_key(k)}) or "all runs"
+        name = label({k: v for k, v in values.items() if is_setting_key(k)}) or "all runs"
         groups.setdefault(name, Setting(name, [])).runs.append(run)
     return list(groups.values())
 

@@ -95,7 +95,7 @@ class AeexpOptunaSweeper(Sweeper):
     def _report(self, study: Any) -> None:
         """optimization_results.yaml in the sweep dir, optuna_history.png beside the comparison report (logged to the
         parent run with it), the best trial as the parent's tags."""
-        from aeexp import optuna_search, sweep, tracking
+        from aeexp import optuna_search, sweep, sweep_insight, tracking
         from aeexp.evaluation import figures
 
         directory = Path(self.config.hydra.sweep.dir)
@@ -108,6 +108,7 @@ class AeexpOptunaSweeper(Sweeper):
                                                   minimize=self.direction == "minimize")
             figure.savefig(directory / sweep.REPORT_DIR / "optuna_history.png", dpi=100)
             figures.plt.close(figure)
+        sweep_insight.write_optuna_importance(study, directory / sweep.REPORT_DIR)  # the report's importance section
         log.info("Optuna study %r: %d trials (%d complete, %d pruned, %d failed); best %s", study.study_name,
                  found["n_trials"], found["complete"], found["pruned"], found["failed"],
                  found.get("best_params", "none"))
