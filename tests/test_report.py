@@ -63,6 +63,8 @@ def _check_aggregation(seed_sweep: dict[str, Any], server_uri: str) -> None:
             assert float(row[f"{metric}_mean"]) == pytest.approx(np.mean(values), abs=6e-5)
             assert float(row[f"{metric}_std"]) == pytest.approx(np.std(values, ddof=1), abs=6e-5)
         assert float(row["test_knn_acc_std"]) > 0  # the seeds really differ
+        for measure in ("code_cka", "code_knn10_overlap"):  # the codes' stability over the 3 pairs of seeds
+            assert 0.0 <= float(row[f"{measure}_mean"]) <= 1.0 and 0.0 < float(row[f"{measure}_std"]) <= 1.0
     markdown = (seed_sweep["report_dir"] / "comparison.md").read_text()
     assert f"| model.bottleneck=8 | 3 | 0 1 2 | digits | ae32 | 8 | {rows['model.bottleneck=8']['val_loss_mean']} ± " \
            in markdown

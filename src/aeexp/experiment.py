@@ -175,7 +175,8 @@ def _tracked_run(training: _Training, start: _Start, sweep: Sweep | None, output
     cfg, model = training.cfg, training.model
     config_yaml = tracking.redact(OmegaConf.to_yaml(cfg, resolve=True))  # it goes to MLflow: no password
     device = next(model.parameters()).device
-    tags = run_record.run_tags(cfg, device, training.step.path, training.step.bf16) | (job_tags() if sweep else {})
+    tags = run_record.run_tags(cfg, device, training.step.path, training.step.bf16, training.dataset.digest) | (
+        job_tags() if sweep else {})
     name = run_name(cfg, sweep.swept if sweep else ())
     resumed_id = start.resumed.run_id if start.resumed else None
     with tracking.start_run(name, tags, sweep.parent_run_id if sweep else None, run_id=resumed_id) as run_id:

@@ -94,13 +94,24 @@ def importance_figure(found: Importance) -> Figure:
     return fig
 
 
+MAX_TICKS = 8  # a setting with more values (a searched interval) gets its lowest and highest labelled
+
+
 def _axis_ticks(values: Sequence[str]) -> tuple[np.ndarray, list[tuple[float, str]]]:
     """A setting's values placed on [0, 1] (numbers by value, names evenly by name) and the ticks to label."""
     placed = numeric(values)
     low, high = placed.min(), placed.max()
     scaled = (placed - low) / (high - low) if high > low else np.full(len(placed), 0.5)
-    ticks = {value: float(position) for value, position in zip(values, scaled, strict=True)}
-    return scaled, sorted(((position, value) for value, position in ticks.items()), key=lambda tick: tick[0])
+    ticks = sorted({float(position): _short(value) for value, position in zip(values, scaled, strict=True)}.items())
+    return scaled, ticks if len(ticks) <= MAX_TICKS else [ticks[0], ticks[-1]]
+
+
+def _short(value: str) -> str:
+    """A number in at most 4 significant digits; a name as it is."""
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 def parallel_coordinates(settings: Mapping[str, Sequence[str]], objective: Sequence[float], name: str,

@@ -22,6 +22,8 @@ from aeexp.training.loop import History
 log = logging.getLogger(__name__)
 
 SKIPPED_TAG_PREFIX = "skipped."  # skipped.<name>: what the evaluation could not compute, and why
+DATA_HASH_TAG = "data.hash"  # of the decoded arrays the run trained and was tested on (aeexp.data.digest)
+VERSIONED_PACKAGES = ("numpy", "scikit-learn", "openTSNE", "umap-learn")  # besides aeexp, torch, mlflow and hydra
 
 
 def _git_commit() -> dict[str, str]:
@@ -39,14 +41,30 @@ def _git_commit() -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
 
-def run_tags(cfg: DictConfig, device: torch.device, path: str, bf16: bool) -> dict[str, str]:
-    """The tags every run gets: what it trained and how, the versions it ran with, the user's ``tags``."""
+def package_versions() -> dict[str, str]:
+    """``versions.<package>`` of the installed packages that shape a run's numbers besides aeexp, torch and mlflow
+    (``none`` for one not installed)."""
+    from importlib import metadata
+
+    found = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[f"versions.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[f"versions.{package}"] = "none"
+    return found
+
+
+def run_tags(cfg: DictConfig, device: torch.device, path: str, bf16: bool, data_digest: str = "") -> dict[str, str]:
+    """The tags every run gets: what it trained and how, on which data (``data.hash``), the versions it ran with, the
+    user's ``tags``."""
     import hydra
 
     import aeexp
 
     return {
         "dataset": cfg.dataset.name,
+        **({DATA_HASH_TAG: data_digest} if data_digest else {}),
         "model": model_label(cfg),
         "device": str(device),
         "train.path": path,
@@ -56,6 +74,7 @@ def run_tags(cfg: DictConfig, device: torch.device, path: str, bf16: bool) -> di
         "versions.torch": torch.__version__,
         "versions.mlflow": tracking.MLFLOW_VERSION,
         "versions.hydra": hydra.__version__,
+        **package_versions(),
         "host.python": platform.python_version(),
         **_git_commit(),
         **{str(k): str(v) for k, v in cfg.tags.items()},

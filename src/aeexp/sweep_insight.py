@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import tempfile
@@ -20,7 +19,7 @@ from aeexp.tracking import RunRecord
 log = logging.getLogger(__name__)
 
 IMPORTANCE_CSV, IMPORTANCE_PNG, PARALLEL_PNG = "importance.csv", "importance.png", "parallel_coordinates.png"
-OPTUNA_IMPORTANCE = "optuna_importance.json"  # written beside the report by aeexp's Optuna sweeper
+OPTUNA_TAG = "optuna.importance."  # the sweep parent's tags of its Optuna study's importances, by parameter
 OBJECTIVE = "val_loss"  # a grid sweep's objective: the one aeexp's Optuna sweeper minimises (optuna_search.OBJECTIVE)
 FIGURE_DPI = 100
 
@@ -60,17 +59,33 @@ def _swept(runs: Sequence[RunRecord]) -> tuple[dict[str, list[str]], list[float]
     return {key: [found[key] for found in values] for key in keys}, [run.metrics[OBJECTIVE] for run in kept]
 
 
-def find_importance(runs: Sequence[RunRecord], out_dir: Path) -> tuple[importance.Importance | None,
-                                                                          dict[str, list[str]], list[float]]:
-    """The sweep's importances (the Optuna study's, when its sweeper left them in ``out_dir``; else a random
-    forest's), its settings and objective; None when the sweep is too small or varies too few settings."""
+def _optuna_importances(runs: Sequence[RunRecord]) -> dict[str, float] | None:
+    """The importances aeexp's Optuna sweeper tagged the runs' sweep parent with (``optuna.importance.<param>``), if
+    it did (read as data: finite numbers only)."""
+    from aeexp import tracking
+
+    parents = {run.tags.get("mlflow.parentRunId") for run in runs}
+    if len(parents) != 1 or None in parents:
+        return None
+    tags = tracking.get_run(str(parents.pop())).tags
+    try:
+        found = {key.removeprefix(OPTUNA_TAG): float(value) for key, value in tags.items()
+                 if key.startswith(OPTUNA_TAG)}
+    except ValueError:
+        return None
+    return found if found and all(math.isfinite(value) for value in found.values()) else None
+
+
+def find_importance(runs: Sequence[RunRecord]) -> tuple[importance.Importance | None, dict[str, list[str]],
+                                                         list[float]]:
+    """The sweep's importances (the Optuna study's, when its sweeper tagged the sweep's parent run with them; else a
+    random forest's), its settings and objective; None when the sweep is too small or varies too few settings."""
     settings, objective = _swept(runs)
     if not importance.applies(len(objective), len(settings)):
         return None, settings, objective
-    optuna_file = out_dir / OPTUNA_IMPORTANCE
-    if optuna_file.is_file():
-        stored = json.loads(optuna_file.read_text(encoding="utf-8"))
-        return importance.Importance(OBJECTIVE, importance.OPTUNA_METHOD, stored), settings, objective
+    from_optuna = _optuna_importances(runs)
+    if from_optuna is not None:
+        return importance.Importance(OBJECTIVE, importance.OPTUNA_METHOD, from_optuna), settings, objective
     return (importance.Importance(OBJECTIVE, importance.FOREST_METHOD,
                                   importance.forest_importances(settings, objective)), settings, objective)
 
@@ -78,7 +93,7 @@ def find_importance(runs: Sequence[RunRecord], out_dir: Path) -> tuple[importanc
 def write_importance(runs: Sequence[RunRecord], out_dir: Path) -> tuple[list[Path], str]:
     """For a sweep of 8+ finished runs varying 2+ settings: ``importance.csv``, ``importance.png`` and
     ``parallel_coordinates.png`` in ``out_dir``, and the report's Markdown section; nothing and ``""`` otherwise."""
-    found, settings, objective = find_importance(runs, out_dir)
+    found, settings, objective = find_importance(runs)
     if found is None:
         return [], ""
     with (out_dir / IMPORTANCE_CSV).open("w", newline="") as handle:
@@ -103,19 +118,18 @@ def figure_files() -> list[tuple[str, str]]:
             ("Each run's settings against the objective", PARALLEL_PNG)]
 
 
-def write_optuna_importance(study: Any, out_dir: Path) -> Path | None:
-    """The study's own importances as ``optuna_importance.json`` in ``out_dir`` (read by the report), for a study of
-    8+ complete trials over 2+ parameters; None otherwise or when Optuna cannot compute them (said in a line)."""
+def optuna_importance_tags(study: Any) -> dict[str, str]:
+    """The study's own importances as the sweep parent's tags ``optuna.importance.<param>`` (read by the report),
+    for a study of 8+ complete trials over 2+ parameters; none otherwise or when Optuna cannot compute them (said in a
+    line)."""
     import optuna
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not importance.applies(len(complete), len({key for trial in complete for key in trial.params})):
-        return None
+        return {}
     try:
         found = importance.optuna_importances(study)
     except Exception as err:  # Optuna refuses e.g. a parameter with a single value
         log.warning("the Optuna study's importances could not be computed (%s)", f"{type(err).__name__}: {err}")
-        return None
-    path = out_dir / OPTUNA_IMPORTANCE
-    path.write_text(json.dumps(found), encoding="utf-8")
-    return path
+        return {}
+    return {f"{OPTUNA_TAG}{key}": f"{value:.6g}" for key, value in found.items()}

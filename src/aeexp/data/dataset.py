@@ -84,6 +84,7 @@ class Dataset:
     val: Split
     test: Split
     class_names: list[str]
+    digest: str = ""  # of the decoded arrays its splits came from (aeexp.data.digest)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -99,7 +100,8 @@ class Dataset:
         return math.prod(self.image_shape)
 
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.class_names)
+        return Dataset(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.class_names,
+                       self.digest)
 
 
 def _as_split(images: np.ndarray, labels: np.ndarray | None) -> Split:
@@ -137,6 +139,8 @@ def load(source: ImageDataset, seed: int = 0) -> Dataset:
     ``source.val_fraction`` of the training split for validation."""
     import torch
 
+    from aeexp.data.digest import arrays_digest
+
     arrays = source.read()
     _check(source, arrays)
     arrays.train_images, arrays.train_labels = _subset(arrays.train_images, arrays.train_labels, source.train_size)
@@ -156,4 +160,5 @@ def load(source: ImageDataset, seed: int = 0) -> Dataset:
         val=_as_split(arrays.train_images[val_idx], None if labels is None else labels[val_idx]),
         test=_as_split(arrays.test_images, arrays.test_labels),
         class_names=list(source.class_names),
+        digest=arrays_digest(arrays),
     )

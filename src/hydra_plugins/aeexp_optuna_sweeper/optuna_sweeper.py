@@ -108,7 +108,6 @@ class AeexpOptunaSweeper(Sweeper):
                                                   minimize=self.direction == "minimize")
             figure.savefig(directory / sweep.REPORT_DIR / "optuna_history.png", dpi=100)
             figures.plt.close(figure)
-        sweep_insight.write_optuna_importance(study, directory / sweep.REPORT_DIR)  # the report's importance section
         log.info("Optuna study %r: %d trials (%d complete, %d pruned, %d failed); best %s", study.study_name,
                  found["n_trials"], found["complete"], found["pruned"], found["failed"],
                  found.get("best_params", "none"))
@@ -117,6 +116,7 @@ class AeexpOptunaSweeper(Sweeper):
             return
         tags = {"optuna.study": study.study_name, "optuna.best_trial": str(found["best_trial"]),
                 "optuna.best_value": f"{found['best_value']:.6g}",
-                **{f"optuna.best.{key}": str(value) for key, value in found["best_params"].items()}}
+                **{f"optuna.best.{key}": str(value) for key, value in found["best_params"].items()},
+                **sweep_insight.optuna_importance_tags(study)}  # the report's importance section
         for key, value in tags.items():
             tracking.set_run_tag(parent.parent_run_id, key, value)
