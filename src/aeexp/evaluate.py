@@ -164,13 +164,41 @@ def evaluation_lists(views: Sequence[str] = (), metrics: Sequence[str] = (), con
     return built if views else lists.Lists(built.metrics, {})
 
 
+def _same_data(record: Any, digest: str) -> dict[str, str]:
+    """Refuse (Unavailable) to evaluate a run on data whose hash differs from the one it logged (``data.hash``): its
+    splits would be other images. The tags to add: a run logged before the hash gets the hash of the data it was
+    evaluated on, ``aeexp.evaluated.data.hash``."""
+    from aeexp.run_record import DATA_HASH_TAG
+
+    logged = record.tags.get(DATA_HASH_TAG)
+    if logged is None:
+        return {f"{EVALUATED_TAG}.{DATA_HASH_TAG}": digest}
+    if logged != digest:
+        raise Unavailable(f"its data changed since it ran ({DATA_HASH_TAG} {logged[:15]}... then, {digest[:15]}... "
+                          "now: images added, removed or changed), so its splits would be other images; nothing was "
+                          "measured or logged: evaluate it on the data it ran on")
+    return {}
+
+
 def evaluate_run(run_id: str, tracking_uri: str | None = None, evaluation: Any = None,
                  trust_pickle: bool = False) -> Evaluated:
     """Measure run ``run_id``'s final metrics again (and the views of ``evaluation``, a
     :class:`~aeexp.evaluation.lists.Lists`; default: the packaged metrics, no views) from its logged model and data,
     and log those it lacks at its final step, the figures it lacks, the tag ``aeexp.evaluated`` and a tag
     ``skipped.<name>`` for what could not be computed. Unavailable (one line) when its model, config or data cannot
-    be found; the run's status is left as it is."""
+    be found, or its data changed since it ran; the run's status is left as it is. Another ``evaluate`` of the same
+    run in this machine is waited for (:mod:`aeexp.run_lock`): each metric gets one value at the step."""
+    from aeexp import run_lock, tracking
+
+    def say_wait() -> None:
+        print(f"run {run_id}: another aeexp evaluate of it is under way; waiting for it to finish", file=sys.stderr)
+
+    with run_lock.holding(tracking.current_uri(), run_id, say_wait):
+        return _evaluate_held(run_id, tracking_uri, evaluation or evaluation_lists(), trust_pickle)
+
+
+def _evaluate_held(run_id: str, tracking_uri: str | None, evaluation: Any, trust_pickle: bool) -> Evaluated:
+    """:func:`evaluate_run`, its run's lock held."""
     import torch
 
     from aeexp import run_record, tracking
@@ -178,7 +206,6 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, evaluation: Any =
     from aeexp.models.inference import resolve_device
     from aeexp.naming import model_label
 
-    evaluation = evaluation or evaluation_lists()
     record = tracking.get_run(run_id)
     steps = tracking.metric_steps(run_id, record.metrics)
     step = final_step(steps)
@@ -187,6 +214,7 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, evaluation: Any =
         cfg = stored_config(run_id, folder)
         model = _model(run_id, tracking_uri, trust_pickle).to(resolve_device("auto"))
         subject = pictures.Subject(model, _dataset(cfg, resolve_device("auto")), model_label(cfg), cfg.seed)
+        data_tags = _same_data(record, subject.dataset.digest)
         torch.manual_seed(cfg.seed)  # what draws from the global RNG draws the same on every evaluation
         skips = guard.Skips()
         measured, codes = pipeline.measure(model, subject.dataset, evaluation.metrics, cfg.seed, skips)
@@ -203,7 +231,8 @@ def evaluate_run(run_id: str, tracking_uri: str | None = None, evaluation: Any =
                                     if not tracking.has_artifact(run_id, name)}, folder, skips, lambda: None)
         for path in new_files:
             tracking.log_artifact_to(run_id, path)
-    for key, value in {**skips.tags(), EVALUATED_TAG: datetime.now(timezone.utc).isoformat(timespec="seconds")}.items():
+    for key, value in {**skips.tags(), **data_tags,
+                       EVALUATED_TAG: datetime.now(timezone.utc).isoformat(timespec="seconds")}.items():
         tracking.set_run_tag(run_id, key, value)
     return Evaluated(run_id, record.name, step, measured, added, [path.name for path in new_files],
                      [name for name in evaluation.views if name not in wanted], skips.reasons)
