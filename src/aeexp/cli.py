@@ -117,7 +117,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console-script entry point: ``aeexp [overrides]`` as ``python -m aeexp``; ``aeexp compare|encode|evaluate
+    """Console-script entry point: ``aeexp [overrides]`` as ``python -m aeexp``; ``aeexp compare|encode|evaluate|rerun
     ...``."""
     threads.let_waiting_threads_sleep()  # before any OpenMP library loads, for every command
     if sys.argv[1:2] == ["compare"]:
@@ -132,6 +132,10 @@ def main() -> None:
         from aeexp import evaluate
 
         sys.exit(evaluate.main(sys.argv[2:]))
+    if sys.argv[1:2] == ["rerun"]:
+        from aeexp import rerun
+
+        sys.exit(rerun.main(sys.argv[2:]))
     try:
         refuse_moved(sys.argv[1:])
     except AeexpError as err:  # before Hydra composes (and sets up logging): as its log would say it
