@@ -171,3 +171,17 @@ def test_the_data_hash_is_of_the_decoded_arrays(tmp_path):
     assert digest(_npz(tmp_path / "b.npz", compressed=True, labels_dtype="uint8")) == first  # same content
     assert data.load(data.ArraysDataset(str(tmp_path / "a.npz")), seed=5).digest == first  # not the seed's split
     assert digest(_npz(tmp_path / "c.npz", compressed=False, bump=True)) != first  # one pixel changed
+
+
+def test_a_report_section_that_fails_is_a_warning_and_the_rest_is_written(caplog):
+    from aeexp import report
+    from aeexp.tracking import RunRecord
+
+    runs = [RunRecord(f"r{i}", f"run {i}", "FINISHED", {"seed": str(i)}, {"val_loss": 0.1}, {}, "0") for i in range(2)]
+    rows = [{"setting": "all runs"}]
+
+    def unreachable(run_id: str, path: str, folder: Path) -> Path | None:
+        raise OSError("the artifact store went away")
+
+    assert sweep_insight.add_stability(report.settings(runs), rows, unreachable) == []
+    assert rows == [{"setting": "all runs"}] and "stability columns were left out (OSError" in caplog.text

@@ -28,7 +28,26 @@ def add_stability(groups: Sequence[report.Setting], rows: Sequence[dict[str, str
                   download: report.Download) -> list[str]:
     """Fill in each setting's row (``rows``, in the order of ``groups``) with ``<measure>_mean`` and ``_std`` of
     :data:`~aeexp.evaluation.stability.MEASURES` over the pairs of its finished runs' logged codes; return those
-    measures (the columns to show), or none when no setting has two runs with codes."""
+    measures (the columns to show), or none when no setting has two runs with codes. A failure is a warning line:
+    the rest of the report is written."""
+    try:
+        measured = _stability(groups, download)
+    except Exception as err:
+        log.warning("the report's stability columns were left out (%s)", f"{type(err).__name__}: {err}")
+        return []
+    if not any(measured):
+        return []
+    for row, found in zip(rows, measured, strict=True):
+        for name in stability.MEASURES:
+            mean, std, pairs = found.get(name, (math.nan, math.nan, 0))
+            row[f"{name}_mean"] = f"{mean:.4f}" if pairs else ""
+            row[f"{name}_std"] = f"{std:.4f}" if pairs > 1 else ""
+    return list(stability.MEASURES)
+
+
+def _stability(groups: Sequence[report.Setting], download: report.Download
+               ) -> list[dict[str, tuple[float, float, int]]]:
+    """Per setting, :func:`~aeexp.evaluation.stability.across_runs` of its finished runs' logged codes."""
     measured = []
     with tempfile.TemporaryDirectory() as scratch:
         for group in groups:
@@ -39,14 +58,7 @@ def add_stability(groups: Sequence[report.Setting], rows: Sequence[dict[str, str
                 if found is not None:
                     codes.append(found)
             measured.append(stability.across_runs(codes))
-    if not any(measured):
-        return []
-    for row, found in zip(rows, measured, strict=True):
-        for name in stability.MEASURES:
-            mean, std, pairs = found.get(name, (math.nan, math.nan, 0))
-            row[f"{name}_mean"] = f"{mean:.4f}" if pairs else ""
-            row[f"{name}_std"] = f"{std:.4f}" if pairs > 1 else ""
-    return list(stability.MEASURES)
+    return measured
 
 
 def _swept(runs: Sequence[RunRecord]) -> tuple[dict[str, list[str]], list[float]]:
@@ -92,7 +104,16 @@ def find_importance(runs: Sequence[RunRecord]) -> tuple[importance.Importance | 
 
 def write_importance(runs: Sequence[RunRecord], out_dir: Path) -> tuple[list[Path], str]:
     """For a sweep of 8+ finished runs varying 2+ settings: ``importance.csv``, ``importance.png`` and
-    ``parallel_coordinates.png`` in ``out_dir``, and the report's Markdown section; nothing and ``""`` otherwise."""
+    ``parallel_coordinates.png`` in ``out_dir``, and the report's Markdown section; nothing and ``""`` otherwise. A
+    failure is a warning line: the rest of the report is written."""
+    try:
+        return _write_importance(runs, out_dir)
+    except Exception as err:
+        log.warning("the report's importance section was left out (%s)", f"{type(err).__name__}: {err}")
+        return [], ""
+
+
+def _write_importance(runs: Sequence[RunRecord], out_dir: Path) -> tuple[list[Path], str]:
     found, settings, objective = find_importance(runs)
     if found is None:
         return [], ""
