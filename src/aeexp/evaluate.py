@@ -202,7 +202,7 @@ def _evaluate_held(run_id: str, tracking_uri: str | None, evaluation: Any, trust
     import torch
 
     from aeexp import run_record, tracking
-    from aeexp.evaluation import EXPLORER, guard, pictures, pipeline
+    from aeexp.evaluation import EXPLORER, guard, pictures, pipeline, stability
     from aeexp.models.inference import resolve_device
     from aeexp.naming import model_label
 
@@ -229,6 +229,8 @@ def _evaluate_held(run_id: str, tracking_uri: str | None, evaluation: Any, trust
         contents.update(pictures.reconstruction_contents(subject))  # the sweep report's panel needs it
         new_files = pictures.write({name: make for name, make in contents.items()
                                     if not tracking.has_artifact(run_id, name)}, folder, skips, lambda: None)
+        if not tracking.has_artifact(run_id, stability.CODES_ARTIFACT):  # the sweep report's stability columns
+            new_files.append(stability.write_codes(codes, pipeline.labels_of(subject.dataset.test), folder))
         for path in new_files:
             tracking.log_artifact_to(run_id, path)
     for key, value in {**skips.tags(), **data_tags,
