@@ -5,10 +5,12 @@ file they came from (a re-download, a copy, another compression), and any change
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aeexp.data.dataset import Arrays
+if TYPE_CHECKING:
+    from aeexp.data.dataset import Arrays  # (which calls this: only its type here)
 
 PREFIX = "sha256:"
 
