@@ -84,7 +84,6 @@ def table(rows: Sequence[Row]) -> str:
 def stored_run_config(run_id: str, allowed: Sequence[str]) -> Any:
     """Run ``run_id``'s logged ``config.yaml``, read as data and merged into aeexp's schema."""
     from aeexp import stored_config, tracking
-    from aeexp.evaluation import lists
 
     where = f"run {run_id}'s config.yaml"
     with tempfile.TemporaryDirectory(prefix="aeexp-rerun-") as scratch:
@@ -92,8 +91,7 @@ def stored_run_config(run_id: str, allowed: Sequence[str]) -> Any:
         if path is None:
             raise AeexpError(f"run {run_id} has no config.yaml artifact: it cannot be re-run")
         text = path.read_text(encoding="utf-8")
-    stored = stored_config.read(text, where, allowed=[*allowed, *lists.shipped_targets()])  # its own lists: aeexp's
-    return stored_config.with_schema(stored, where)
+    return stored_config.with_schema(stored_config.read(text, where, allowed=allowed), where)
 
 
 def _original(run_id: str) -> tuple[Any, str]:
