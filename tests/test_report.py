@@ -52,9 +52,9 @@ def _check_aggregation(seed_sweep: dict[str, Any], server_uri: str) -> None:
     assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
     with (seed_sweep["report_dir"] / compare.SETTINGS_CSV).open() as handle:
         rows = {row["setting"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"model.bottleneck=2", "model.bottleneck=8"}
+    assert set(rows) == {"bottleneck=2", "bottleneck=8"}  # (what the sweep varies but the seed, by its last part)
     for bottleneck in ("2", "8"):
-        row = rows[f"model.bottleneck={bottleneck}"]
+        row = rows[f"bottleneck={bottleneck}"]
         mine = [c for c in children if c.data.params["model.bottleneck"] == bottleneck]
         assert sorted(c.data.params["seed"] for c in mine) == list(SEEDS)
         assert row["n"] == "3" and sorted(row["seeds"].split()) == list(SEEDS) and row["bottleneck"] == bottleneck
@@ -66,8 +66,9 @@ def _check_aggregation(seed_sweep: dict[str, Any], server_uri: str) -> None:
         for measure in ("code_cka", "code_knn10_overlap"):  # the codes' stability over the 3 pairs of seeds
             assert 0.0 <= float(row[f"{measure}_mean"]) <= 1.0 and 0.0 < float(row[f"{measure}_std"]) <= 1.0
     markdown = (seed_sweep["report_dir"] / "comparison.md").read_text()
-    assert f"| model.bottleneck=8 | 3 | 0 1 2 | digits | ae32 | 8 | {rows['model.bottleneck=8']['val_loss_mean']} ± " \
-           in markdown
+    assert f"| bottleneck=8 | 3 | 0 1 2 | digits | ae32 | 8 | {rows['bottleneck=8']['val_loss_mean']} ± " in markdown
+    best = min(("2", "8"), key=lambda b: float(rows[f"bottleneck={b}"]["test_mse_mean"]))
+    assert f"Best on test\\_mse (lower is better): bottleneck={best}, " in markdown  # the verdict, under the title
     with (seed_sweep["report_dir"] / "comparison.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 6  # the per-run rows stay
     logged = {Path(a.path).name for a in MlflowClient(server_uri).list_artifacts(seed_sweep["parent"].info.run_id,
@@ -95,7 +96,8 @@ def _check_metrics_plot(seed_sweep: dict[str, Any]) -> None:
         (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
         pca = {int(g.param("model.bottleneck")): g.summary(shown.baselines[metric])[0] for g in groups}
         assert list(dashed.get_ydata()) == pytest.approx([pca[2], pca[8]])
-        assert to_rgba(dashed.get_color()) == to_rgba(bars.lines[0].get_color())  # the dataset's colour
+        assert dashed.get_marker() == "x"  # (a cross at each size: PCA at one size shows too)
+        assert to_rgba(dashed.get_color()) != to_rgba(bars.lines[0].get_color())
     plots.plt.close(figure)
     assert (seed_sweep["report_dir"] / "metrics_vs_bottleneck.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -108,7 +110,7 @@ def _check_reconstruction_panel(seed_sweep: dict[str, Any], server_uri: str) -> 
     (ax,) = figure.axes
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels[0] == "input"
-    assert sorted(labels[1:]) == sorted(f"seed={s} model.bottleneck={b}" for s in SEEDS for b in ("2", "8"))
+    assert sorted(labels[1:]) == sorted(f"seed={s} bottleneck={b}" for s in SEEDS for b in ("2", "8"))
     assert len(ax.get_xticklabels()) == 0 and ax.images[0].get_array().shape[0] == 7 * 9 - 1  # 7 rows of 8x8
     plots.plt.close(figure)
 
@@ -126,6 +128,7 @@ def _check_page(frame: Any, children: list[Any]) -> None:
     assert tables.count() == 2
     assert tables.nth(0).locator("tbody tr").count() == 2 and tables.nth(1).locator("tbody tr").count() == 6
     text = frame.inner_text("body")
+    assert "Best on test_mse (lower is better): bottleneck=" in text  # the verdict
     for child in children:
         assert child.info.run_name in text
 
@@ -252,9 +255,8 @@ def _marked_up_sweep(uri: str) -> str:
     return parent
 
 
-def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_sqlite_store, tmp_path):
-    """`aeexp compare --parent-run` on a sweep whose parent name, run names, overrides and error hold <script>,
-    <img onerror=...>, <iframe> and &: report.html shows each as the text it is, and holds no element but its own."""
+def _compare_marked_up_sweep(new_sqlite_store: Any, tmp_path: Path) -> Path:
+    """`aeexp compare --parent-run` on the marked-up sweep; the folder of its report."""
     import mlflow
 
     uri = new_sqlite_store(tmp_path / "mlflow.db")
@@ -263,8 +265,15 @@ def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_
         assert compare.main(["--parent-run", parent, "--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 0
     finally:
         mlflow.set_tracking_uri(None)
-    page = _Elements()
-    page.feed((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
+    return tmp_path / "out"
+
+
+def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_sqlite_store, tmp_path):
+    """`aeexp compare --parent-run` on a sweep whose parent name, run names, overrides and error hold <script>,
+    <img onerror=...>, <iframe> and &: report.html shows each as the text it is, and holds no element but its own."""
+    out = _compare_marked_up_sweep(new_sqlite_store, tmp_path)
+    page = _Elements()  # (<wbr>: where the page lets a long column name break; a name's own is escaped)
+    page.feed((out / "report.html").read_text(encoding="utf-8").replace("<wbr>", ""))
     tags = {tag for tag, _ in page.elements}
     assert tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "table", "thead", "tbody", "tr",
                     "th", "td", "a", "img"}, tags
@@ -288,4 +297,24 @@ def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_
     for name, overrides, _, error in MARKED_UP:
         assert name in texts, name
         assert overrides.split()[1] in " ".join(texts), overrides
+        assert error is None or error in texts, error
+
+
+def test_comparison_md_shows_markup_in_run_names_overrides_and_errors_as_text(new_sqlite_store, tmp_path):
+    """comparison.md of the same sweep, rendered as GitHub and MLflow render Markdown (raw HTML passed through):
+    no element but the tables' and headings', each name, override and error shown as the text it is (#25)."""
+    from markdown_it import MarkdownIt
+
+    out = _compare_marked_up_sweep(new_sqlite_store, tmp_path)
+    rendered = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(
+        (out / "comparison.md").read_text(encoding="utf-8"))
+    page = _Elements()
+    page.feed(rendered)
+    assert {tag for tag, _ in page.elements} <= {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td"}, rendered
+    assert all(attributes in ({}, {"style": "text-align:left"}) for _, attributes in page.elements), rendered
+    texts = [text.strip() for text in page.texts]
+    assert PARENT in texts
+    for name, overrides, _, error in MARKED_UP:
+        assert name in texts, name
+        assert overrides.split()[1].removeprefix("+model.") in " ".join(texts), overrides
         assert error is None or error in texts, error

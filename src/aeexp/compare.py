@@ -54,16 +54,19 @@ def _varying_overrides(runs: Sequence[RunRecord]) -> list[str]:
 
 
 def table_rows(runs: Sequence[RunRecord], metrics: Sequence[str]) -> list[dict[str, str]]:
-    """One row per run: name, status, overrides, dataset, model, bottleneck, final ``metrics``, error."""
+    """One row per run: name, status, overrides (a sweep's jobs': those that vary; other runs': the settings that
+    tell them apart, :func:`aeexp.report.varying`), dataset, model, bottleneck, final ``metrics``, error."""
     rows = []
-    for run, overrides in zip(runs, _varying_overrides(runs), strict=True):
+    shown = (_varying_overrides(runs) if report.one_sweep(runs)
+             else [report.label(values) for values in report.varying(runs)])
+    for run, overrides in zip(runs, shown, strict=True):
         row = {
             "run": run.name,
             "status": run.status,
             "overrides": overrides,
             "dataset": run.params.get("dataset.name", ""),
             "model": run.params.get("model.name", ""),
-            "bottleneck": run.params.get("model.bottleneck", ""),
+            "bottleneck": report.effective_params(run).get("model.bottleneck", ""),
             "error": run.tags.get("error", "").splitlines()[0][:200] if run.tags.get("error") else "",
         }
         row.update({m: f"{run.metrics[m]:.4f}" if m in run.metrics else "" for m in metrics})
@@ -76,18 +79,16 @@ def sweep_title(name: str) -> str:
     return name if name.startswith("sweep ") else f"sweep {name}"
 
 
-def to_markdown(rows: Sequence[dict[str, str]], title: str, metrics: Sequence[str]) -> str:
-    head = columns(metrics)
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in head) + " |")
-    return "\n".join(lines) + "\n"
+def to_markdown(rows: Sequence[dict[str, str]], title: str, metrics: Sequence[str], verdict: str = "") -> str:
+    """The table of runs in Markdown under ``title`` (and the ``verdict``), every name and value shown as text."""
+    lead = f"# {report.markdown_text(title)}\n\n" + (f"{report.markdown_text(verdict)}\n\n" if verdict else "")
+    return lead + report.markdown_table(columns(metrics), rows)
 
 
 def _write_tables(runs: Sequence[RunRecord], groups: Sequence[report.Setting], metrics: Sequence[str], out_dir: Path,
-                  title: str) -> tuple[list[dict[str, str]], list[dict[str, str]], list[str]]:
+                  title: str, verdict: str) -> tuple[list[dict[str, str]], list[dict[str, str]], list[str]]:
     """comparison.csv (a row per run), comparison_by_setting.csv (a row per setting, with the stability of its codes
-    across seeds) and comparison.md (both); also return the by-setting table's measures."""
+    across seeds) and comparison.md (the ``verdict``, then both); also return the by-setting table's measures."""
     from aeexp import sweep_insight, tracking
 
     rows = table_rows(runs, metrics)
@@ -100,7 +101,7 @@ def _write_tables(runs: Sequence[RunRecord], groups: Sequence[report.Setting], m
             writer.writeheader()
             writer.writerows(content)
     (out_dir / "comparison.md").write_text(
-        to_markdown(rows, title, metrics) + "\n## By setting: mean ± standard deviation over seeds\n\n"
+        to_markdown(rows, title, metrics, verdict) + "\n## By setting: mean ± standard deviation over seeds\n\n"
         + report.aggregated_markdown(setting_rows, by_setting))
     return rows, setting_rows, by_setting
 
@@ -146,8 +147,9 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str, ui: str |
     from aeexp import sweep_insight, tracking
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    shown = report.shown(runs)
-    rows, setting_rows, by_setting = _write_tables(runs, report.settings(runs), shown.columns, out_dir, title)
+    shown, groups = report.shown(runs), report.settings(runs)
+    verdict = report.verdict(groups, shown.baselines)
+    rows, setting_rows, by_setting = _write_tables(runs, groups, shown.columns, out_dir, title, verdict)
     written = [out_dir / "comparison.csv", out_dir / SETTINGS_CSV, out_dir / "comparison.md"]
     insight_files, insight_markdown = sweep_insight.write_importance(runs, out_dir)
     if insight_markdown:
@@ -164,47 +166,97 @@ def write_report(runs: Sequence[RunRecord], out_dir: Path, title: str, ui: str |
     page = report.Page(title, columns(shown.columns), rows, [report.run_url(ui, run) for run in runs],
                        *report.shown_rows(setting_rows, by_setting),
                        [(heading, out_dir / name)
-                        for heading, name in [*figure_files(shown.views), *sweep_insight.figure_files()]])
+                        for heading, name in [*figure_files(shown.views), *sweep_insight.figure_files()]], verdict)
     written.append(out_dir / "report.html")
     written[-1].write_text(report.page_html(page), encoding="utf-8")
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: report on a parent run's children or on an experiment's runs."""
-    parser = argparse.ArgumentParser(prog="aeexp compare", description=__doc__.splitlines()[0])
+HELP = """Writes comparison.csv and comparison_by_setting.csv (a row per run, and per setting: the runs that differ
+only in their seed, as mean and standard deviation, with how stable their codes are across the seeds),
+comparison.md (both, under a one-line verdict: the best setting on test_mse, and by how much over the next and over
+PCA), metrics_vs_bottleneck.png, reconstruction_panel.png, a <view>_panel.png per 2-D view, for a sweep of 8 or more
+runs varying 2 or more settings importance.csv, importance.png and parallel_coordinates.png, and report.html with
+all of it.
+
+Runs are grouped and labelled by the settings that differ between them (a sweep's jobs by their overrides; other
+runs by their params, as a resumed run finished). Where it goes: --out FOLDER; else, with --parent-run, the parent
+run's artifacts (under comparison/) only; with --experiment, the experiment's artifact folder (its
+comparison/ folder) when that folder is on this machine. The last line says where.
+
+examples:
+  aeexp compare --experiment digits
+  aeexp compare --experiment mnist --tracking-uri sqlite:///mlflow.db --out report/
+  aeexp compare --parent-run 5f1c... --tracking-uri http://127.0.0.1:5000"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aeexp compare", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="A comparison report of a sweep's jobs or of an experiment's runs.",
+                                     epilog=HELP)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="every run of this MLflow experiment (sweep parents left out)")
-    source.add_argument("--parent-run", help="the children of this sweep parent run; the report is also "
-                                             "logged to it")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's default)")
-    parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder (default ./comparison)")
+    source.add_argument("--parent-run", help="the jobs (child runs) of this sweep's parent run; the report is "
+                                             "logged to the parent run under comparison/")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's default, "
+                                                             "sqlite:///mlflow.db in this folder)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the folder to write the report to (default: see below)")
     parser.add_argument("--ui-url", default=None, help="the MLflow UI that report.html links runs to (default: the "
                                                        f"tracking server, or {report.DEFAULT_UI} for a local store)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return parser
 
+
+def _report(args: argparse.Namespace, folder: Path) -> tuple[list[RunRecord], str, list[Path]]:
+    """The runs compared, the report's title, the files written to ``folder`` (and logged to a parent run)."""
     from aeexp import tracking
 
+    tracking.configure_uri(args.tracking_uri)
+    if args.parent_run:
+        parent = tracking.get_run(args.parent_run)
+        runs, title = tracking.child_runs(args.parent_run), sweep_title(parent.name)
+    else:
+        runs = [r for r in tracking.experiment_runs(args.experiment) if "sweep.name" not in r.tags]
+        title = f"experiment {args.experiment}"
+    if not runs:
+        raise AeexpError(f"no runs to compare in {args.parent_run or args.experiment}")
+    written = write_report(runs, folder, title, args.ui_url)
+    if args.parent_run:
+        tracking.log_artifacts_to(args.parent_run, folder, "comparison")
+    return runs, title, written
+
+
+def _experiment_folder(args: argparse.Namespace) -> Path:
+    """Where ``--experiment`` writes without ``--out``: ``comparison/`` in the experiment's artifact folder."""
+    from aeexp import tracking
+
+    tracking.configure_uri(args.tracking_uri)
+    folder = tracking.local_artifact_folder(args.experiment)
+    if folder is None:
+        raise AeexpError(f"the artifacts of experiment {args.experiment!r} are not in a folder on this machine: "
+                         "give --out <folder> for the report")
+    return folder / "comparison"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: report on a parent run's children or on an experiment's runs."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        tracking.configure_uri(args.tracking_uri)
-        if args.parent_run:
-            parent = tracking.get_run(args.parent_run)
-            runs, title = tracking.child_runs(args.parent_run), sweep_title(parent.name)
-        else:
-            runs = [r for r in tracking.experiment_runs(args.experiment) if "sweep.name" not in r.tags]
-            title = f"experiment {args.experiment}"
-        if not runs:
-            raise AeexpError(f"no runs to compare in {args.parent_run or args.experiment}")
-        written = write_report(runs, args.out, title, args.ui_url)
-        if args.parent_run:
-            tracking.log_artifacts_to(args.parent_run, args.out, "comparison")
+        with tempfile.TemporaryDirectory(prefix="aeexp-compare-") as scratch:
+            folder = args.out or (Path(scratch) if args.parent_run else _experiment_folder(args))
+            runs, title, written = _report(args, folder)
     except AeexpError as err:
         log.error("error: %s", err)
         return 1
-    metrics = report.shown(runs).columns
-    print(to_markdown(table_rows(runs, metrics), title, metrics))
-    log.info("wrote %s", ", ".join(str(p) for p in written))
+    shown = report.shown(runs)
+    print(to_markdown(table_rows(runs, shown.columns), title, shown.columns,
+                      report.verdict(report.settings(runs), shown.baselines)))
+    if args.out or not args.parent_run:
+        log.info("wrote %d files to %s: open %s", len(written), folder, folder / "report.html")
+    if args.parent_run:
+        log.info("logged the report to parent run %s under comparison/ (its Artifacts tab in the MLflow UI)",
+                 args.parent_run)
     return 0
 
 

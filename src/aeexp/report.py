@@ -8,9 +8,10 @@ import base64
 import html
 import logging
 import math
+import re
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,40 +35,115 @@ def is_setting_key(key: str) -> bool:
     return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_A_SETTING)
 
 
-def _values(run: RunRecord) -> dict[str, str]:
-    """What a run was given: its sweep job's overrides (``key=value``), else its params."""
-    overrides = run.tags.get("sweep.job_overrides")
-    if overrides is None:
-        return dict(run.params)
-    pairs = (o.split("=", 1) for o in overrides.split() if "=" in o)
+RESUMED = "resumed."  # a resumed run's tags resumed.<key>: the settings it was resumed with (see effective_params)
+# Of a component (``optimizer``, ``scheduler``, ``model``, ...): the keys that name what it is, in order of preference.
+NAMING_KEYS = ("name", "_target_")
+MAX_VALUE = 32  # characters of a value shown in a label
+
+
+def effective_params(run: RunRecord) -> dict[str, str]:
+    """A run's params as it finished: MLflow keeps each param as first logged, so a run resumed with other settings
+    (``trainer.epochs=8``) says so in its tags ``resumed.<key>``, which take precedence."""
+    values = dict(run.params)
+    values.update({key.removeprefix(RESUMED): value for key, value in run.tags.items() if key.startswith(RESUMED)})
+    return values
+
+
+def _values(run: RunRecord, from_overrides: bool) -> dict[str, str]:
+    """What a run was given: its sweep job's overrides (``key=value``), else its effective params."""
+    if not from_overrides:
+        return effective_params(run)
+    pairs = (o.split("=", 1) for o in run.tags.get("sweep.job_overrides", "").split() if "=" in o)
     return {key.lstrip("+~"): value for key, value in pairs if not key.startswith("sweep.")}
 
 
+def one_sweep(runs: Sequence[RunRecord]) -> bool:
+    """Whether ``runs`` are jobs of one sweep (their overrides then say what differs between them)."""
+    return (all("sweep.job_overrides" in run.tags for run in runs)
+            and len({run.tags.get("mlflow.parentRunId") for run in runs}) == 1)
+
+
+def _component(key: str, differing: Sequence[str]) -> tuple[str, str] | None:
+    """The component ``key`` belongs to whose kind differs between the runs, and the key naming that kind
+    (``optimizer._target_``, ``model.name``); None when none does."""
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:end])
+        naming = next((f"{prefix}.{k}" for k in NAMING_KEYS if f"{prefix}.{k}" in differing), None)
+        if naming is not None:
+            return prefix, naming
+    return None
+
+
+def _telling(values: Sequence[dict[str, str]], differing: Sequence[str]) -> list[str]:
+    """Of the ``differing`` keys, those that tell the runs apart: of a component whose kind differs (an SGD run
+    beside an AdamW run) its kind alone, not the keys that go with it (its ``lr``, ``betas``, ``fused``, ... or their
+    absence), unless one differs between runs of one kind."""
+    kept = []
+    for key in differing:
+        found = _component(key, differing)
+        if found is not None and key != found[1]:
+            naming = found[1]
+            if naming.endswith("._target_") and f"{found[0]}.name" in differing:
+                continue  # (the name says it)
+            within: dict[str | None, set[str | None]] = {}
+            for v in values:
+                within.setdefault(v.get(naming), set()).add(v.get(key))
+            if all(len(seen) == 1 for seen in within.values()):
+                continue
+        kept.append(key)
+    return kept
+
+
 def varying(runs: Sequence[RunRecord]) -> list[dict[str, str]]:
-    """Per run, the values that differ between the runs (``seed`` included), in the order given."""
-    values = [_values(run) for run in runs]
+    """Per run, the values that tell it apart from the other runs (``seed`` included), in the order given: a
+    sweep's jobs by their overrides, other runs by their effective params (:func:`effective_params`; see
+    :func:`_telling`)."""
+    from_overrides = one_sweep(runs)
+    values = [_values(run, from_overrides) for run in runs]
     keys = list(dict.fromkeys(k for v in values for k in v))
     differing = [k for k in keys if len({v.get(k) for v in values}) > 1]
+    if not from_overrides:
+        differing = _telling(values, differing)
     return [{k: v[k] for k in differing if k in v} for v in values]
 
 
+def _short_key(key: str) -> str:
+    """``model.bottleneck`` -> ``bottleneck``; ``optimizer._target_`` and ``dataset.name`` -> their component."""
+    parts = key.split(".")
+    return ".".join(parts[:-1]) if len(parts) > 1 and parts[-1] in NAMING_KEYS else parts[-1]
+
+
+def _short_value(key: str, value: str) -> str:
+    """A class by its name (``torch.optim.SGD`` -> ``SGD``), no class as ``none``, a long value cut short."""
+    if key.endswith("._target_"):
+        value = "none" if value in ("None", "null", "") else value.rsplit(".", 1)[-1]
+    return value if len(value) <= MAX_VALUE else value[:MAX_VALUE - 1] + "…"
+
+
 def label(values: dict[str, str]) -> str:
-    return " ".join(f"{k}={v}" for k, v in values.items())
+    """``bottleneck=8 optimizer=SGD seed=1``: each value by the last part of its key (the whole key where two would
+    read the same)."""
+    short = [_short_key(key) for key in values]
+    names = [s if short.count(s) == 1 else key for s, key in zip(short, values, strict=True)]
+    return " ".join(f"{name}={_short_value(key, value)}" for name, (key, value) in zip(names, values.items(),
+                                                                                      strict=True))
 
 
 @dataclass
 class Setting:
-    """Runs that differ only in their seed."""
+    """Runs that differ only in their seed: the ``values`` that set them apart from the other settings."""
 
     label: str
     runs: list[RunRecord]
+    values: dict[str, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> list[RunRecord]:
         return [run for run in self.runs if run.status == "FINISHED"]
 
     def param(self, key: str) -> str:
-        return self.runs[0].params.get(key, "")
+        return effective_params(self.runs[0]).get(key, "")
 
     def summary(self, metric: str) -> tuple[float, float, int] | None:
         """Mean, standard deviation (n - 1 in the denominator; 0 for one run) and n of ``metric`` over the
@@ -80,11 +156,13 @@ class Setting:
 
 
 def settings(runs: Sequence[RunRecord]) -> list[Setting]:
-    """The runs grouped by setting, in order of first appearance."""
+    """The runs grouped by setting (the values that differ between them but the seed and how they ran), in order
+    of first appearance."""
     groups: dict[str, Setting] = {}
     for run, values in zip(runs, varying(runs), strict=True):
-        name = label({k: v for k, v in values.items() if is_setting_key(k)}) or "all runs"
-        groups.setdefault(name, Setting(name, [])).runs.append(run)
+        kept = {k: v for k, v in values.items() if is_setting_key(k)}
+        name = label(kept) or "all runs"
+        groups.setdefault(name, Setting(name, [], kept)).runs.append(run)
     return list(groups.values())
 
 
@@ -115,18 +193,71 @@ def shown_rows(rows: Sequence[dict[str, str]], metrics: Sequence[str]) -> tuple[
     return head, [{**{c: row[c] for c in head[:6]}, **{m: _mean_std(row, m) for m in metrics}} for row in rows]
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")  # what makes markup inside a line: emphasis, code, links
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (a run's name, a tag, an error) as Markdown shows it literally, on one line: HTML as text (``<``,
+    ``>`` and ``&`` as entities), Markdown's punctuation escaped, a line break as a space."""
+    escaped = html.escape(" ".join(str(text).split()), quote=False)
+    return MARKDOWN_SPECIAL.sub(r"\\\1", escaped)
+
+
+def markdown_table(head: Sequence[str], rows: Sequence[dict[str, str]]) -> str:
+    """A Markdown table of ``rows`` under the ``head`` columns, each cell as text (:func:`markdown_text`)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join(markdown_text(row.get(c, "")) for c in head) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def aggregated_markdown(rows: Sequence[dict[str, str]], metrics: Sequence[str]) -> str:
     """The aggregated table in Markdown, each metric as ``mean ± std``."""
     head, shown = shown_rows(rows, metrics)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in shown:
-        lines.append("| " + " | ".join(row[c].replace("|", "\\|") for c in head) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(head, shown)
 
 
 def _mean_std(row: dict[str, str], metric: str) -> str:
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     return f"{mean} ± {std}" if std else mean
+
+
+HEADLINE = ("test_mse", "test_loss", "val_loss")  # the metric a verdict is on: the first of these the runs logged
+HIGHER_IS_BETTER = ("acc", "ari", "nmi", "trust")  # a metric named with one of these: higher is better
+
+
+def _spread(summary: tuple[float, float, int]) -> str:
+    mean, std, n = summary
+    return f"{mean:.4f} ± {std:.4f} over {n} seeds" if n > 1 else f"{mean:.4f}, one run"
+
+
+def _difference(best: float, other: float, higher: bool) -> str:
+    """``0.0052 (18%) below`` / ``above``: how ``best`` stands to ``other``."""
+    gap, word = abs(best - other), ("above" if best > other else "below")
+    relative = f" ({gap / abs(other):.0%})" if other else ""
+    return f"{gap:.4f}{relative} {word}" if gap else "equal to"
+
+
+def verdict(groups: Sequence[Setting], baselines: dict[str, str]) -> str:
+    """One line of what the runs found: the best setting on the headline metric (:data:`HEADLINE`), with the seeds'
+    spread, and by how much it beats the next setting and PCA of the same size; empty when no run logged it."""
+    logged = {key for group in groups for run in group.finished for key in run.metrics}
+    metric = next((m for m in HEADLINE if m in logged), None)
+    if metric is None:
+        return ""
+    higher = any(word in metric for word in HIGHER_IS_BETTER)
+    ranked = sorted(((found, group) for group in groups if (found := group.summary(metric)) is not None),
+                    key=lambda pair: -pair[0][0] if higher else pair[0][0])
+    (best, group), rest = ranked[0], ranked[1:]
+    parts = [f"Best on {metric} ({'higher' if higher else 'lower'} is better): {group.label}, {_spread(best)}"
+             if len(ranked) > 1 else f"{metric}: {_spread(best)}"]
+    if rest:
+        (second, runner_up) = rest[0]
+        parts.append(f"{_difference(best[0], second[0], higher)} the next ({runner_up.label}: {_spread(second)})")
+    pca = group.summary(baselines[metric]) if metric in baselines else None
+    if pca is not None:
+        parts.append(f"{_difference(best[0], pca[0], higher)} PCA of the same size ({pca[0]:.4f})")
+    return "; ".join(parts) + "."
 
 
 LOSSES = ("val_loss", "test_loss", "test_mse")  # every run's own, shown first
@@ -189,9 +320,9 @@ def curves(groups: Sequence[Setting], metrics: Sequence[str], baselines: dict[st
 
 def _curve_label(group: Setting, dataset: str) -> str:
     """``ae32 on digits``, plus the setting's other values (not the bottleneck, model or dataset)."""
-    shown = ("model.bottleneck", "model", "model.name", "dataset", "dataset.name")
-    extra = [part for part in group.label.split() if part.split("=", 1)[0] not in shown and group.label != "all runs"]
-    return " ".join([f"{group.param('model.name') or '?'} on {dataset}", *extra])
+    shown = ("model.bottleneck", "model", "model.name", "model._target_", "dataset", "dataset.name")
+    extra = label({k: v for k, v in group.values.items() if k not in shown})
+    return " ".join([f"{group.param('model.name') or '?'} on {dataset}", *([extra] if extra else [])])
 
 
 def reconstruction_panel(runs: Sequence[RunRecord], download: Download) -> figures.Figure | None:
@@ -227,14 +358,17 @@ def run_url(ui: str, run: RunRecord) -> str:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px;display:block;max-width:100%;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f2f2f2}tr.FAILED td,tr.KILLED td{color:#a00}td:first-child{white-space:nowrap}
-img{max-width:100%;border:1px solid #eee;margin:.3em 0 1.2em}.note{color:#666;font-size:13px}"""
+td:first-child,th:first-child{position:sticky;left:0;background:#fff}th:first-child{background:#f2f2f2}
+img{max-width:100%;border:1px solid #eee;margin:.3em 0 1.2em}.note{color:#666;font-size:13px}
+.verdict{font-size:16px;max-width:70em}"""
 
 
 def _table(columns: Sequence[str], rows: Sequence[dict[str, str]], links: Sequence[str] = ()) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    # (a long metric name may break after its underscores: the table fits a narrower window)
+    head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in columns)
     body = []
     for i, row in enumerate(rows):
         cells = []
@@ -263,12 +397,14 @@ class Page:
     setting_columns: Sequence[str]
     setting_rows: Sequence[dict[str, str]]
     figures: Sequence[tuple[str, Path]]
+    verdict: str = ""
 
 
 def page_html(page: Page) -> str:
     """``report.html``: the tables and figures in one file (figures inlined as data URIs, no script, nothing
     fetched), so it opens offline and in MLflow's artifact viewer."""
     parts = [f"<h1>{html.escape(page.title)}</h1>",
+             *([f'<p class="verdict">{html.escape(page.verdict)}</p>'] if page.verdict else []),
              f'<p class="note">{len(page.run_rows)} runs; a run\'s name opens it in the MLflow UI.</p>',
              "<h2>By setting: mean ± standard deviation over seeds</h2>",
              _table(page.setting_columns, page.setting_rows), "<h2>Runs</h2>",

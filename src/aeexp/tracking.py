@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -270,6 +271,18 @@ def experiment_id(experiment: str) -> str:
     if found is None:
         raise TrackingError(f"no experiment {experiment!r} at {redact(mlflow.get_tracking_uri())}")
     return found.experiment_id
+
+
+def local_artifact_folder(experiment: str) -> Path | None:
+    """The folder on this machine that holds experiment ``experiment``'s artifacts (a local store's ``mlruns/<id>``);
+    None when they are elsewhere (a server's, a bucket); TrackingError if there is no such experiment."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"no experiment {experiment!r} at {redact(mlflow.get_tracking_uri())}")
+    location = urlparse(found.artifact_location)
+    if location.scheme == "file":
+        return Path(url2pathname(location.path))
+    return Path(found.artifact_location) if not location.scheme else None
 
 
 def describe_run(run_id: str, markdown: str) -> None:

@@ -145,58 +145,112 @@ class Curve:
     baseline: bool = False
 
 
+MARKERS = "osD^vP*Xhp<>"
+BASELINE_STYLES = (("--", "#444444"), ("-.", "#888888"), (":", "#222222"))  # a dataset's baseline each
+CHAR_WIDTH = 0.7 / 72  # inches per point of font size: a generous average width of a character
+TEXT_DPIS = (60, 72, 80, 90, 100, 150)  # what a text's width is measured at: those of aeexp's figures and more
+
+
+def _legend_layout(labels: Sequence[str], width: float, fontsize: float) -> tuple[list[str], int]:
+    """Legend entries that fit a figure ``width`` inches wide: each label wrapped to the width, and the number of
+    columns the widest entry allows (at most 3)."""
+    import textwrap
+
+    handle = 0.7  # inches: the line sample and the gaps around an entry
+    chars = max(12, int((width - handle - 0.2) / (fontsize * CHAR_WIDTH)))
+    wrapped = ["\n".join(textwrap.wrap(label, chars)) or label for label in labels]
+    widest = max((len(line) for label in wrapped for line in label.split("\n")), default=1)
+    return wrapped, max(1, min(3, len(wrapped), int(width // (widest * fontsize * CHAR_WIDTH + handle))))
+
+
+def _draw_curve(ax: Axes, curve: Curve, style: dict[str, object]) -> None:
+    x, mean, std = (np.array(v, dtype=float) for v in zip(*sorted(curve.points), strict=True))
+    if curve.baseline:  # with a cross at each size: a baseline at a single size is a point, not an empty line
+        ax.plot(x, mean, marker="x", markersize=8, label=plain(curve.label), **style)
+    else:
+        ax.errorbar(x, mean, yerr=std if std.any() else None, capsize=3, markersize=6, label=plain(curve.label),
+                    **style)
+
+
 def metrics_vs_bottleneck(curves: Sequence[Curve], metric_names: Sequence[str]) -> Figure:
-    """One panel per metric: value against bottleneck size, one line per setting, with error bars (the standard
-    deviation over seeds) where there is a spread; baselines dashed. A dataset has one colour for all its lines
-    (its settings differ by marker), so a baseline sits in the colour of its dataset."""
+    """One panel per metric: value against bottleneck size, one line per setting in a colour and marker of its own,
+    with error bars (the standard deviation over seeds) where there is a spread; a dataset's baseline in grey,
+    dashed, with a cross at each size. The legend below the panels names every line, each label whole."""
     columns = min(2, len(metric_names))
     rows = -(-len(metric_names) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    width, fontsize = 5.2 * columns, 9
+    settings = list(dict.fromkeys(c.label for c in curves if not c.baseline))
+    palette = plt.get_cmap("tab10" if len(settings) <= 10 else "tab20")
+    styles: dict[tuple[bool, str], dict[str, object]] = {
+        (False, name): {"color": palette(i % palette.N), "marker": MARKERS[i % len(MARKERS)]}
+        for i, name in enumerate(settings)}
+    for i, dataset in enumerate(dict.fromkeys(c.dataset for c in curves if c.baseline)):
+        line, colour = BASELINE_STYLES[i % len(BASELINE_STYLES)]
+        styles[(True, dataset)] = {"linestyle": line, "color": colour}
+    labels = list(dict.fromkeys(plain(c.label) for c in sorted(curves, key=lambda c: (c.baseline, c.label))))
+    wrapped, legend_columns = _legend_layout(labels, width, fontsize)
+    legend_height = (sum(label.count("\n") + 1 for label in wrapped) / legend_columns + 1) * fontsize * 1.5 / 72
+    fig = plt.figure(figsize=(width, 3.8 * rows + legend_height), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[len(metric_names):]:
         ax.axis("off")
-    palette = plt.get_cmap("tab10")
-    colours = {name: palette(i % 10) for i, name in enumerate(dict.fromkeys(c.dataset for c in curves))}
-    markers = dict(zip(dict.fromkeys(c.label for c in curves if not c.baseline), "osD^vP*Xhp<>" * 8, strict=False))
     for ax, metric in zip(axes.flat, metric_names, strict=False):
         for curve in sorted((c for c in curves if c.metric == metric), key=lambda c: (c.baseline, c.label)):
-            x, mean, std = (np.array(v, dtype=float) for v in zip(*sorted(curve.points), strict=True))
-            if curve.baseline:
-                ax.plot(x, mean, linestyle="--", color=colours[curve.dataset], label=plain(curve.label))
-            else:
-                ax.errorbar(x, mean, yerr=std if std.any() else None, marker=markers[curve.label], capsize=3,
-                            color=colours[curve.dataset], label=plain(curve.label))
+            _draw_curve(ax, curve, styles[(curve.baseline, curve.dataset if curve.baseline else curve.label)])
+        sizes = sorted({p[0] for c in curves if c.metric == metric for p in c.points})
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(size) for size in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("bottleneck")
         ax.set_title(plain(metric))
         ax.grid(alpha=0.3)
-    handles, labels = {}, []
+    handles: dict[str, object] = {}
     for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            if label not in handles:
-                handles[label] = handle
-                labels.append(label)
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(name, handle)
     if handles:
-        legend_rows = -(-len(labels) // 3)
-        fig.legend(list(handles.values()), labels, loc="lower center", ncol=min(3, len(labels)), frameon=False)
-        fig.tight_layout(rect=(0, min(0.4, 0.05 * legend_rows / rows + 0.02), 1, 1))
-    else:
-        fig.tight_layout()
+        order = [name for name in labels if name in handles]
+        fig.legend([handles[name] for name in order], [wrapped[labels.index(name)] for name in order],
+                   loc="outside lower center", ncol=legend_columns, frameon=False, fontsize=fontsize)
     return fig
+
+
+def _text_width(texts: Sequence[str], fontsize: float) -> float:
+    """The width in inches of the widest of ``texts`` drawn at ``fontsize`` points, as the Agg renderer draws it at
+    the resolutions figures are saved at (hinting makes a text up to 12% wider at one than at another)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    widest = 0.0
+    for dpi in TEXT_DPIS:
+        fig = Figure(dpi=dpi)
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        for text in texts:
+            widest = max(widest, Text(0, 0, plain(text), fontsize=fontsize, figure=fig).get_window_extent(renderer)
+                         .width / dpi)
+    return 1.03 * widest
 
 
 def reconstruction_panel(groups: Sequence[tuple[str, np.ndarray, Sequence[tuple[str, np.ndarray]]]]) -> Figure:
     """The same test images through several models: per group ``(title, inputs, rows)`` a block with the inputs
-    ``(n, C, H, W)`` on top and one row per ``(label, outputs)`` below (a group per dataset: sizes differ)."""
-    heights = [len(rows) + 1 for _, _, rows in groups]
-    columns = max(len(inputs) for _, inputs, _ in groups)
-    fig = plt.figure(figsize=(0.75 * columns + 2.6, 0.62 * sum(heights) + 0.45 * len(groups)))
-    grid = fig.add_gridspec(len(groups), 1, height_ratios=heights)
-    for place, (title, inputs, rows) in zip(grid, groups, strict=True):
-        images = np.stack([inputs, *[outputs for _, outputs in rows]])
-        ax = fig.add_subplot(place)
-        _grid_axes(fig, images, ["input", *[label for label, _ in rows]], fontsize=7, ax=ax)
+    ``(n, C, H, W)`` on top and one row per ``(label, outputs)`` below (a group per dataset: sizes differ). The
+    figure is as wide as its longest row label and its images: every label shows whole."""
+    cell, title_height, gap, fontsize = 0.6, 0.3, 0.15, 7  # inches, inches, inches, points
+    labels = [["input", *[label for label, _ in rows]] for _, _, rows in groups]
+    left = _text_width([label for block in labels for label in block], fontsize) + 0.25
+    sizes = [(len(block) * cell * inputs.shape[-2] / inputs.shape[-1], len(inputs) * cell)
+             for block, (_, inputs, _) in zip(labels, groups, strict=True)]
+    width = left + max(w for _, w in sizes) + 0.2
+    height = sum(h + title_height + gap for h, _ in sizes) + gap
+    fig = plt.figure(figsize=(width, height))
+    top = height - gap
+    for block, (title, inputs, rows), (h, w) in zip(labels, groups, sizes, strict=True):
+        top -= title_height + h
+        ax = fig.add_axes((left / width, top / height, w / width, h / height))
+        ax.set_anchor("W")
+        _grid_axes(fig, np.stack([inputs, *[outputs for _, outputs in rows]]), block, fontsize=fontsize, ax=ax)
         ax.set_title(plain(title), fontsize=9)
-    fig.tight_layout()
+        top -= gap
     return fig
 
 
