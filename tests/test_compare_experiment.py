@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import FAST
 from matplotlib.colors import to_rgba
@@ -213,3 +214,24 @@ def test_compare_help_is_whole(tmp_path):
         assert words in text, words
     paragraphs = [" ".join(p.split()) for p in done.stdout.split("\n\n") if p.strip()]
     assert all(p.endswith((".", ")", ":")) or p.startswith(("usage:", "examples:")) for p in paragraphs), paragraphs
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}, one run"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f} over {len(values)} seeds"
+
+
+def test_the_verdict_names_the_best_setting_and_its_margins(store, written):
+    """The verdict atop comparison.md, from the runs' own test_mse: the best setting (mean over its seeds, their
+    spread), its margin over the next and over its PCA baseline (#26 item 8)."""
+    groups = report.settings(store.runs)
+    values = [([r.metrics["test_mse"] for r in g.runs], g) for g in groups]
+    ranked = sorted(values, key=lambda pair: float(np.mean(pair[0])))
+    (best, group), (second, runner_up) = ranked[0], ranked[1]
+    gap, pca = float(np.mean(second) - np.mean(best)), group.runs[0].metrics["pca_test_mse"]
+    verdict = (written / "comparison.md").read_text(encoding="utf-8").split("\n\n")[1].replace("\\", "")
+    assert verdict.startswith(f"Best on test_mse (lower is better): {group.label}, {_spread(best)}; {gap:.4f} ("), \
+        verdict
+    assert f"below the next ({runner_up.label}: {_spread(second)}); " in verdict
+    assert verdict.endswith(f"{'above' if np.mean(best) > pca else 'below'} PCA of the same size ({pca:.4f}).")

@@ -98,13 +98,15 @@ def _telling(values: Sequence[dict[str, str]], differing: Sequence[str]) -> list
 def varying(runs: Sequence[RunRecord]) -> list[dict[str, str]]:
     """Per run, the values that tell it apart from the other runs (``seed`` included), in the order given: a
     sweep's jobs by their overrides, other runs by their effective params (:func:`effective_params`; see
-    :func:`_telling`)."""
+    :func:`_telling`; a key only some runs have, such as a failed job's or an optimizer's own argument, only where
+    it names a component's kind)."""
     from_overrides = one_sweep(runs)
     values = [_values(run, from_overrides) for run in runs]
     keys = list(dict.fromkeys(k for v in values for k in v))
     differing = [k for k in keys if len({v.get(k) for v in values}) > 1]
-    if not from_overrides:
-        differing = _telling(values, differing)
+    if not from_overrides:  # (a key some runs lack says how aeexp logged them, unless it names a component's kind)
+        differing = _telling(values, [k for k in differing if all(k in v for v in values)
+                                      or k.rsplit(".", 1)[-1] in NAMING_KEYS])
     return [{k: v[k] for k in differing if k in v} for v in values]
 
 
@@ -222,8 +224,7 @@ def _mean_std(row: dict[str, str], metric: str) -> str:
     return f"{mean} ± {std}" if std else mean
 
 
-HEADLINE = ("test_mse", "test_loss", "val_loss")  # the metric a verdict is on: the first of these the runs logged
-HIGHER_IS_BETTER = ("acc", "ari", "nmi", "trust")  # a metric named with one of these: higher is better
+HEADLINE = ("test_mse", "test_loss", "val_loss")  # the verdict's metric: the first the runs logged (lower is better)
 
 
 def _spread(summary: tuple[float, float, int]) -> str:
@@ -231,11 +232,11 @@ def _spread(summary: tuple[float, float, int]) -> str:
     return f"{mean:.4f} ± {std:.4f} over {n} seeds" if n > 1 else f"{mean:.4f}, one run"
 
 
-def _difference(best: float, other: float, higher: bool) -> str:
-    """``0.0052 (18%) below`` / ``above``: how ``best`` stands to ``other``."""
-    gap, word = abs(best - other), ("above" if best > other else "below")
+def _difference(best: float, other: float) -> str:
+    """``0.0052 (18%) below`` (or ``above``): how ``best`` stands to ``other``."""
+    gap = abs(best - other)
     relative = f" ({gap / abs(other):.0%})" if other else ""
-    return f"{gap:.4f}{relative} {word}" if gap else "equal to"
+    return f"{gap:.4f}{relative} {'above' if best > other else 'below'}" if gap else "equal to"
 
 
 def verdict(groups: Sequence[Setting], baselines: dict[str, str]) -> str:
@@ -243,20 +244,19 @@ def verdict(groups: Sequence[Setting], baselines: dict[str, str]) -> str:
     spread, and by how much it beats the next setting and PCA of the same size; empty when no run logged it."""
     logged = {key for group in groups for run in group.finished for key in run.metrics}
     metric = next((m for m in HEADLINE if m in logged), None)
-    if metric is None:
+    ranked = sorted(((found, group) for group in groups if metric and (found := group.summary(metric))),
+                    key=lambda pair: pair[0][0])
+    if metric is None or not ranked:
         return ""
-    higher = any(word in metric for word in HIGHER_IS_BETTER)
-    ranked = sorted(((found, group) for group in groups if (found := group.summary(metric)) is not None),
-                    key=lambda pair: -pair[0][0] if higher else pair[0][0])
     (best, group), rest = ranked[0], ranked[1:]
-    parts = [f"Best on {metric} ({'higher' if higher else 'lower'} is better): {group.label}, {_spread(best)}"
-             if len(ranked) > 1 else f"{metric}: {_spread(best)}"]
+    parts = [f"Best on {metric} (lower is better): {group.label}, {_spread(best)}" if len(groups) > 1
+             else f"{metric}: {_spread(best)}"]
     if rest:
-        (second, runner_up) = rest[0]
-        parts.append(f"{_difference(best[0], second[0], higher)} the next ({runner_up.label}: {_spread(second)})")
+        second, runner_up = rest[0]
+        parts.append(f"{_difference(best[0], second[0])} the next ({runner_up.label}: {_spread(second)})")
     pca = group.summary(baselines[metric]) if metric in baselines else None
     if pca is not None:
-        parts.append(f"{_difference(best[0], pca[0], higher)} PCA of the same size ({pca[0]:.4f})")
+        parts.append(f"{_difference(best[0], pca[0])} PCA of the same size ({pca[0]:.4f})")
     return "; ".join(parts) + "."
 
 
