@@ -373,7 +373,7 @@ def _table(columns: Sequence[str], rows: Sequence[dict[str, str]], links: Sequen
     for i, row in enumerate(rows):
         cells = []
         for column in columns:
-            text = html.escape(row.get(column, ""))
+            text = html.escape(row.get(column, "")).replace(" ± ", " ±&nbsp;")  # (a narrow cell: ± with the std)
             if column == "run" and i < len(links):
                 text = f'<a href="{html.escape(links[i])}" target="_blank" rel="noopener">{text}</a>'
             cells.append(f"<td>{text}</td>")
