@@ -123,6 +123,8 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     # The metrics of the codes by name, each a function and its settings (conf/metrics/*.yaml).
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Latent health, each epoch and at the end, by name (conf/health/*.yaml; aeexp.evaluation.health).
+    health: dict[str, Any] = field(default_factory=dict)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     tags: dict[str, str] = field(default_factory=dict)

@@ -79,7 +79,7 @@ class Evaluated:
 def stored_config(run_id: str, scratch: Path) -> Any:
     """The resolved config run ``run_id`` logged (its ``config.yaml`` artifact), read as data (no interpolation
     resolved, no target built but aeexp's own or an allowed one: :mod:`aeexp.stored_config`), checked against aeexp's
-    schema; without its metric and view lists (evaluate measures with its own, :func:`evaluation_lists`)."""
+    schema; without its metric, view and health lists (evaluate measures with its own, :func:`evaluation_lists`)."""
     from omegaconf import OmegaConf
 
     from aeexp import stored_config, tracking
@@ -93,7 +93,8 @@ def stored_config(run_id: str, scratch: Path) -> Any:
         raise Unavailable(f"its config.yaml is unreadable ({type(err).__name__}: {err})".splitlines()[0]) from None
     try:
         config = stored_config.parse(text, "its config.yaml")
-        config.pop("metrics", None)  # measured with this command's lists, never built from the run's stored ones
+        for key in ("metrics", "health"):  # measured with this command's lists, never built from the stored ones
+            config.pop(key, None)
         if OmegaConf.is_dict(config.get("embed")):
             config.embed.pop("views", None)
         stored_config.check_targets(config, "its config.yaml")
@@ -161,7 +162,7 @@ def evaluation_lists(views: Sequence[str] = (), metrics: Sequence[str] = (), con
     if metrics:
         overrides.append(f"metrics=[{','.join(metrics)}]")
     built = lists.build(lists.compose(overrides, config_dir))
-    return built if views else lists.Lists(built.metrics, {})
+    return built if views else lists.Lists(built.metrics, {}, built.health)
 
 
 def _same_data(record: Any, digest: str) -> dict[str, str]:
@@ -217,7 +218,8 @@ def _evaluate_held(run_id: str, tracking_uri: str | None, evaluation: Any, trust
         data_tags = _same_data(record, subject.dataset.digest)
         torch.manual_seed(cfg.seed)  # what draws from the global RNG draws the same on every evaluation
         skips = guard.Skips()
-        measured, codes = pipeline.measure(model, subject.dataset, evaluation.metrics, cfg.seed, skips)
+        measured, codes = pipeline.measure(model, subject.dataset, evaluation.metrics, cfg.seed, skips,
+                                           health=evaluation.health)
         wanted = _missing_views(run_id, list(evaluation.views), steps, step)
         contents: dict[str, Any] = {}
         if wanted:

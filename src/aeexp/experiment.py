@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aeexp import data, files, models, preflight, run_hooks, run_record, tracking
 from aeexp.errors import ConfigError, TrackingError
+from aeexp.evaluation import health as latent_health
 from aeexp.evaluation import lists, pictures, pipeline, stability
 from aeexp.models.inference import resolve_device, to_float
 from aeexp.naming import model_label, run_name
@@ -206,8 +207,10 @@ def _train_and_finish(training: _Training, start: _Start, run_id: str, config_ya
     whatever stops them, the latest checkpoint is logged to MLflow if it can be, and the error says how to go on."""
     cfg = training.cfg
     go_on = resume_command(run_id, cfg.tracking.uri)
+    epoch_health = latent_health.EpochHealth(training.lists.health, training.dataset.val.images)
 
     def end_of_epoch(epoch: int, values: dict[str, float]) -> None:
+        values.update(epoch_health(training.model))  # into the history too: a checkpoint keeps them
         # The checkpoint first: whatever happens to MLflow next, the epoch is not lost (a resume logs its metrics).
         checkpoints.save(training.checkpoint(run_id, epoch, config_yaml))
         try:
@@ -226,6 +229,8 @@ def _train_and_finish(training: _Training, start: _Start, run_id: str, config_ya
         ended = training.finish_training()  # the best epoch's weights back (early stopping)
         metric_log.log(ended, step=len(history))
         results = ended | _evaluate(training, output_dir, metric_log)
+        if epoch_health.skips.reasons:
+            tracking.set_tags(epoch_health.skips.tags())
     except run_hooks.RunPruned as err:
         tracking.set_tags({PRUNED_TAG: str(err.epoch)})
         checkpoints.upload()
@@ -264,4 +269,8 @@ def _evaluate(training: _Training, output_dir: Path, metric_log: run_record.Metr
         tracking.log_artifact(path)  # drawn once, into the output folder; MLflow copies it
     if evaluation.skips.reasons:
         tracking.set_tags(evaluation.skips.tags())
+    alarm = latent_health.alarm(evaluation.metrics)
+    if alarm:
+        log.warning("latent alarm: %s", alarm)
+        tracking.set_tags({latent_health.ALARM_TAG: alarm})
     return evaluation.metrics

@@ -7,6 +7,7 @@ legend entry hides that class. Unlabelled images are points of one colour, named
 from __future__ import annotations
 
 import base64
+import html
 import struct
 import zlib
 from collections.abc import Sequence
@@ -109,12 +110,23 @@ def _check_sizes(points: np.ndarray, labels: np.ndarray, n_classes: int, images:
         raise ValueError(f"labels must lie in [0, {n_classes})")
 
 
+def _figures_html(shown: Sequence[tuple[str, bytes]]) -> str:
+    """Each (caption, PNG) of ``shown`` in a collapsed box at the page's top right, opened by a click."""
+    boxes = "".join(
+        f'<details style="background: #fff; border: 1px solid #ccc; padding: 4px 8px; margin-bottom: 4px;">'
+        f'<summary style="cursor: pointer;">{html.escape(caption)}</summary>'
+        f'<img src="data:image/png;base64,{base64.b64encode(content).decode("ascii")}" alt="{html.escape(caption)}" '
+        'style="max-width: 90vw; max-height: 85vh;"></details>' for caption, content in shown)
+    return f'<div style="position: fixed; top: 8px; right: 8px; z-index: 10; font: 13px sans-serif;">{boxes}</div>'
+
+
 def explorer_html(points: np.ndarray, labels: np.ndarray | None, class_names: Sequence[str], images: np.ndarray,
-                  reconstructions: np.ndarray | None, title: str) -> str:
+                  reconstructions: np.ndarray | None, title: str, shown: Sequence[tuple[str, bytes]] = ()) -> str:
     """The complete HTML page of an interactive scatter plot of ``points`` ``(N, 2)``, coloured by ``labels``
     (indices into ``class_names``; None: unlabelled images, one colour, no legend); hovering shows ``images[i]``
-    (and ``reconstructions[i]``), grey or colour, the legend toggles classes. Bokeh's JavaScript is inlined: the
-    page needs no network.
+    (and ``reconstructions[i]``), grey or colour, the legend toggles classes; each figure of ``shown`` (caption,
+    PNG: a run's latent traversals) opens from a box at the top right. Bokeh's JavaScript is inlined: the page needs
+    no network.
     """
     from bokeh.embed import file_html
     from bokeh.models import ColumnDataSource, HoverTool, Title
@@ -165,4 +177,5 @@ def explorer_html(points: np.ndarray, labels: np.ndarray | None, class_names: Se
         fig.legend.label_text_font_size = "11px"
         fig.legend.location = "top_left"
         fig.add_layout(fig.legend[0], "right")
-    return file_html(fig, resources=INLINE, title=title)
+    page = file_html(fig, resources=INLINE, title=title)
+    return page.replace("</body>", _figures_html(shown) + "</body>", 1) if shown else page

@@ -191,11 +191,11 @@ def begin(run_id: str, cfg: DictConfig, config_yaml: str, output_dir: Path, para
 def _record_resume(record: tracking.RunRecord, epoch: int, run_id: str, cfg: DictConfig) -> None:
     """Tags that describe the resumed run as it now is: ``resumed_from_epoch``, ``resumed.<key>`` for each setting
     that differs from its params (which MLflow keeps as they were logged), and no ``error`` of an earlier failure nor
-    ``skipped.*`` of an earlier evaluation (it is evaluated anew)."""
+    ``skipped.*`` or ``latent.alarm`` of an earlier evaluation (it is evaluated anew)."""
     changed = changed_settings(record.params, cfg)
     tracking.set_tags({"resumed_from_epoch": str(epoch),
                        **{f"resumed.{key}": value[:5000] for key, value in changed.items()}})
-    stale = [key for key in record.tags if key == "error" or key.startswith(SKIPPED_TAG_PREFIX)
+    stale = [key for key in record.tags if key in ("error", "latent.alarm") or key.startswith(SKIPPED_TAG_PREFIX)
              or (key.startswith("resumed.") and key.removeprefix("resumed.") not in changed)]
     for key in stale:
         tracking.delete_tag(run_id, key)

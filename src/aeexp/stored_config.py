@@ -95,11 +95,11 @@ def targets(config: DictConfig) -> list[tuple[str, Any]]:
 @functools.cache
 def _shipped_classes() -> frozenset[str]:
     """The dotted paths of aeexp's own model and dataset classes, as its configs name them and as their modules do,
-    and of its metric and view functions."""
+    and of its metric, view and latent health functions."""
     from aeexp import data, models
     from aeexp.evaluation import lists
 
-    paths = set(lists.shipped_targets())  # the metric and view functions of aeexp's own configs
+    paths = set(lists.shipped_targets())  # the metric, view and health functions of aeexp's own configs
     for package, base in ((models, models.Autoencoder), (data, data.ImageDataset)):
         for name in package.__all__:
             found = getattr(package, name)

@@ -287,3 +287,34 @@ def image_panel(images: Sequence[np.ndarray], titles: Sequence[str], columns: in
         ax.set_title(plain(title), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def traversal_grid(images: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str], title: str
+                   ) -> Figure:
+    """Latent traversals: images ``(rows, steps, C, H, W)`` in [0, 1], a row per (image, code dimension) varied over
+    the steps, the steps' values above the columns."""
+    rows, columns = images.shape[:2]
+    fig = plt.figure(figsize=(0.62 * columns + 1.6, 0.62 * rows + 0.8))
+    _grid_axes(fig, images, list(row_labels)[:rows], list(column_labels)[:columns], fontsize=7)
+    fig.suptitle(plain(title), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def bar_chart(values: Sequence[float], title: str, xlabel: str, ylabel: str, threshold: float | None = None,
+              log_scale: bool = False) -> Figure:
+    """One bar per value (a code dimension's KL, a codebook entry's use), with a dashed ``threshold`` line."""
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.0, min(12.0, 3.0 + 0.12 * len(values))), 3.8))
+    ax.bar(np.arange(len(values)), values, width=0.8, color="tab:blue")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+        ax.legend(fontsize=8)
+    if log_scale and (values > 0).any():
+        ax.set_yscale("log")
+    ax.set_xlabel(plain(xlabel))
+    ax.set_ylabel(plain(ylabel))
+    ax.set_title(plain(title), fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig

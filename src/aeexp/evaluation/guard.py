@@ -67,14 +67,14 @@ class Skips:
 def measure(metrics: Mapping[str, Component], inputs: Mapping[str, Any], prefix: str, skips: Skips
             ) -> dict[str, float]:
     """Each metric of ``metrics`` that can run on ``inputs`` (those that take labels only when there are labels),
-    its values named ``<prefix>_<name>``; one that fails, or returns what is not ``{name: finite number}``, is
-    skipped as ``<prefix>_<metric>``."""
+    its values named ``<prefix>_<name>`` (``<name>`` for an empty ``prefix``); one that fails, or returns what is not
+    ``{name: finite number}``, is skipped as ``<prefix>_<metric>``."""
     labelled = inputs.get("test_labels") is not None and inputs.get("train_labels") is not None
     results: dict[str, float] = {}
     for metric in metrics.values():
         if metric.needs_labels and not labelled:
             continue
-        name = f"{prefix}_{metric.name}"
+        name = _prefixed(prefix, metric.name)
         if not all(finite(inputs[key]) for key in ("train_codes", "test_codes") if key in metric.needs):
             skips.skip(name, "the codes hold NaN or infinite values")
             continue
@@ -82,6 +82,10 @@ def measure(metrics: Mapping[str, Component], inputs: Mapping[str, Any], prefix:
         if values is not None:
             results.update(_checked_values(values, name, prefix, skips))
     return results
+
+
+def _prefixed(prefix: str, name: str) -> str:
+    return f"{prefix}_{name}" if prefix else name
 
 
 def _checked_values(values: Any, name: str, prefix: str, skips: Skips) -> dict[str, float]:
@@ -98,10 +102,10 @@ def _checked_values(values: Any, name: str, prefix: str, skips: Skips) -> dict[s
         try:
             number = float(value)
         except (TypeError, ValueError):
-            skips.skip(f"{prefix}_{key}", f"its value is a {type(value).__name__}, not a number")
+            skips.skip(_prefixed(prefix, key), f"its value is a {type(value).__name__}, not a number")
             continue
         if not math.isfinite(number):
-            skips.skip(f"{prefix}_{key}", f"it came out {number}")
+            skips.skip(_prefixed(prefix, key), f"it came out {number}")
             continue
-        kept[f"{prefix}_{key}"] = number
+        kept[_prefixed(prefix, key)] = number
     return kept

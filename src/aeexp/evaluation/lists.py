@@ -4,7 +4,9 @@ An entry names a function (``_target_`` with ``_partial_: true``; or a class who
 its settings; its other parameters are the inputs aeexp passes, recognised by name. A metric may take
 ``train_codes``, ``test_codes``, ``train_labels``, ``test_labels`` and ``seed`` and returns ``{name: value}``; a
 view takes ``codes`` (and ``seed``, ``labels``) and returns 2-D points. One that takes labels is left out on
-unlabelled images: it said so by its parameters. A view's entry may also give a ``title`` for its figures.
+unlabelled images: it said so by its parameters. A view's entry may also give a ``title`` for its figures. A latent
+health component (``health``, :mod:`.health`) may take ``codes``, ``model`` and ``images`` and returns
+``{name: value}``.
 
 Each entry is checked when its list is built, before any data is read: the target imports, every key is a parameter
 of it of the right type (:mod:`aeexp.components`) and within its declared bounds (:mod:`.bounds`), and no setting is
@@ -17,7 +19,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from aeexp.evaluation.bounds import check_bounds
 
 METRIC_INPUTS = ("train_codes", "test_codes", "train_labels", "test_labels", "seed")
 VIEW_INPUTS = ("codes", "seed", "labels")
+HEALTH_INPUTS = ("codes", "model", "images")
 LABEL_INPUTS = ("train_labels", "test_labels", "labels")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # Files every run writes: a view of one of these names would overwrite one with its <name>.png.
@@ -127,17 +130,26 @@ def build_views(node: Any, key: str = "embed.views") -> dict[str, View]:
     return views
 
 
+def build_health(node: Any, key: str = "health") -> dict[str, Component]:
+    """The latent health components of config node ``node`` (``cfg.health``), by name, in order."""
+    return {name: Component(name, *_build(entry, f"{key}.{name}", HEALTH_INPUTS))
+            for name, entry in _entries(node, key)}
+
+
 @dataclass(frozen=True)
 class Lists:
-    """What a run measures and draws of its codes: the metrics and the 2-D views, each by name, in order."""
+    """What a run measures and draws of its codes: the metrics, the 2-D views and the latent health components (each
+    epoch and at the end), each by name, in order."""
 
     metrics: dict[str, Component]
     views: dict[str, View]
+    health: dict[str, Component] = field(default_factory=dict)
 
 
 def build(cfg: Any) -> Lists:
-    """The lists of config ``cfg`` (its ``metrics`` and ``embed.views``)."""
-    return Lists(build_metrics(cfg.get("metrics")), build_views(cfg.embed.get("views")))
+    """The lists of config ``cfg`` (its ``metrics``, ``embed.views`` and ``health``)."""
+    return Lists(build_metrics(cfg.get("metrics")), build_views(cfg.embed.get("views")),
+                 build_health(cfg.get("health")))
 
 
 def compose(overrides: Sequence[str] = (), config_dir: Path | None = None) -> Any:
@@ -183,9 +195,11 @@ def _shipped_entries(group: str, within: str | None = None) -> dict[str, Any]:
 
 @functools.cache
 def shipped_targets() -> frozenset[str]:
-    """The ``_target_`` of every metric and view aeexp ships (``conf/metrics/*.yaml``, ``conf/embed/*.yaml``): the
-    functions a stored config may name for them (:mod:`aeexp.stored_config`)."""
-    return frozenset(_targets(_shipped_entries("embed", "views")) | _targets(_shipped_entries("metrics")))
+    """The ``_target_`` of every metric, view and latent health component aeexp ships (``conf/metrics/*.yaml``,
+    ``conf/embed/*.yaml``, ``conf/health/*.yaml``): the functions a stored config may name for them
+    (:mod:`aeexp.stored_config`)."""
+    return frozenset(_targets(_shipped_entries("embed", "views")) | _targets(_shipped_entries("metrics"))
+                     | _targets(_shipped_entries("health")))
 
 
 def _targets(node: Any) -> set[str]:
@@ -204,3 +218,5 @@ def for_resumed_run(stored: Any, cfg: Any) -> None:
         stored.embed.views = {str(name): shipped[str(name)] for name in views if str(name) in shipped}
     if not stored.metrics:  # logged before the metric list: it measured what aeexp's default list measures
         stored.metrics = cfg.metrics
+    if not stored.get("health"):  # logged before the health list: the resuming command's
+        stored.health = cfg.health

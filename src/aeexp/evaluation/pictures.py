@@ -14,13 +14,17 @@ import numpy as np
 import torch
 
 from aeexp import data, files, models
-from aeexp.evaluation import EXPLORER, RECONSTRUCTIONS, figures, guard
+from aeexp.evaluation import EXPLORER, RECONSTRUCTIONS, figures, guard, health
 from aeexp.evaluation.pipeline import Evaluation, Views, labels_of
 from aeexp.models.inference import reconstruct, to_float
 
 RECONSTRUCTION_EXAMPLES = 12
 INTERPOLATION_STEPS = 9
 PRIOR_SAMPLES = (4, 8)
+TRAVERSAL_IMAGES = 3  # test images traversed (the first of each class in turn)
+TRAVERSAL_DIMENSIONS = 5  # the code dimensions of largest variance varied, one at a time
+TRAVERSAL_QUANTILES = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)  # the values given, as quantiles of the codes' own
+TRAVERSALS = "traversals.png"
 
 
 @dataclass
@@ -107,6 +111,70 @@ def _prior_samples(subject: Subject) -> figures.Figure:
                               f"{subject.name}: decoded samples of its prior")
 
 
+@torch.no_grad()
+def traversal_images(subject: Subject, codes: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
+    """Latent traversals of a few test images (``TRAVERSAL_IMAGES``): each of the ``TRAVERSAL_DIMENSIONS`` code
+    dimensions with the largest variance over the test ``codes``, set in turn to the quantiles
+    ``TRAVERSAL_QUANTILES`` of its values over the test codes (of the prior, a model with ``prior_quantiles``), and
+    decoded. The images ``(rows, steps, C, H, W)``, a row label per (image, dimension), a column label per quantile."""
+    model, dataset = subject.model, subject.dataset
+    model.eval()
+    shown = examples(dataset)[:TRAVERSAL_IMAGES]
+    codes = np.asarray(codes, dtype=np.float32)
+    if not len(shown) or not guard.finite(codes):
+        raise ValueError("it needs a test image and finite codes")
+    dimensions = np.argsort(-codes.var(axis=0), kind="stable")[:TRAVERSAL_DIMENSIONS]
+    probabilities = torch.tensor(TRAVERSAL_QUANTILES)
+    prior = getattr(model, "prior_quantiles", None)
+    values = (prior(probabilities).cpu().numpy() if callable(prior)
+              else np.quantile(codes, TRAVERSAL_QUANTILES, axis=0)).astype(np.float32)
+    device = next(model.parameters()).device
+    rows, labels = [], []
+    for i in shown:
+        for d in dimensions:
+            varied = np.repeat(codes[i:i + 1], len(TRAVERSAL_QUANTILES), axis=0)
+            varied[:, d] = values[:, d]
+            rows.append(model.decode(torch.from_numpy(varied).to(device)).float().cpu().numpy())
+            labels.append(f"{_image_name(dataset, int(i))}: z{d}")
+    unit = "prior quantile" if callable(prior) else "quantile"
+    return np.stack(rows), labels, [f"{unit} {q:.2f}" if k == 0 else f"{q:.2f}"
+                                    for k, q in enumerate(TRAVERSAL_QUANTILES)]
+
+
+def _traversals(subject: Subject, codes: np.ndarray) -> figures.Figure:
+    images, rows, columns = traversal_images(subject, codes)
+    return figures.traversal_grid(images, rows, columns, f"{subject.label}: latent traversals, each of the most "
+                                  "varied code dimensions in turn")
+
+
+def _kl_figure(subject: Subject, kl: np.ndarray) -> figures.Figure:
+    return figures.bar_chart(kl, f"{subject.label}: KL from the prior per code dimension\n(mean over the "
+                             f"{subject.dataset.name} test images)", "code dimension", "KL (nats)",
+                             threshold=health.COLLAPSED_KL, log_scale=True)
+
+
+def _codebook_figure(subject: Subject, counts: np.ndarray) -> figures.Figure:
+    order = np.sort(counts)[::-1]
+    used = int((counts > 0).sum())
+    return figures.bar_chart(order, f"{subject.label}: codebook use on the {subject.dataset.name} test images\n"
+                             f"{used} of {len(counts)} entries used", "codebook entries, most used first",
+                             "times chosen")
+
+
+def health_contents(subject: Subject, codes: np.ndarray) -> dict[str, Callable[[], bytes]]:
+    """Per file name, what makes the latent health figures: ``traversals.png`` for every model, ``kl_per_dimension.png``
+    (a model with ``kl_per_dimension``), ``codebook_usage.png`` (a model with ``codebook_usage``)."""
+    images = subject.dataset.test.images
+    contents = {TRAVERSALS: functools.cache(lambda: png(_traversals(subject, codes)))}
+    if callable(getattr(subject.model, "kl_per_dimension", None)):
+        contents["kl_per_dimension.png"] = lambda: png(_kl_figure(subject, health.kl_per_dimension(subject.model,
+                                                                                                    images)))
+    if callable(getattr(subject.model, "codebook_usage", None)):
+        contents["codebook_usage.png"] = lambda: png(_codebook_figure(subject, health.codebook_usage(subject.model,
+                                                                                                     images)))
+    return contents
+
+
 def view_figure(subject: Subject, views: Views, name: str, metrics: dict[str, float]) -> figures.Figure:
     """``<view>.png``: a view's points coloured by class, titled with its metrics."""
     measured = [f"{label} {metrics[f'embed_{name}_{key}']:.3f}" for key, label in
@@ -117,8 +185,9 @@ def view_figure(subject: Subject, views: Views, name: str, metrics: dict[str, fl
                                      f"test images\n{', '.join(measured)}")
 
 
-def explorer_page(subject: Subject, views: Views) -> str:
-    """``explorer.html``: the first view computed, each point showing its test image and reconstruction on hover."""
+def explorer_page(subject: Subject, views: Views, shown: Sequence[tuple[str, bytes]] = ()) -> str:
+    """``explorer.html``: the first view computed, each point showing its test image and reconstruction on hover, and
+    the figures ``shown`` (caption, PNG) a click away."""
     from aeexp.explorer import explorer_html
 
     name, points = next(iter(views.points.items()))
@@ -128,7 +197,8 @@ def explorer_page(subject: Subject, views: Views) -> str:
                          reconstruct(subject.model, images).numpy(),
                          f"{views.titles.get(name, name)} of {subject.name} codes (bottleneck "
                          f"{subject.model.bottleneck}) on {dataset.name}: hover a point for its image and "
-                         "reconstruction" + (", click the legend to hide a class" if views.labels is not None else ""))
+                         "reconstruction" + (", click the legend to hide a class" if views.labels is not None else ""),
+                         shown)
 
 
 @torch.no_grad()
@@ -175,13 +245,28 @@ def _contents(subject: Subject, evaluation: Evaluation, history: Sequence[dict[s
                                                            str(getattr(subject.model, "loss", "")))),
         "interpolation.png": lambda: png(_interpolation(subject)),
     }
-    views = view_contents(subject, evaluation.views, evaluation.metrics)
-    contents.update({name: make for name, make in views.items() if name != EXPLORER})
+    views = view_contents(subject, evaluation.views, evaluation.metrics, explorer=False)
+    contents.update(views)
     if callable(getattr(subject.model, "sample", None)):
         contents["prior_samples.png"] = lambda: png(_prior_samples(subject))
+    latent = health_contents(subject, evaluation.codes)
+    contents.update(latent)
     contents.update(reconstruction_contents(subject))
-    contents.update({name: make for name, make in views.items() if name == EXPLORER})
+    if evaluation.views.points:
+        contents[EXPLORER] = lambda: explorer_page(subject, evaluation.views,
+                                                   _made([("latent traversals", latent[TRAVERSALS])])).encode("utf-8")
     return contents
+
+
+def _made(figures: Sequence[tuple[str, Callable[[], bytes]]]) -> list[tuple[str, bytes]]:
+    """Those of ``figures`` (caption, what makes its PNG) that can be made (one that cannot was skipped already)."""
+    made = []
+    for caption, make in figures:
+        try:
+            made.append((caption, make()))
+        except Exception:  # its own file's skip says why
+            continue
+    return made
 
 
 def write(contents: dict[str, Callable[[], bytes]], folder: Path, skips: guard.Skips,

@@ -14,6 +14,7 @@ import numpy as np
 from aeexp import data, models
 from aeexp.data.sampling import sample_indices
 from aeexp.evaluation import baseline, guard
+from aeexp.evaluation import health as latent_health
 from aeexp.evaluation.lists import Component, Lists, View
 from aeexp.evaluation.metrics import cv_knn_accuracy, trustworthiness
 from aeexp.models import inference
@@ -61,13 +62,15 @@ def _say_unlabelled(dataset: data.Dataset, metrics: Mapping[str, Component], vie
 
 
 def measure(model: models.Autoencoder, dataset: data.Dataset, metrics: Mapping[str, Component], seed: int,
-            skips: guard.Skips, check_stop: StopCheck = _go_on) -> tuple[dict[str, float], np.ndarray]:
-    """``test_loss``, ``test_mse``, ``test_<name>`` of each metric on the model's codes and the PCA baseline
-    (``pca_*``); also return the test codes."""
+            skips: guard.Skips, check_stop: StopCheck = _go_on, health: Mapping[str, Component] | None = None
+            ) -> tuple[dict[str, float], np.ndarray]:
+    """``test_loss``, ``test_mse``, the latent ``health`` of the test codes (``test_latent_*``, ...), ``test_<name>``
+    of each metric on the model's codes and the PCA baseline (``pca_*``); also return the test codes."""
     test_images = dataset.test.images
     test_codes = inference.encode_all(model, test_images).numpy()
     results = {"test_loss": inference.evaluate_loss(model, test_images),
                "test_mse": inference.reconstruction_mse(model, test_images)}  # comparable to PCA's
+    results.update(latent_health.measure(health or {}, model, test_images, test_codes, "test", skips))
     train_labels, test_labels = labels_of(dataset.train), labels_of(dataset.test)
     check_stop()
     if metrics:
@@ -149,7 +152,7 @@ def evaluate(model: models.Autoencoder, dataset: data.Dataset, lists: Lists, n_s
     skips = guard.Skips()
     if not dataset.labelled:
         _say_unlabelled(dataset, lists.metrics, lists.views)
-    results, codes = measure(model, dataset, lists.metrics, seed, skips, check_stop)
+    results, codes = measure(model, dataset, lists.metrics, seed, skips, check_stop, lists.health)
     embedded, views = embed(codes, labels_of(dataset.test), lists.views, n_samples, seed, skips, check_stop)
     return Evaluation({**results, **embedded}, codes, views, skips)
 

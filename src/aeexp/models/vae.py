@@ -50,6 +50,18 @@ class VariationalAutoencoder(Autoencoder):
         """Codes -> pre-sigmoid reconstructions ``(N, C, H, W)``."""
         return self.decoder(z)
 
+    @torch.no_grad()
+    def kl_per_dimension(self, x: torch.Tensor) -> torch.Tensor:
+        """KL(posterior || N(0, I)) of each code dimension, in nats, averaged over the images ``x``: ``(bottleneck,)``.
+        A dimension whose KL stays near 0 carries no information about the image (posterior collapse)."""
+        mean, logvar = self.posterior(x)
+        return 0.5 * (mean.float().square() + logvar.float().exp() - 1.0 - logvar.float()).mean(dim=0)
+
+    def prior_quantiles(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The prior's quantiles at ``probabilities`` ``(steps,)`` for every code dimension ``(steps, bottleneck)``:
+        a latent traversal's range in prior units (standard normal)."""
+        return torch.special.ndtri(probabilities.double()).float()[:, None].expand(-1, self.bottleneck)
+
     def kl_per_pixel(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """KL(posterior || N(0, I)) summed over the code, averaged over the batch, divided by the pixels."""
         kl = 0.5 * (mean.float().square() + logvar.float().exp() - 1.0 - logvar.float()).sum(dim=1)

@@ -57,6 +57,12 @@ class VQVAE(Autoencoder):
         """Images -> quantised codes ``(N, bottleneck)``."""
         return self.quantise(self.encoder(x))[0]
 
+    @torch.no_grad()
+    def codebook_usage(self, x: torch.Tensor) -> torch.Tensor:
+        """How many of the images ``x``'s quantised vectors chose each codebook entry: ``(codebook_size,)`` counts."""
+        indices = self.quantise(self.encoder(x))[1]
+        return torch.bincount(indices.flatten(), minlength=self.codebook_size)
+
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Codes -> pre-sigmoid reconstructions ``(N, C, H, W)``."""
         return self.decoder(z)

@@ -11,11 +11,11 @@ from aeexp import stored_config
 from aeexp.config import plain
 from aeexp.errors import ConfigError
 
-# What a resumed run may change: how long it trains and how, the views and metrics of its codes (always this
-# command's: aeexp.experiment), where MLflow is. Anything else (data, model, optimiser, seed) would make it a
-# different run.
+# What a resumed run may change: how long it trains and how, the views, metrics and latent health of its codes (this
+# command's where it gives them: aeexp.evaluation.lists.for_resumed_run), where MLflow is. Anything else (data, model,
+# optimiser, seed) would make it a different run.
 CHANGEABLE = ("trainer.epochs", "trainer.early_stopping", "trainer.progress", "trainer.device", "trainer.compile",
-              "trainer.mixed_precision", "trainer.checkpoint_every", "trainer.threads", "embed", "metrics",
+              "trainer.mixed_precision", "trainer.checkpoint_every", "trainer.threads", "embed", "metrics", "health",
               "tracking.uri", stored_config.ALLOW_KEY)
 
 
