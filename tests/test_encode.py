@@ -30,7 +30,7 @@ from aeexp.errors import DataError
 from aeexp.models.inference import encode_all
 
 N_IMAGES = 40
-BOTTLENECK = 4
+BOTTLENECK = 16  # a code large enough that digits reconstruct far better than noise
 
 
 @dataclass
@@ -54,12 +54,13 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
-    """One tiny digits autoencoder (8x8 -> 32 -> 4) trained for one epoch through the real CLI."""
+    """One tiny digits autoencoder (8x8 -> 32 -> 16) trained through the real CLI (long enough that its
+    reconstructions of digits are far better than of noise)."""
     cwd = tmp_path_factory.mktemp("encode-train")
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
     done = subprocess.run(
         [sys.executable, "-m", "aeexp", "dataset=digits", "model=ae32", "model.widths=[32]",
-         f"model.bottleneck={BOTTLENECK}", "trainer.epochs=1", "trainer.progress=false", "embed.n_samples=100",
+         f"model.bottleneck={BOTTLENECK}", "trainer.epochs=20", "trainer.progress=false", "embed.n_samples=100",
          f"tracking.uri={uri}"],
         cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -117,7 +118,49 @@ def test_uint8_npy_gives_the_models_codes_and_reconstructions(trained, digits, r
     assert reconstructions.shape == (N_IMAGES, 8, 8) and reconstructions.dtype == np.float32
     assert reconstructions.min() >= 0.0 and reconstructions.max() <= 1.0
     torch.testing.assert_close(torch.from_numpy(reconstructions), expected_recon)
-    assert sorted(p.name for p in (tmp_path / "new").rglob("*")) == ["codes.npy", "dir", "recon.npy"]
+    assert sorted(p.name for p in (tmp_path / "new").rglob("*")) == ["codes.errors.csv", "codes.npy", "dir",
+                                                                      "recon.npy"]
+
+
+def test_noise_images_among_digits_are_flagged_as_unlike_the_training_data(trained, digits, tmp_path, capsys):
+    noise = np.random.default_rng(0).integers(0, 256, size=(20, 8, 8), dtype=np.uint8)
+    mixed = _save(tmp_path / "mixed.npy", np.concatenate([digits, noise]))  # 40 digits, then 20 noise images
+    out = tmp_path / "codes.npy"
+    assert _encode(trained, mixed, out) == 0
+    printed = capsys.readouterr().out
+
+    rows = (tmp_path / "codes.errors.csv").read_text().splitlines()
+    assert rows[0] == "index,error,percentile,unlike_training" and len(rows) == 1 + N_IMAGES + 20
+    table = np.array([[float(v) for v in row.split(",")] for row in rows[1:]])
+    assert (table[:, 0] == np.arange(N_IMAGES + 20)).all()
+    flags = table[:, 3].astype(bool)
+    assert flags[N_IMAGES:].all() and (table[N_IMAGES:, 2] == 100.0).all()  # every noise image
+    assert flags[:N_IMAGES].sum() <= N_IMAGES // 10  # and hardly a digit
+    # the errors are the model's own: the mean squared error per pixel of its reconstructions
+    floats = torch.from_numpy(np.concatenate([digits, noise])).float().unsqueeze(1) / 255
+    with torch.no_grad():
+        expected = (trained.model(floats) - floats).square().mean(dim=(1, 2, 3)).numpy()
+    np.testing.assert_allclose(table[:, 1], expected, rtol=1e-4)
+    flagged = int(flags.sum())
+    assert (f"{flagged} of {N_IMAGES + 20} images look unlike the training data (reconstruction error above the 99th "
+            "percentile of the run's test images)") in printed
+
+
+def test_a_downloaded_model_folder_is_ranked_once_its_runs_test_errors_lie_beside_it(trained, digits, tmp_path,
+                                                                                      capsys):
+    tracking.configure_uri(trained.tracking_uri)
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model", dst_path=str(tmp_path / "dl")))
+    images = str(_save(tmp_path / "d.npy", digits))
+    assert encode.main([str(folder), images, "--out", str(tmp_path / "c.npy")]) == 0
+    assert "unlike the training data: not known, the model's run logged no test errors" in capsys.readouterr().out
+    rows = (tmp_path / "c.errors.csv").read_text().splitlines()
+    assert len(rows) == 1 + N_IMAGES and all(row.endswith(",,") for row in rows[1:])
+
+    # mlflow artifacts download -u runs:/<run id>/test_errors.npy -d <the folder above the model>
+    mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/test_errors.npy", dst_path=str(folder.parent))
+    assert encode.main([str(folder), images, "--out", str(tmp_path / "c.npy")]) == 0
+    assert f"of {N_IMAGES} images look unlike the training data" in capsys.readouterr().out
+    assert all(row.endswith((",0", ",1")) for row in (tmp_path / "c.errors.csv").read_text().splitlines()[1:])
 
 
 @pytest.mark.parametrize("layout", ["float64 in [0, 1]", "float32 in [0, 1]", "flattened", "N x 1 x H x W",

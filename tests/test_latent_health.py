@@ -123,8 +123,8 @@ def _artifacts(tracking_uri: str, run_id: str) -> Path:
     return Path(MlflowClient(tracking_uri).get_run(run_id).info.artifact_uri.removeprefix("file://"))
 
 
-def _run(run_cli, tracking_uri: str, *overrides: str, env: dict[str, str] | None = None):
-    done = run_cli(f"tracking.uri={tracking_uri}", *FAST, *overrides, env=env)
+def _run(run_cli, tracking_uri: str, *overrides: str, options: tuple[str, ...] = (), env: dict[str, str] | None = None):
+    done = run_cli(*options, f"tracking.uri={tracking_uri}", *FAST, *overrides, env=env)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
@@ -140,7 +140,7 @@ def test_a_vqvae_whose_codebook_collapses_finishes_with_its_health_and_the_alarm
     (code / "collapsing.py").write_text(textwrap.dedent(COLLAPSING))
     (configs / "model" / "collapsing.yaml").write_text("_target_: collapsing.CollapsingVQVAE\nname: collapsing\n"
                                                        "widths: [32]\nbottleneck: 4\nvector_size: 1\n")
-    run, output = _run(run_cli, tracking_uri, "--config-dir", str(configs), "model=collapsing",
+    run, output = _run(run_cli, tracking_uri, "model=collapsing", options=("--config-dir", str(configs)),
                        env={"PYTHONPATH": str(code)})  # the default view, t-SNE, of codes all alike
 
     run_id, metrics = run.info.run_id, run.data.metrics
@@ -186,3 +186,28 @@ def test_a_threshold_that_is_not_positive_is_refused_in_one_line(run_cli, tracki
     done = run_cli(entry, f"tracking.uri={tracking_uri}", *FAST)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"{entry} is invalid: it must be above 0." in done.stdout + done.stderr
+
+
+class _BrokenCodebook(VQVAE):
+    """A VQ-VAE whose codebook hook fails: the health list goes on without it."""
+
+    def codebook_usage(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no codebook today")
+
+
+def test_a_health_component_that_fails_is_skipped_once_for_the_rest_of_the_run(caplog) -> None:
+    from omegaconf import OmegaConf
+
+    from aeexp.evaluation import lists
+
+    components = lists.build_health(OmegaConf.load(Path(health.__file__).parents[2].parent / "conf" / "health"
+                                                   / "default.yaml"))
+    assert list(components) == ["active_units", "posterior", "codebook"]
+    model = _BrokenCodebook((1, 8, 8), widths=[16], bottleneck=4, vector_size=1)
+    each_epoch = health.EpochHealth(components, IMAGES)
+    with caplog.at_level("WARNING"):
+        first, second = each_epoch(model), each_epoch(model)
+    assert set(first) == set(second) == {"latent_active_units", "latent_dead_units"}
+    assert each_epoch.skips.reasons == {"codebook": "RuntimeError: no codebook today"}
+    assert [r.getMessage() for r in caplog.records] == ["skipped codebook: RuntimeError: no codebook today"]
+    assert each_epoch.skips.tags() == {"skipped.codebook": "RuntimeError: no codebook today"}

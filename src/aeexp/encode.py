@@ -2,7 +2,9 @@
 
 ``python -m aeexp.encode runs:/<run id>/model images.npy --out codes.npy [--reconstructions recon.npy]``
 (or ``aeexp encode ...``). Images come from an IDX file (plain or gzipped), a ``.npy`` array or a folder of
-PNG images; their size is checked against the model's before anything is computed.
+PNG images; their size is checked against the model's before anything is computed. Each image's reconstruction
+error, its percentile among the run's test images and whether it looks unlike the training data go to
+``<out stem>.errors.csv`` (:mod:`aeexp.novelty`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from aeexp import files
+from aeexp import files, novelty
 from aeexp.data.pixels import checked_pixels
 from aeexp.errors import AeexpError, DataError, TrackingError
 
@@ -224,6 +226,11 @@ def _model_name(model_uri: str) -> str:
     return f"the model of run {match.group(1)}" if match else f"the model {model_uri}"
 
 
+def _run_id(model_uri: str) -> str | None:
+    match = _RUN_URI.match(model_uri)
+    return match.group(1) if match else None
+
+
 def _trained_on(model_uri: str) -> str | None:
     """The dataset the model's run trained on, if the model URI names a run that recorded it."""
     match = _RUN_URI.match(model_uri)
@@ -366,28 +373,30 @@ def _batches(images: Any, batch_size: int) -> Iterator[Any]:
 
 
 def encode(model: Any, array: np.ndarray, batch_size: int, reconstructions: bool
-           ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Codes ``(N, bottleneck)`` of images ``(N, C, H, W)`` (uint8 or float in [0, 1]) and, when asked,
-    reconstructions ``(N, H, W)`` (``(N, C, H, W)`` for C > 1) in [0, 1], all float32."""
+           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Codes ``(N, bottleneck)`` of images ``(N, C, H, W)`` (uint8 or float in [0, 1]), when asked reconstructions
+    ``(N, H, W)`` (``(N, C, H, W)`` for C > 1) in [0, 1], and each image's reconstruction error (the mean squared
+    error per pixel, :func:`aeexp.novelty.image_errors`), all float32."""
     import torch
 
     images = torch.from_numpy(np.ascontiguousarray(array))
-    codes, recons = [], []
+    codes, recons, errors = [], [], []
     model.eval()
     with torch.no_grad():
         for batch in _batches(images, batch_size):
             code = model.encode(batch)
             codes.append(code.float().cpu())
+            recon = (model.decode(code) if hasattr(model, "decode") else model(batch)).float().cpu()
+            errors.append(novelty.image_errors(batch.float().cpu().numpy(), recon.numpy()))
             if reconstructions:
-                recons.append(model.decode(code).float().cpu() if hasattr(model, "decode") else
-                              model(batch).float().cpu())
-    out_codes = torch.cat(codes).numpy()
+                recons.append(recon)
+    out_codes, out_errors = torch.cat(codes).numpy(), np.concatenate(errors)
     if not reconstructions:
-        return out_codes, None
+        return out_codes, None, out_errors
     out_recons = torch.cat(recons).numpy()
     if out_recons.ndim == 4 and out_recons.shape[1] == 1:
         out_recons = out_recons[:, 0]
-    return out_codes, out_recons
+    return out_codes, out_recons, out_errors
 
 
 # --- writing ---------------------------------------------------------------------------------------------
@@ -396,6 +405,11 @@ def encode(model: Any, array: np.ndarray, batch_size: int, reconstructions: bool
 def files_list_path(out: Path) -> Path:
     """Where the PNG file order is written next to the codes: ``codes.npy`` -> ``codes.files.txt``."""
     return out.with_name(f"{out.stem if out.suffix else out.name}.files.txt")
+
+
+def errors_path(out: Path) -> Path:
+    """Where each image's reconstruction error and flag are written next to the codes: ``codes.errors.csv``."""
+    return out.with_name(f"{out.stem if out.suffix else out.name}.errors.csv")
 
 
 def _npy_writer(array: np.ndarray) -> files.Writer:
@@ -434,7 +448,8 @@ def run(model_uri: str, images_path: Path, out: Path, recon_path: Path | None, t
     _check_outputs(out, recon_path)
     images = read_images(images_path)
     order = files_list_path(out)  # written for PNGs, else removed
-    _check_not_inputs(images, [("--out", out), ("--reconstructions", recon_path or out), ("the file order", order)])
+    _check_not_inputs(images, [("--out", out), ("--reconstructions", recon_path or out), ("the file order", order),
+                               ("the errors", errors_path(out))])
     if images.array.size == 0:
         raise DataError(f"{images.source} holds no images (its shape is {images.array.shape})")
     model = load_model(model_uri, tracking_uri, trust_pickle)
@@ -444,9 +459,13 @@ def run(model_uri: str, images_path: Path, out: Path, recon_path: Path | None, t
     fitted = fit_to_model(array, model.image_shape)
     if fitted is None:
         raise EncodeError(mismatch_message(images, model.image_shape, model_uri, model.dataset))
-    codes, recons = encode(model.module, fitted, batch_size, recon_path is not None)
+    codes, recons, errors = encode(model.module, fitted, batch_size, recon_path is not None)
+    reference = novelty.reference_errors(_run_id(model_uri), _local_folder(model_uri))
+    ranks = novelty.percentiles(errors, reference) if reference is not None else None
+    table = novelty.table(errors, ranks, images.files)
 
-    outputs: list[tuple[Path, files.Writer]] = [(out, _npy_writer(codes))]
+    outputs: list[tuple[Path, files.Writer]] = [(out, _npy_writer(codes)),
+                                                (errors_path(out), lambda handle: handle.write(table))]
     if recons is not None and recon_path is not None:
         outputs.append((recon_path, _npy_writer(recons)))
     if images.files is not None:
@@ -460,6 +479,9 @@ def run(model_uri: str, images_path: Path, out: Path, recon_path: Path | None, t
              f"{_model_name(model_uri)}", f"codes {codes.shape} -> {out}"]
     if recons is not None:
         lines.append(f"reconstructions {recons.shape} in [0, 1] -> {recon_path}")
+    lines.append(f"reconstruction error, its percentile among the run's test images, unlike_training -> "
+                 f"{errors_path(out)}")
+    lines.append(novelty.summary(ranks))
     if images.files is not None:
         lines.append(f"file of each row, in order -> {order}")
     elif order.is_file():

@@ -29,6 +29,7 @@ ACTIVE_VARIANCE = 0.01  # a code dimension is active when its variance over the 
 COLLAPSED_KL = 0.01  # a VAE's code dimension has collapsed when its mean KL from the prior is below this, in nats
 CODEBOOK_ALARM_FRACTION = 0.1  # the alarm: a codebook whose images use under this share of its entries
 ALARM_TAG = "latent.alarm"
+EPOCH_IMAGES = 2048  # validation images measured each epoch (the first ones): plenty for a variance, cheap per epoch
 CODES = "latent_codes"  # what a skip of the codes themselves is called
 
 
@@ -109,11 +110,12 @@ def measure(health: Mapping[str, Component], model: Any, images: torch.Tensor, c
 
 
 class EpochHealth:
-    """The health list measured at the end of each epoch on the validation images. A component that fails once is
-    skipped for the rest of the run (one warning line, its reason kept in ``skips``)."""
+    """The health list measured at the end of each epoch on the validation images (the first
+    :data:`EPOCH_IMAGES` of them). A component that fails once is skipped for the rest of the run (one warning line,
+    its reason kept in ``skips``)."""
 
     def __init__(self, health: Mapping[str, Component], images: torch.Tensor) -> None:
-        self.health, self.images, self.skips = dict(health), images, guard.Skips()
+        self.health, self.images, self.skips = dict(health), images[:EPOCH_IMAGES], guard.Skips()
 
     def __call__(self, model: Any) -> dict[str, float]:
         values = measure(self.health, model, self.images, None, "", self.skips)
@@ -132,7 +134,7 @@ def alarm(metrics: Mapping[str, float], prefix: str = "test") -> str | None:
     active, dead, collapsed = value("latent_active_units"), value("latent_dead_units"), value("latent_collapsed_dims")
     reasons = []
     if active == 0:
-        reasons.append(f"all codes alike (no code dimension varies by more than {ACTIVE_VARIANCE:g} over the images)")
+        reasons.append(f"all codes alike (no code dimension has a variance above {ACTIVE_VARIANCE:g})")
     elif dead:
         reasons.append(f"{dead:.0f} of {active + dead:.0f} code dimensions dead (variance <= {ACTIVE_VARIANCE:g})")
     if collapsed:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aeexp import data, files, models
+from aeexp import data, files, models, novelty
 from aeexp.evaluation import EXPLORER, RECONSTRUCTIONS, figures, guard, health
 from aeexp.evaluation.pipeline import Evaluation, Views, labels_of
 from aeexp.models.inference import reconstruct, to_float
@@ -230,9 +230,23 @@ def view_contents(subject: Subject, views: Views, metrics: dict[str, float], exp
     return contents
 
 
+def test_errors(subject: Subject) -> np.ndarray:
+    """Each test image's reconstruction error (:func:`aeexp.novelty.image_errors`), float32."""
+    images = subject.dataset.test.images
+    return novelty.image_errors(to_float(images).cpu().numpy(), reconstruct(subject.model, images).numpy())
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
 def reconstruction_contents(subject: Subject) -> dict[str, Callable[[], bytes]]:
-    """``reconstructions.npz``, what makes it."""
-    return {RECONSTRUCTIONS: lambda: _npz(reconstruction_examples(subject))}
+    """``reconstructions.npz`` (the report's panel) and ``test_errors.npy`` (what ``aeexp encode`` ranks new images
+    by), what makes them."""
+    return {RECONSTRUCTIONS: lambda: _npz(reconstruction_examples(subject)),
+            novelty.TEST_ERRORS: lambda: _npy(test_errors(subject))}
 
 
 def _contents(subject: Subject, evaluation: Evaluation, history: Sequence[dict[str, float]]
