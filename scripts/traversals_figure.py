@@ -28,9 +28,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aeexp-traversals-") as scratch:
         folder = Path(scratch)
-        command = [sys.executable, "-m", "aeexp", "dataset=fashion_mnist", "model=ae32", f"trainer.epochs={args.epochs}",
-                   "trainer.progress=false", "embed=pca", "seed=0", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
-                   f"hydra.run.dir={folder / 'run'}"]
+        command = [sys.executable, "-m", "aeexp", "dataset=fashion_mnist", "model=ae32",
+                   f"trainer.epochs={args.epochs}", "trainer.progress=false", "embed=pca", "seed=0",
+                   f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", f"hydra.run.dir={folder / 'run'}"]
         if args.train_size:
             command.append(f"dataset.train_size={args.train_size}")
         subprocess.run(command, cwd=folder, check=True)
