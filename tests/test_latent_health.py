@@ -5,6 +5,7 @@ large beta collapses and says so, a healthy ae32 raises no alarm. Each figure is
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -141,9 +142,9 @@ def test_a_vqvae_whose_codebook_collapses_finishes_with_its_health_and_the_alarm
     (configs / "model" / "collapsing.yaml").write_text("_target_: collapsing.CollapsingVQVAE\nname: collapsing\n"
                                                        "widths: [32]\nbottleneck: 4\nvector_size: 1\n")
     run, output = _run(run_cli, tracking_uri, "model=collapsing", options=("--config-dir", str(configs)),
-                       env={"PYTHONPATH": str(code)})  # the default view, t-SNE, of codes all alike
+                       env={"PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])})
 
-    run_id, metrics = run.info.run_id, run.data.metrics
+    run_id, metrics = run.info.run_id, run.data.metrics  # (the default view, t-SNE, of codes all alike)
     for name in ("codebook_perplexity", "codebook_used", "latent_active_units", "latent_dead_units"):
         assert [step for step, _ in metric_history(tracking_uri, run_id, name)] == [1, 2], name
     assert metrics["codebook_used"] == 1.0 and metrics["codebook_perplexity"] == 1.0
