@@ -231,6 +231,24 @@ def _run_id(model_uri: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _reference_errors(model_uri: str) -> np.ndarray | None:
+    """The test errors the model's run logged (``test_errors.npy``: from the active store, or beside a local model
+    folder); None when there are none (a run logged before them, a model outside a run) or they cannot be read."""
+    folder = _local_folder(model_uri)
+    if folder is not None:
+        return novelty.reference_beside(folder)
+    run_id = _run_id(model_uri)
+    if run_id is None:
+        return None
+    import tempfile
+
+    from aeexp import tracking
+
+    with tempfile.TemporaryDirectory(prefix="aeexp-encode-") as download:
+        path = tracking.download_artifact(run_id, novelty.TEST_ERRORS, Path(download))
+        return novelty.read_or_none(path) if path is not None else None
+
+
 def _trained_on(model_uri: str) -> str | None:
     """The dataset the model's run trained on, if the model URI names a run that recorded it."""
     match = _RUN_URI.match(model_uri)
@@ -460,7 +478,7 @@ def run(model_uri: str, images_path: Path, out: Path, recon_path: Path | None, t
     if fitted is None:
         raise EncodeError(mismatch_message(images, model.image_shape, model_uri, model.dataset))
     codes, recons, errors = encode(model.module, fitted, batch_size, recon_path is not None)
-    reference = novelty.reference_errors(_run_id(model_uri), _local_folder(model_uri))
+    reference = _reference_errors(model_uri)
     ranks = novelty.percentiles(errors, reference) if reference is not None else None
     table = novelty.table(errors, ranks, images.files)
 

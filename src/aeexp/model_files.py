@@ -72,9 +72,10 @@ def _image_shape(folder: Path, name: str) -> tuple[int, ...]:
 
 
 def _model_config(folder: Path, name: str) -> Any:
-    """The model's config, read as data (:mod:`aeexp.stored_config`: no interpolation resolved, no target but aeexp's
-    own or an allowed one)."""
-    from omegaconf import DictConfig
+    """The model's config, read as data (:mod:`aeexp.stored_config`: no interpolation resolved anywhere in it, no
+    target in its model section but aeexp's own or an allowed one: the model is all that is built from it, never the
+    run's metric, view or health lists)."""
+    from omegaconf import DictConfig, OmegaConf
 
     from aeexp import stored_config
 
@@ -82,12 +83,14 @@ def _model_config(folder: Path, name: str) -> Any:
         text = (folder / CONFIG).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ModelFilesError(f"{name}: {folder / CONFIG} is unreadable ({type(err).__name__}: {err})") from None
+    where = f"{name}'s {FOLDER}/{CONFIG}"
     try:
-        config = stored_config.read(text, f"{name}'s {FOLDER}/{CONFIG}")
+        config = stored_config.parse(text, where)
+        if not isinstance(config.get("model"), DictConfig):
+            raise ModelFilesError(f"{name}: {folder / CONFIG} has no model section; it is not an aeexp run's config")
+        stored_config.check_targets(OmegaConf.masked_copy(config, ["model"]), where)
     except stored_config.StoredConfigError as err:
         raise ModelFilesError(str(err)) from None
-    if not isinstance(config.get("model"), DictConfig):
-        raise ModelFilesError(f"{name}: {folder / CONFIG} has no model section; it is not an aeexp run's config")
     return config
 
 

@@ -5,7 +5,6 @@ logs as ``test_errors.npy``. An image above the :data:`FLAG_PERCENTILE` of them 
 from __future__ import annotations
 
 import io
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,22 +35,15 @@ def read_reference(path: Path) -> np.ndarray:
     return errors
 
 
-def reference_errors(run_id: str | None, model_folder: Path | None) -> np.ndarray | None:
-    """The test errors logged by run ``run_id`` (from the active store), or next to a local ``model_folder`` (a run's
-    artifact folder holds both); None when there are none (a run logged before them) or they cannot be read."""
-    if model_folder is not None:
-        path = model_folder.parent / TEST_ERRORS
-        return _read_or_none(path) if path.is_file() else None
-    if run_id is None:
-        return None
-    from aeexp import tracking
-
-    with tempfile.TemporaryDirectory(prefix="aeexp-encode-") as download:
-        path = tracking.download_artifact(run_id, TEST_ERRORS, Path(download))
-        return _read_or_none(path) if path is not None else None
+def reference_beside(model_folder: Path) -> np.ndarray | None:
+    """The test errors next to a local ``model_folder`` (a run's artifact folder holds both); None when there are none
+    (a run logged before them) or they cannot be read."""
+    path = model_folder.parent / TEST_ERRORS
+    return read_or_none(path) if path.is_file() else None
 
 
-def _read_or_none(path: Path) -> np.ndarray | None:
+def read_or_none(path: Path) -> np.ndarray | None:
+    """:func:`read_reference`, or None when ``path`` cannot be read or holds no errors."""
     try:
         return read_reference(path)
     except (OSError, ValueError):
