@@ -14,7 +14,7 @@ from conftest import FAST
 from mlflow.tracking import MlflowClient
 from mlflow_store import runs_in
 
-from aeexp import evaluate
+from aeexp import evaluate, novelty
 from aeexp.evaluation import stability
 
 
@@ -67,9 +67,10 @@ def test_evaluate_refuses_a_run_whose_data_changed(trained, tmp_path, monkeypatc
 
 def test_two_evaluates_of_one_run_at_once_log_each_metric_once(trained, tmp_path):
     uri, run_id = trained
-    codes_file = Path(MlflowClient(uri).get_run(run_id).info.artifact_uri.removeprefix("file://")) / \
-        stability.CODES_ARTIFACT
+    artifacts = Path(MlflowClient(uri).get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    codes_file, errors_file = artifacts / stability.CODES_ARTIFACT, artifacts / novelty.TEST_ERRORS
     codes_file.unlink()  # as a run logged before the sweep report's stability columns
+    errors_file.unlink()  # ...and before encode's novelty flags
     command = [sys.executable, "-m", "aeexp.evaluate", run_id, "--tracking-uri", uri, "--embed", "tsne"]
     both = [subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for _ in range(2)]
@@ -81,3 +82,4 @@ def test_two_evaluates_of_one_run_at_once_log_each_metric_once(trained, tmp_path
     tags = MlflowClient(uri).get_run(run_id).data.tags
     assert tags["data.hash"].startswith("sha256:") and f"{evaluate.EVALUATED_TAG}.data.hash" not in tags
     assert stability.read_codes(codes_file) is not None  # logged again
+    assert novelty.read_reference(errors_file).shape == (60,)  # each of the 60 test images

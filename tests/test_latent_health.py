@@ -1,7 +1,9 @@
 """Latent health (:mod:`aeexp.evaluation.health`): its thresholds on codes built to be healthy and collapsed, the
 models' own hooks (a VAE's KL per dimension, a VQ-VAE's codebook use) on real models, and whole CLI runs on digits:
 a VQ-VAE whose codebook is forced to collapse finishes with its health logged each epoch and the alarm, a VAE with a
-large beta collapses and says so, a healthy ae32 raises no alarm. Each figure is opened and found non-blank."""
+large beta collapses and says so, a healthy ae32 raises no alarm. Each figure is opened and found non-blank. A health
+component of one's own (``--config-dir``): measured, built from a stored config on resume only when named again, never
+by ``aeexp evaluate``; a run logged before the health list resumes with the command's."""
 
 from __future__ import annotations
 
@@ -212,3 +214,56 @@ def test_a_health_component_that_fails_is_skipped_once_for_the_rest_of_the_run(c
     assert each_epoch.skips.reasons == {"codebook": "RuntimeError: no codebook today"}
     assert [r.getMessage() for r in caplog.records] == ["skipped codebook: RuntimeError: no codebook today"]
     assert each_epoch.skips.tags() == {"skipped.codebook": "RuntimeError: no codebook today"}
+
+
+SPREAD = '''
+def spread(codes):
+    return {"latent_spread": float(codes.std())}
+'''
+
+
+def test_a_health_component_of_ones_own_is_measured_kept_on_resume_and_never_built_by_evaluate(run_cli, tracking_uri,
+                                                                                                 tmp_path):
+    """The README's *Latent health*: one's own component from --config-dir is measured each epoch and at the end; a
+    resume builds it from the stored config only when the command names it again, and then keeps measuring it;
+    ``aeexp evaluate`` measures with the list composed now, never building the run's stored one."""
+    code, configs = tmp_path / "code", tmp_path / "configs"
+    (configs / "health").mkdir(parents=True)
+    code.mkdir()
+    (code / "myhealth.py").write_text(SPREAD)
+    (configs / "health" / "mine.yaml").write_text("spread:\n  _target_: myhealth.spread\n  _partial_: true\n")
+    own = ("--config-dir", str(configs))
+    env = {"PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
+    run, _ = _run(run_cli, tracking_uri, "health=[default,mine]", "embed=pca", options=own, env=env)
+    run_id = run.info.run_id
+    assert [step for step, _ in metric_history(tracking_uri, run_id, "latent_spread")] == [1, 2]
+    assert run.data.metrics["test_latent_spread"] > 0 and "test_latent_active_units" in run.data.metrics
+
+    refused = run_cli(f"resume={run_id}", "trainer.epochs=3", f"tracking.uri={tracking_uri}", env=env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stdout + refused.stderr
+    assert "health.spread._target_=myhealth.spread:" in refused.stdout + refused.stderr
+    run, _ = _run(run_cli, tracking_uri, f"resume={run_id}", "trainer.epochs=3", "health=[default,mine]",
+                  "embed=pca", options=own, env=env)
+    assert [step for step, _ in metric_history(tracking_uri, run_id, "latent_spread")] == [1, 2, 3]
+
+    evaluated = run_cli("evaluate", run_id, "--tracking-uri", tracking_uri)  # no --config-dir, no PYTHONPATH
+    assert evaluated.returncode == 0, (evaluated.stdout + evaluated.stderr)[-3000:]
+    assert f"run {run_id}" in evaluated.stdout and "skipped" not in evaluated.stdout
+
+
+def test_a_stored_config_builds_aeexps_own_health_functions_and_an_older_run_gets_the_commands_list() -> None:
+    from omegaconf import OmegaConf
+
+    from aeexp import stored_config
+    from aeexp.evaluation import lists
+
+    for name in ("active_units", "collapsed_dimensions", "codebook"):
+        assert stored_config.shipped(f"aeexp.evaluation.health.{name}"), name
+    assert not stored_config.shipped("aeexp.evaluation.health.measure")  # a function, but none of the list's
+    cfg = lists.compose(["health.active_units.threshold=0.5"])
+    older = OmegaConf.to_container(cfg, resolve=True)
+    del older["health"]  # a run logged before the health list
+    stored = stored_config.with_schema(stored_config.read(OmegaConf.to_yaml(older), "it"), "it")
+    assert not stored.health
+    lists.for_resumed_run(stored, cfg)
+    assert stored.health.active_units.threshold == 0.5 and list(stored.health) == list(cfg.health)
