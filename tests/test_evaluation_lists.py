@@ -154,7 +154,7 @@ def test_a_view_of_ones_own_from_a_stored_config_is_built_when_the_command_names
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = runs_in(tracking_uri, "digits")
     refused = run_cli(f"resume={run.info.run_id}", "trainer.epochs=3", f"tracking.uri={tracking_uri}", env=env)
-    assert refused.returncode == 1 and "embed.views.first_two._target_=myviews.first_two" in refused.stdout
+    assert refused.returncode == 1 and "embed.views.first_two._target_=myviews.first_two:" in refused.stdout
     again = run_cli(*own, f"resume={run.info.run_id}", "trainer.epochs=3", "embed=first_two",
                     f"tracking.uri={tracking_uri}", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
