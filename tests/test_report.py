@@ -318,3 +318,19 @@ def test_comparison_md_shows_markup_in_run_names_overrides_and_errors_as_text(ne
         assert name in texts, name
         assert overrides.split()[1].removeprefix("+model.") in " ".join(texts), overrides
         assert error is None or error in texts, error
+
+
+def test_the_latent_health_comes_after_the_metrics_a_run_is_judged_by_and_is_not_plotted():
+    """The report's columns: the losses, each metric of the metric list beside PCA's, the 2-D view's, then the test
+    codes' latent health by name: aeexp's own (test_latent_*, test_codebook_*, also in a run measured without them
+    each epoch) and a health component of one's own (test_<name> with <name> measured each epoch too)."""
+    metrics = {"val_loss": 0.1, "test_loss": 0.1, "test_mse": 0.02, "pca_test_mse": 0.03, "test_knn_acc": 0.9,
+               "pca_knn_acc": 0.8, "test_zeta": 0.5, "embed_knn_acc": 0.7, "embed_trust": 0.9,
+               "test_latent_active_units": 8.0, "latent_active_units": 8.0, "test_smoothness": 1.0, "smoothness": 1.0}
+    older = {"test_mse": 0.02, "test_codebook_used": 3.0}  # (its health measured by aeexp evaluate only)
+    shown = report.shown([RunRecord(name, name, "FINISHED", {}, logged, {})
+                          for name, logged in (("a", metrics), ("b", older))])
+    assert shown.columns == ["val_loss", "test_loss", "test_mse", "pca_test_mse", "test_knn_acc", "pca_knn_acc",
+                             "test_zeta", "embed_knn_acc", "embed_trust", "test_codebook_used",
+                             "test_latent_active_units", "test_smoothness"]
+    assert shown.plotted == ["test_loss", "test_mse", "test_knn_acc", "test_zeta", "embed_knn_acc"]

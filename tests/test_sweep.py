@@ -42,11 +42,12 @@ def _report_artifacts(tracking_uri: str, run_id: str) -> set[str]:
 
 # What the README promises of comparison.csv / .md: "one row per child: status, the overrides that vary, dataset,
 # model, bottleneck, val_loss, test_loss, test_mse, each other final test_* metric of the metric list (by name), each
-# beside its PCA baseline, embed_knn_acc, embed_trust, error" (and the run name).
+# beside its PCA baseline, embed_knn_acc, embed_trust, the latent health of the test codes (by name), error" (and the
+# run name): the health (an autoencoder's: active and dead units) after the metrics a run is judged by.
 CODE_METRICS = ("kmeans_ari", "kmeans_nmi", "knn1_acc", "knn20_acc", "knn_acc", "probe_acc")  # conf/metrics, by name
 PROMISED_COLUMNS = ("run", "status", "overrides", "dataset", "model", "bottleneck", "val_loss", "test_loss",
                     "test_mse", "pca_test_mse", *(f"{p}_{m}" for m in CODE_METRICS for p in ("test", "pca")),
-                    "embed_knn_acc", "embed_trust", "error")
+                    "embed_knn_acc", "embed_trust", "test_latent_active_units", "test_latent_dead_units", "error")
 # metrics_vs_bottleneck.png: these metrics, and PCA's baseline of the same size dashed for all but the loss.
 PLOTTED = ("test_loss", "test_mse", *(f"test_{m}" for m in CODE_METRICS), "embed_knn_acc")
 BASELINES = {"test_mse": "pca_test_mse", **{f"test_{m}": f"pca_{m}" for m in CODE_METRICS}}

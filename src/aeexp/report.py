@@ -262,6 +262,7 @@ def verdict(groups: Sequence[Setting], baselines: dict[str, str]) -> str:
 
 LOSSES = ("val_loss", "test_loss", "test_mse")  # every run's own, shown first
 VIEW_METRICS = ("knn_acc", "trust")  # of each 2-D view, embed_<view>_<key>; the first view's also as embed_<key>
+HEALTH_PREFIXES = ("latent_", "codebook_")  # aeexp's own latent health metrics (conf/health), test_<prefix>*
 
 
 @dataclass
@@ -281,20 +282,28 @@ def _baseline(metric: str, logged: set[str]) -> str | None:
     return next((twin for twin in (f"pca_{name}", f"pca_test_{name}") if twin in logged), None)
 
 
+def health(metric: str, logged: set[str]) -> bool:
+    """Whether ``test_<name>`` is latent health (the health list's): aeexp's own (``test_latent_*``,
+    ``test_codebook_*``) or one whose ``<name>`` was also measured each epoch (no metric of the metric list is)."""
+    name = metric.removeprefix("test_")
+    return name.startswith(HEALTH_PREFIXES) or name in logged
+
+
 def shown(runs: Sequence[RunRecord]) -> Shown:
     """The metrics of ``runs`` a report shows: ``val_loss``, ``test_loss``, ``test_mse`` and each other ``test_*``
-    (the metric list's, by name), each followed by its PCA baseline, then the first view's ``embed_knn_acc`` and
-    ``embed_trust``; all but ``val_loss`` and the trustworthiness plotted. The views are those with an
-    ``embed_<view>_time``."""
+    of the metric list (by name), each followed by its PCA baseline, then the first view's ``embed_knn_acc`` and
+    ``embed_trust``, then the latent health (:func:`health`, by name); all but ``val_loss``, the trustworthiness
+    and the health plotted. The views are those with an ``embed_<view>_time``."""
     logged = {key for run in runs for key in run.metrics}
-    tests = [m for m in LOSSES[1:] if m in logged] + sorted(m for m in logged if m.startswith("test_")
-                                                            and m not in LOSSES)
+    others = sorted(m for m in logged if m.startswith("test_") and m not in LOSSES)
+    tests = [m for m in LOSSES[1:] if m in logged] + [m for m in others if not health(m, logged)]
     baselines = {m: twin for m in tests if (twin := _baseline(m, logged)) is not None}
     headline = [f"embed_{key}" for key in VIEW_METRICS if f"embed_{key}" in logged]
     columns = [m for m in LOSSES[:1] if m in logged] + [c for m in tests for c in (m, baselines.get(m)) if c]
     views = sorted(key.removeprefix("embed_").removesuffix("_time") for key in logged
                    if key.startswith("embed_") and key.endswith("_time") and key != "embed_time")
-    return Shown(columns + headline, tests + [m for m in headline if m == "embed_knn_acc"], baselines, views)
+    return Shown(columns + headline + [m for m in others if health(m, logged)],
+                 tests + [m for m in headline if m == "embed_knn_acc"], baselines, views)
 
 
 def curves(groups: Sequence[Setting], metrics: Sequence[str], baselines: dict[str, str]) -> list[figures.Curve]:
