@@ -6,7 +6,7 @@ r"""Speed of aeexp against baselines measured in the same process: prints a tabl
     python scripts/bench.py --epochs 3 --repeats 1 --conv-epochs 2 --train-n 5000 --embed-n 1000 --run-epochs 1 \
         --no-write                 # a smoke test of the script itself (a subset of the training images)
 
-Four parts. Every speed is a ratio to a baseline timed in this process and interleaved with it (epoch by epoch,
+Five parts. Every speed is a ratio to a baseline timed in this process and interleaved with it (epoch by epoch,
 the order reversed every other epoch), so that other load on the machine hits both alike; figures are medians.
 
 1. Training epochs (batch 256, BCE on logits), aeexp's ``loop.fit`` with the step ``loop.make_step`` chooses and the
@@ -36,7 +36,9 @@ the order reversed every other epoch), so that other load on the machine hits bo
 3. Whole runs (``python -m aeexp ...``) against the sum of their own training and embedding parts (read back from
    MLflow), and their peak RSS. They log to an MLflow store created (migrated) before the first run, as a user's
    second run would find it; once with an empty cache (the PCA baseline computed) and once with it cached.
-4. A folder of images (``dataset=folder``): the training images written as PNGs in class folders, loaded by aeexp
+4. Latent health (``scripts/health_cost.py``): the health list measured after each epoch of the dense ae32, as a
+   share of that epoch, and the end-of-run health additions in seconds.
+5. A folder of images (``dataset=folder``): the training images written as PNGs in class folders, loaded by aeexp
    with an empty cache and with its cache, against torchvision's ``ImageFolder`` + ``DataLoader`` iterating the same
    files once (``scripts/bench_folder.py``, which also runs alone).
 
@@ -63,6 +65,7 @@ from typing import Any, Protocol
 import bench_folder  # scripts/, beside this file
 import bench_load
 import bench_runs
+import health_cost
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -756,7 +759,7 @@ def write(path: Path, text: str, command: str) -> None:
     path.write_text(new)
 
 
-PARTS = ["training", "adamw", "conv", "embedding", "run", "folder", "digits-run", "sweep", "load"]
+PARTS = ["training", "adamw", "conv", "embedding", "health", "run", "folder", "digits-run", "sweep", "load"]
 # --record: every part the issue's targets name, sized to take ~15 min on an idle 2-core CPU (the folder part left
 # out: it writes the training images as PNGs first). Options given after it win.
 RECORD = ["--epochs", "6", "--conv-epochs", "2", "--repeats", "2", "--embed-n", "10000", "--run-epochs", "3",
@@ -801,14 +804,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def in_process_parts(args: argparse.Namespace, ds: data.Dataset) -> list[Section]:
-    """The training rows and the embedding, timed in this process against their baselines."""
+    """The training rows, the embedding and the latent health, timed in this process against their baselines."""
     rows: list[Row] = []
     embedding: list[EmbedResult] = []
     training = "training" not in args.skip
     x = preload(ds.train.images, flat=True)  # the bare dense loops' float images, shared
-    print(f"training: dense ae32, Adam ({args.epochs} epochs x {args.repeats}) ...", flush=True)
-    row, codes = bench_dense_adam(ds, x, args)
-    rows.append(row)
+    if training or "embedding" not in args.skip:  # (the embedding's codes are the dense row's)
+        print(f"training: dense ae32, Adam ({args.epochs} epochs x {args.repeats}) ...", flush=True)
+        row, codes = bench_dense_adam(ds, x, args)
+        rows.append(row)
     if training and "adamw" not in args.skip:
         print(f"training: dense ae32, AdamW + cosine ({args.epochs} epochs x {args.repeats}) ...", flush=True)
         rows.append(bench_dense_adamw_cosine(ds, x, args))
@@ -821,7 +825,12 @@ def in_process_parts(args: argparse.Namespace, ds: data.Dataset) -> list[Section
             print(f"embedding ({n} codes x {args.repeats}) ...", flush=True)
             embedding.append(bench_embedding(codes, ds.test.labels.numpy(), n, args))
     sections = [(training_report(rows, args, ds), training_targets(rows))] if training else []
-    return sections + ([embedding_report(embedding, args)] if embedding else [])
+    sections += [embedding_report(embedding, args)] if embedding else []
+    if "health" not in args.skip:
+        epochs = max(2, min(args.epochs, 5))
+        print(f"latent health: dense ae32 with its health list each epoch ({epochs} epochs) ...", flush=True)
+        sections.append(health_cost.report(health_cost.measure(ds, epochs), args.dataset))
+    return sections
 
 
 def process_parts(args: argparse.Namespace) -> list[Section]:
@@ -861,7 +870,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     sections = []
-    if "training" not in args.skip or "embedding" not in args.skip:
+    if any(part not in args.skip for part in ("training", "embedding", "health")):
         sections += in_process_parts(args, load_dataset(args.dataset, args.root, args.train_n))
     sections += process_parts(args)
     text, _ = report(sections, load_before, os.getloadavg()[0])

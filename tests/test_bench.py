@@ -48,9 +48,9 @@ def test_record_selects_every_part_but_the_folder_and_later_options_win():
     args = bench.parse_args(["--record", "--repeats", "1", "--no-write"])
     assert (args.repeats, args.epochs, args.embed_n, args.skip) == (1, 6, [10_000], ["folder"])
     assert bench.parse_args(["--only", "sweep", "load"]).skip == [
-        "training", "adamw", "conv", "embedding", "run", "folder", "digits-run"]
-    assert bench.parse_args(["--only", "training"]).skip == ["embedding", "run", "folder", "digits-run", "sweep",
-                                                             "load"]
+        "training", "adamw", "conv", "embedding", "health", "run", "folder", "digits-run"]
+    assert bench.parse_args(["--only", "training"]).skip == ["embedding", "health", "run", "folder", "digits-run",
+                                                             "sweep", "load"]
     assert "load" in bench.parse_args(["--load", "0"]).skip
 
 
