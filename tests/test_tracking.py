@@ -197,6 +197,71 @@ def test_a_joblib_sweep_on_a_new_store_that_another_mlflow_client_opens_at_once_
         assert len(runs) == 3 and {run.info.status for run in runs} == {"FINISHED"}
 
 
+# The state two MLflow processes' collided schema migrations leave a new SQLite store in (seen in the test above, 1
+# run in 4 on a busy machine): migrated part way, to the revision before `7ac759974ad8` (run tags widened, a batch
+# migration that copies `tags` into `_alembic_tmp_tags`), with the loser's copy left behind: SQLite runs MLflow's
+# migrations outside a transaction. MLflow alone then fails on every later try ("table _alembic_tmp_tags already
+# exists"), for aeexp and for the MLflow UI alike.
+BEFORE_TAGS_WIDENED = "df50e92ffc5e"
+
+
+def _half_made_store(path: Path, run: bool = False) -> str:
+    """A new store as collided migrations leave it (above), holding one run when ``run``; its URI. The file's mtime
+    is set a minute back: nobody is writing it."""
+    import sqlalchemy
+    from alembic import command
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.dbmodels.initial_models import Base
+
+    uri = f"sqlite:///{path}"
+    engine = sqlalchemy.create_engine(uri)
+    Base.metadata.create_all(engine)
+    config = _get_alembic_config(uri)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, BEFORE_TAGS_WIDENED)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("CREATE TABLE _alembic_tmp_tags (key VARCHAR(250) NOT NULL, "
+                                           "value VARCHAR(8000), run_uuid VARCHAR(32) NOT NULL)"))
+        if run:
+            connection.execute(sqlalchemy.text(
+                "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, status, "
+                "start_time, source_version, lifecycle_stage, artifact_uri, experiment_id) VALUES ('a' || hex(1), "
+                "'precious', 'LOCAL', '', '', 'me', 'FINISHED', 0, '', 'active', '/tmp/x', 0)"))
+    engine.dispose()
+    back = time.time() - 60
+    os.utime(path, (back, back))
+    return uri
+
+
+def test_a_new_store_left_half_made_by_collided_migrations_is_made_afresh(tmp_path):
+    uri = _half_made_store(tmp_path / "mlflow.db")
+    with pytest.raises(Exception, match="_alembic_tmp_tags already exists"):  # MLflow alone: stuck for good
+        MlflowClient(uri).search_experiments()
+    try:
+        assert tracking.configure_uri(uri) == uri  # (in this process: MLflow's cached engine of the old file goes)
+        assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]
+        experiment = MlflowClient(uri).create_experiment("after")
+        MlflowClient(uri).create_run(experiment, tags={"t": "x" * 6000})  # the widened tags: at the schema's head
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_a_half_made_store_that_holds_a_run_is_never_deleted(tmp_path, monkeypatch):
+    path = tmp_path / "mlflow.db"
+    uri = _half_made_store(path, run=True)
+    monkeypatch.setattr(tracking, "STORE_ATTEMPTS", 2)  # (the error, not the waiting, is what this test is about)
+    try:
+        with pytest.raises(TrackingError, match=r"cannot use .* as an MLflow store .*_alembic_tmp_tags already exists"):
+            tracking.configure_uri(uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT name FROM runs").fetchall() == [("precious",)]
+
+
 # --- a shared server with a login (the README's cluster recipe), and a password in the URI --------------------
 
 ADMIN, ADMIN_PASSWORD = "admin", "aeexp-Admin-pw-4f9c"

@@ -171,6 +171,57 @@ def _settle(path: Path, deadline: float) -> None:
         time.sleep(0.2)
 
 
+def _holds_nothing(path: Path) -> bool:
+    """Whether the SQLite file holds no one's data: every table empty but the schema's own bookkeeping
+    (``alembic_version``, a batch migration's ``_alembic_tmp_*`` copies) and MLflow's Default experiment."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.1)) as connection:
+            tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            for table in tables:
+                if table == "alembic_version" or table.startswith(("_alembic_tmp_", "sqlite_")):
+                    continue
+                rows = connection.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+                if rows > (1 if table == "experiments" else 0):
+                    return False
+            return True
+    except sqlite3.Error:
+        return False
+
+
+def _forget_engine(uri: str) -> None:
+    """Close MLflow's cached database engine of ``uri`` (``SqlAlchemyStore._engine_map``, not public: without it the
+    pooled connections would go on writing to a deleted file); nothing where this MLflow has no such cache."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    except (ImportError, AttributeError):
+        return
+    if engine is not None:
+        engine.dispose()
+
+
+def _remake_if_left_half_made(uri: str, path: Path) -> bool:
+    """Delete the store at ``path`` when MLflow's schema migrations were left half done on it (another program's
+    collided with ours: SQLite runs MLflow's migrations outside a transaction, so a failed one leaves its tables
+    behind, and every later try fails on them) and nobody is still writing it and it holds nothing; True if it was
+    deleted (the next try makes it afresh). A store with anything in it is never touched."""
+    head = _schema_head()
+    has_tables, revision = _store_state(path)
+    try:
+        settled = time.time() - path.stat().st_mtime > STORE_SETTLE_S
+    except OSError:
+        return False
+    if not has_tables or head is None or revision == head or not settled or not _holds_nothing(path):
+        return False
+    _forget_engine(uri)
+    for leftover in (path, *(path.with_name(path.name + end) for end in ("-journal", "-wal", "-shm"))):
+        leftover.unlink(missing_ok=True)
+    log.warning("%s: a new MLflow store left half made (its schema migrations collided with another program's) "
+                "and holding nothing was deleted, to be made afresh", path)
+    return True
+
+
 def _create_store_once(uri: str, path: Path) -> None:
     """Let MLflow create (or only open) the SQLite store at ``path`` while this process holds a lock on its folder,
     once per process. Processes that start together on a file that does not exist yet would otherwise all run
@@ -196,6 +247,8 @@ def _create_store_once(uri: str, path: Path) -> None:
                 log.info("%s: MLflow could not open it (%s), perhaps while another program makes it; trying again",
                          path, short_error(err))
                 time.sleep(0.5 * attempt)
+                _settle(path, deadline)
+                _remake_if_left_half_made(uri, path)
     _ready_stores.add(key)
 
 
