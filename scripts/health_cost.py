@@ -52,7 +52,8 @@ def measure(dataset: data.Dataset, epochs: int) -> HealthCost:
     torch.manual_seed(0)
     model = _model(dataset.image_shape)
     optimizer = optim.build_optimizer(lists.compose(["optimizer=adamw"]).optimizer, model)
-    each_epoch = health.EpochHealth(lists.shipped().health, dataset.val.images)
+    shipped_health = lists.shipped().health
+    each_epoch = health.EpochHealth(shipped_health, dataset.val.images)
     epoch_seconds, health_seconds = [], []
 
     def after(epoch: int, values: dict[str, float]) -> None:
@@ -68,7 +69,7 @@ def measure(dataset: data.Dataset, epochs: int) -> HealthCost:
     encoded = time.perf_counter() - started
     subject = pictures.Subject(model, dataset, "ae32", 0)
     started = time.perf_counter()
-    health.measure(lists.shipped().health, model, dataset.test.images, codes, "test", each_epoch.skips)
+    health.measure(shipped_health, model, dataset.test.images, codes, "test", each_epoch.skips)
     for make in (*pictures.health_contents(subject, codes).values(),
                  pictures.reconstruction_contents(subject)["test_errors.npy"]):
         make()

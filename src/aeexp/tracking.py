@@ -235,6 +235,8 @@ def _create_store_once(uri: str, path: Path) -> None:
     with _folder_lock(path.resolve().parent, path):
         for attempt in range(1, STORE_ATTEMPTS + 1):
             _settle(path, deadline)
+            if attempt > 1:  # the try before failed: perhaps on a store our collided migrations left half made
+                _remake_if_left_half_made(uri, path)
             try:
                 MlflowClient(uri).search_experiments(max_results=1)
                 break
@@ -247,8 +249,6 @@ def _create_store_once(uri: str, path: Path) -> None:
                 log.info("%s: MLflow could not open it (%s), perhaps while another program makes it; trying again",
                          path, short_error(err))
                 time.sleep(0.5 * attempt)
-                _settle(path, deadline)
-                _remake_if_left_half_made(uri, path)
     _ready_stores.add(key)
 
 

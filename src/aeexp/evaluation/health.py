@@ -46,22 +46,23 @@ def _batched(hook: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
     return (total / len(images) if mean else total).cpu().numpy()
 
 
-def kl_per_dimension(model: Any, images: torch.Tensor) -> np.ndarray | None:
-    """The model's KL per code dimension over ``images`` (its ``kl_per_dimension`` hook); None without the hook."""
-    hook = getattr(model, "kl_per_dimension", None)
+def _from_hook(model: Any, name: str, images: torch.Tensor, mean: bool) -> np.ndarray | None:
+    """The model's hook ``name`` over ``images`` in eval mode (see :func:`_batched`); None without the hook."""
+    hook = getattr(model, name, None)
     if not callable(hook):
         return None
     model.eval()
-    return _batched(hook, images, mean=True)
+    return _batched(hook, images, mean=mean)
+
+
+def kl_per_dimension(model: Any, images: torch.Tensor) -> np.ndarray | None:
+    """The model's KL per code dimension over ``images`` (its ``kl_per_dimension`` hook); None without the hook."""
+    return _from_hook(model, "kl_per_dimension", images, mean=True)
 
 
 def codebook_usage(model: Any, images: torch.Tensor) -> np.ndarray | None:
     """How many times ``images`` chose each codebook entry (the model's ``codebook_usage`` hook); None without it."""
-    hook = getattr(model, "codebook_usage", None)
-    if not callable(hook):
-        return None
-    model.eval()
-    return _batched(hook, images, mean=False)
+    return _from_hook(model, "codebook_usage", images, mean=False)
 
 
 def active_units(codes: np.ndarray, threshold: Positive = ACTIVE_VARIANCE) -> dict[str, float]:
