@@ -808,15 +808,15 @@ def in_process_parts(args: argparse.Namespace, ds: data.Dataset) -> list[Section
     rows: list[Row] = []
     embedding: list[EmbedResult] = []
     training = "training" not in args.skip
-    x = preload(ds.train.images, flat=True)  # the bare dense loops' float images, shared
     if training or "embedding" not in args.skip:  # (the embedding's codes are the dense row's)
+        x = preload(ds.train.images, flat=True)  # the bare dense loops' float images, shared
         print(f"training: dense ae32, Adam ({args.epochs} epochs x {args.repeats}) ...", flush=True)
         row, codes = bench_dense_adam(ds, x, args)
         rows.append(row)
-    if training and "adamw" not in args.skip:
-        print(f"training: dense ae32, AdamW + cosine ({args.epochs} epochs x {args.repeats}) ...", flush=True)
-        rows.append(bench_dense_adamw_cosine(ds, x, args))
-    del x
+        if training and "adamw" not in args.skip:
+            print(f"training: dense ae32, AdamW + cosine ({args.epochs} epochs x {args.repeats}) ...", flush=True)
+            rows.append(bench_dense_adamw_cosine(ds, x, args))
+        del x
     if training and "conv" not in args.skip:
         print(f"training: conv AE, Adam ({args.conv_epochs} epochs x {args.repeats}) ...", flush=True)
         rows.append(bench_conv(ds, args))

@@ -76,13 +76,6 @@ def measure(dataset: data.Dataset, epochs: int) -> HealthCost:
     return HealthCost(health_seconds, epoch_seconds, time.perf_counter() - started, encoded, len(dataset.test))
 
 
-def load(train_n: int | None, root: str = "./data") -> data.Dataset:
-    dataset = data.load(data.preset("fashion_mnist", root=root, download=False))
-    if train_n:
-        dataset = dataclasses.replace(dataset, train=data.Split(dataset.train.images[:train_n], None))
-    return dataset
-
-
 def report(cost: HealthCost, dataset: str = "fashion_mnist") -> tuple[list[str], list[tuple[str, bool]]]:
     """The bench's section: its lines and its targets."""
     lines = [f"Latent health (dense ae32, {dataset}; the health list after each epoch, on the first "
@@ -105,7 +98,9 @@ def main() -> int:
     parser.add_argument("--train-n", type=int, default=None, help="training images kept (default: all)")
     parser.add_argument("--root", default="./data", help="dataset.root; Debian's Fashion-MNIST is found when empty")
     args = parser.parse_args()
-    lines, targets = report(measure(load(args.train_n, args.root), args.epochs))
+    import bench  # scripts/, beside this file: the dataset as its rows load it
+
+    lines, targets = report(measure(bench.load_dataset("fashion_mnist", args.root, args.train_n), args.epochs))
     print("\n".join(lines))
     for text, ok in targets:
         print(f"{'met' if ok else 'NOT MET'}: {text}")
