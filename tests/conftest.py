@@ -41,7 +41,11 @@ def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated MLflow sqlite store made once per test process (see ``mlflow_store.new_store``)."""
+    """An empty, migrated MLflow sqlite store made once per test process (see ``mlflow_store.new_store``), or the one
+    named by ``AEEXP_TEST_STORE_TEMPLATE``: ``make mutate`` makes it once for the thousands of test sessions it runs."""
+    given = os.environ.get("AEEXP_TEST_STORE_TEMPLATE")
+    if given:
+        return Path(given)
     return migrated_template(tmp_path_factory.mktemp("store-template"))
 
 

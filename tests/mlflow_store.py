@@ -49,3 +49,9 @@ def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, 
 def artifact_paths(tracking_uri: str, run_id: str) -> set[str]:
     """Top-level artifact paths of a run."""
     return {a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id)}
+
+
+if __name__ == "__main__":  # make mutate: one template for every test session of a mutation run
+    import sys
+
+    print(migrated_template(Path(sys.argv[1])))

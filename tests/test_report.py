@@ -17,6 +17,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.container import ErrorbarContainer
 from mlflow.tracking import MlflowClient
+from mlflow_store import new_store
 
 from aeexp import compare, report
 from aeexp.evaluation import figures as plots
@@ -255,23 +256,26 @@ def _marked_up_sweep(uri: str) -> str:
     return parent
 
 
-def _compare_marked_up_sweep(new_sqlite_store: Any, tmp_path: Path) -> Path:
-    """`aeexp compare --parent-run` on the marked-up sweep; the folder of its report."""
+@pytest.fixture(scope="module")
+def marked_up_report(store_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`aeexp compare --parent-run` on the marked-up sweep; the folder of its report (made once for the tests that
+    read it)."""
     import mlflow
 
-    uri = new_sqlite_store(tmp_path / "mlflow.db")
+    folder = tmp_path_factory.mktemp("marked-up")
+    uri = new_store(folder / "mlflow.db", store_template)
     parent = _marked_up_sweep(uri)
     try:
-        assert compare.main(["--parent-run", parent, "--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 0
+        assert compare.main(["--parent-run", parent, "--tracking-uri", uri, "--out", str(folder / "out")]) == 0
     finally:
         mlflow.set_tracking_uri(None)
-    return tmp_path / "out"
+    return folder / "out"
 
 
-def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_sqlite_store, tmp_path):
+def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(marked_up_report):
     """`aeexp compare --parent-run` on a sweep whose parent name, run names, overrides and error hold <script>,
     <img onerror=...>, <iframe> and &: report.html shows each as the text it is, and holds no element but its own."""
-    out = _compare_marked_up_sweep(new_sqlite_store, tmp_path)
+    out = marked_up_report
     page = _Elements()  # (<wbr>: where the page lets a long column name break; a name's own is escaped)
     page.feed((out / "report.html").read_text(encoding="utf-8").replace("<wbr>", ""))
     tags = {tag for tag, _ in page.elements}
@@ -300,12 +304,12 @@ def test_report_html_shows_markup_in_run_names_overrides_and_errors_as_text(new_
         assert error is None or error in texts, error
 
 
-def test_comparison_md_shows_markup_in_run_names_overrides_and_errors_as_text(new_sqlite_store, tmp_path):
+def test_comparison_md_shows_markup_in_run_names_overrides_and_errors_as_text(marked_up_report):
     """comparison.md of the same sweep, rendered as GitHub and MLflow render Markdown (raw HTML passed through):
     no element but the tables' and headings', each name, override and error shown as the text it is (#25)."""
     from markdown_it import MarkdownIt
 
-    out = _compare_marked_up_sweep(new_sqlite_store, tmp_path)
+    out = marked_up_report
     rendered = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(
         (out / "comparison.md").read_text(encoding="utf-8"))
     page = _Elements()
