@@ -46,6 +46,33 @@ def test_the_randomized_pca_finds_the_exact_pcas_axes_and_error():
     assert torch.equal(again.components, randomized.components)  # seeded: the same baseline every run
 
 
+@pytest.mark.parametrize("exact_max_values", [baseline.EXACT_MAX_VALUES, 0], ids=["exact", "randomized"])
+def test_colour_images_read_a_few_at_a_time_give_scikit_learns_pca(monkeypatch, exact_max_values):
+    """Colour images (3 x 8 x 8: 192 values each) read 7 rows at a time, 3 at a time where a chunk's values are
+    capped, and one at a time where one image passes the cap: the mean, the axes and the error of scikit-learn's PCA
+    of all of them at once."""
+    rng = np.random.default_rng(1)
+    directions = rng.normal(size=(6, 192)) * np.linspace(3, 0.5, 6)[:, None]
+    values = rng.normal(size=(130, 6)) @ directions + rng.normal(scale=0.3, size=(130, 192))
+    images = np.clip(values * 20 + 128, 0, 255).astype(np.uint8).reshape(130, 3, 8, 8)
+    train, test = torch.from_numpy(images[:100]), torch.from_numpy(images[100:])
+    flat_train, flat_test = images[:100].reshape(100, -1) / 255.0, images[100:].reshape(30, -1) / 255.0
+    reference = PCA(n_components=5).fit(flat_train)
+    expected = np.mean((reference.inverse_transform(reference.transform(flat_test)) - flat_test) ** 2)
+    for chunk, chunk_values, rows in ((7, baseline.CHUNK_VALUES, 7), (baseline.CHUNK, 3 * 192 + 5, 3),
+                                      (baseline.CHUNK, 100, 1)):
+        monkeypatch.setattr(baseline, "CHUNK", chunk)
+        monkeypatch.setattr(baseline, "CHUNK_VALUES", chunk_values)
+        sizes = [len(c) for c in baseline._chunks(train)]
+        assert sizes == [rows] * (100 // rows) + ([100 % rows] if 100 % rows else []), sizes
+        pca = baseline.fit_pca(train, 5, exact_max_values=exact_max_values)
+        assert pca.mean.dtype == torch.float32
+        np.testing.assert_allclose(pca.mean.numpy(), reference.mean_, atol=1e-6)
+        cosines = np.linalg.svd(reference.components_ @ pca.components.double().numpy().T, compute_uv=False)
+        assert cosines.min() > 1 - 1e-6
+        assert baseline.pca_mse(pca, test) == pytest.approx(expected, rel=1e-5)
+
+
 FIT_LARGE = textwrap.dedent("""
     import torch
     from aeexp.evaluation import baseline
