@@ -114,7 +114,7 @@ def test_knn_accuracy_is_scikit_learns(monkeypatch):
         KNeighborsClassifier(n_neighbors=3).fit(x[:3], y[:3]).score(x_test, y_test))  # k clamped to the points
 
 
-@pytest.mark.parametrize("n", [9, 120, 700])  # 9: k clamped to 4; 700: several blocks of rows
+@pytest.mark.parametrize("n", [13, 120, 700])  # 13: k clamped to 6 (its value unlike k=4's); 700: several blocks
 def test_trustworthiness_is_scikit_learns(n):
     from sklearn.manifold import trustworthiness
 
@@ -127,8 +127,12 @@ def test_trustworthiness_is_scikit_learns(n):
 
 
 def test_trustworthiness_needs_three_points():
-    with pytest.raises(ValueError, match="at least 3 points"):
+    from sklearn.manifold import trustworthiness
+
+    with pytest.raises(ValueError, match=r"at least 3 points, not 2$"):
         metrics.trustworthiness(np.zeros((2, 4)), np.zeros((2, 2)))
+    high, low = np.array([[0.0, 0], [1, 0], [3, 0]]), np.array([[0.0], [2], [1]])
+    assert metrics.trustworthiness(high, low) == pytest.approx(trustworthiness(high, low, n_neighbors=1), abs=1e-12)
 
 
 def test_stratified_sample_keeps_class_proportions():
