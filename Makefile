@@ -43,7 +43,7 @@ demo: setup
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
 
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=20
 
 lint: setup
 	$(BIN)/ruff check src tests $(wildcard scripts)
@@ -56,12 +56,16 @@ bench: setup
 # work in mutants/ and goes on where a stopped run left off. One module: make mutate MUTANTS='aeexp.evaluation.metrics.*'
 MUTMUT_VERSION := 3.8.1
 MUTANTS ?=
+# A migrated MLflow store made once, which every test session of the run copies (tests/conftest.py store_template).
+MUTMUT_STORE := $(CURDIR)/.mutmut-store
 mutate: setup
 	$(PIP) install -c $(CONSTRAINTS) "mutmut==$(MUTMUT_VERSION)" 2>&1 | grep -v "^WARNING: Location" || true
 	$(CHECK_TORCH)
-	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(TEST_WORKERS) $(if $(MUTANTS),"$(MUTANTS)")
+	rm -rf $(MUTMUT_STORE) && mkdir -p $(MUTMUT_STORE) && $(BIN)/python tests/mlflow_store.py $(MUTMUT_STORE) > /dev/null 2>&1
+	AEEXP_TEST_STORE_TEMPLATE=$(MUTMUT_STORE)/template.db OMP_NUM_THREADS=1 \
+		$(BIN)/mutmut run --max-children $(TEST_WORKERS) $(if $(MUTANTS),"$(MUTANTS)")
 	$(BIN)/mutmut results > docs/mutation-survivors.txt
 	@echo "survivors: docs/mutation-survivors.txt; a mutant's diff: $(BIN)/mutmut show <name>"
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache mutants
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache mutants .mutmut-store
