@@ -231,6 +231,25 @@ def test_pca_baseline_matches_scikit_learn():
     assert more["pca_test_mse"] < got["pca_test_mse"]  # more components, less error
 
 
+@pytest.mark.parametrize(("n", "shape"), [(12, (3, 8, 8)), (100, (3, 2, 2))], ids=["12-images", "12-values"])
+def test_the_randomized_pca_of_fewer_images_or_values_than_its_directions(n, shape):
+    """The randomized PCA (test_baseline_memory) with its 5 + OVERSAMPLING directions clamped to the 12 images there
+    are, or to the 12 values of each: scikit-learn's axes all the same, and the same axes on every fit (seeded)."""
+    import torch
+    from sklearn.decomposition import PCA as sklearn_pca
+
+    rng = np.random.default_rng(2)
+    values = int(np.prod(shape))
+    images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    train = torch.as_tensor(images)
+    reference = sklearn_pca(n_components=5).fit(images.reshape(n, -1) / 255.0)
+    pca = baseline.fit_pca(train, 5, exact_max_values=0)
+    assert tuple(pca.components.shape) == (5, values)
+    cosines = np.linalg.svd(reference.components_ @ pca.components.double().numpy().T, compute_uv=False)
+    assert cosines.min() > 1 - 1e-6
+    assert torch.equal(baseline.fit_pca(train, 5, exact_max_values=0).components, pca.components)
+
+
 def test_pca_baseline_is_computed_once_per_data_size_and_metric(tmp_path, monkeypatch):
     import torch
 

@@ -301,3 +301,91 @@ def test_the_curves_are_a_line_per_setting_but_its_size_and_a_dashed_one_per_dat
     assert report.curves(report.settings(runs), ["test_mse"], {}) == curves[:1] + curves[2:]
     unnamed = [_job(0, "model.bottleneck=2 seed=0", {"test_mse": 0.3}, params={"model.name": ""})]
     assert [c.label for c in report.curves(report.settings(unnamed), ["test_mse"], {})] == ["? on digits"]
+
+
+# ----------------------------------------------------------------------------------------- edges of the rules
+
+
+def test_an_override_whose_value_holds_an_equals_sign_or_whose_key_is_appended_or_removed():
+    runs = [_job(0, "model.bottleneck=2 +model.note=a=b ~Xtra.k=1 seed=0", {}),
+            _job(1, "model.bottleneck=4 +model.note=c ~Xtra.k=2 seed=0", {})]
+    assert report.varying(runs) == [{"model.bottleneck": "2", "model.note": "a=b", "Xtra.k": "1"},
+                                    {"model.bottleneck": "4", "model.note": "c", "Xtra.k": "2"}]
+
+
+def test_a_key_and_its_own_name_key_are_both_kept():
+    """``opt`` and ``opt.name`` differ: ``opt`` is no part of a component whose kind differs (it is the component's
+    own key, not one under it), so it stays beside the name."""
+    runs = [_run(0, {"opt": "a", "opt.name": "A"}), _run(1, {"opt": "b", "opt.name": "B"})]
+    assert report.varying(runs) == [{"opt": "a", "opt.name": "A"}, {"opt": "b", "opt.name": "B"}]
+
+
+def test_a_kind_some_runs_lack_still_tells_them_apart():
+    """A run without a schedule has no ``scheduler._target_`` param: the kind tells it apart all the same (a key
+    that names a kind, at any depth, or a top-level ``name``); any other key only some runs have does not."""
+    runs = [_run(0, {"scheduler._target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "a.b._target_": "x.Y",
+                     "name": "n", "note": "only here", "a.b.c": "1"}),
+            _run(1, {})]
+    assert report.varying(runs) == [{"scheduler._target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                                     "a.b._target_": "x.Y", "name": "n"}, {}]
+    assert report.label(report.varying(runs)[0]) == "scheduler=CosineAnnealingLR a.b=Y name=n"
+
+
+def test_a_deep_component_is_labelled_by_its_whole_path():
+    assert report.label({"a.b.name": "x", "c.d._target_": "p.q.R"}) == "a.b=x c.d=R"
+
+
+def test_two_runs_make_a_spread():
+    assert report._spread((0.3, 0.1, 2)) == "0.3000 ± 0.1000 over 2 seeds"
+    assert report._spread((0.3, 0.0, 1)) == "0.3000, one run"
+
+
+def test_the_verdict_ranks_by_the_mean_not_the_spread():
+    runs = [_job(0, "model.bottleneck=2 seed=0", {"test_mse": 0.1}), _job(1, "model.bottleneck=2 seed=1",
+                                                                          {"test_mse": 0.3}),
+            _job(2, "model.bottleneck=8 seed=0", {"test_mse": 0.25}), _job(3, "model.bottleneck=8 seed=1",
+                                                                           {"test_mse": 0.25})]
+    assert report.verdict(report.settings(runs), {}).startswith("Best on test_mse (lower is better): bottleneck=2, "
+                                                                "0.2000 ± 0.1414 over 2 seeds; 0.0500 (20%) below")
+    tied = [_job(0, "model.bottleneck=2", {"test_mse": 0.2}), _job(1, "model.bottleneck=8", {"test_mse": 0.2})]
+    assert report.verdict(report.settings(tied), {}).startswith("Best on test_mse (lower is better): bottleneck=2, ")
+
+
+def test_no_verdict_where_the_headline_metric_is_nan_in_every_run():
+    runs = [_job(0, "model.bottleneck=2", {"test_mse": math.nan}),
+            _job(1, "model.bottleneck=8", {"test_mse": math.nan})]
+    assert report.verdict(report.settings(runs), {}) == ""
+
+
+def test_a_setting_without_its_metric_still_draws_its_pca_point_and_one_point_per_size_is_kept():
+    runs = [_job(0, "model.bottleneck=x seed=0", {"test_mse": 0.9}),
+            _job(1, "model.bottleneck=2 seed=0", {"pca_test_mse": 0.5}),
+            _job(2, "model.bottleneck=8 seed=0", {"test_mse": 0.1, "pca_test_mse": 0.4}),
+            _job(3, "model.bottleneck=8 +optimizer.name=sgd seed=0", {"test_mse": 0.6, "pca_test_mse": 0.7})]
+    curves = report.curves(report.settings(runs), ["test_mse"], {"test_mse": "pca_test_mse"})
+    assert [(c.label, c.points) for c in curves] == [
+        ("PCA on digits", [(2, 0.5, 0.0), (8, 0.4, 0.0)]), ("ae32 on digits", [(8, 0.1, 0.0)]),
+        ("ae32 on digits optimizer=sgd", [(8, 0.6, 0.0)])]
+
+
+def test_a_curve_is_labelled_by_the_model_and_dataset_names_and_what_else_differs():
+    runs = [_job(0, "model=conv model.name=c model._target_=a.B dataset=mnist dataset.name=m model.bottleneck=2 "
+                    "trainer.epochs=3", {"test_mse": 0.1}),
+            _job(1, "model=ae32 model.name=d model._target_=a.C dataset=fmnist dataset.name=f model.bottleneck=4 "
+                    "trainer.epochs=5", {"test_mse": 0.2})]
+    assert [c.label for c in report.curves(report.settings(runs), ["test_mse"], {})] == [
+        "c on m epochs=3", "d on f epochs=5"]
+    bare = RunRecord("r", "r", "FINISHED", {"model.bottleneck": "2"}, {"test_mse": 0.1}, {})
+    (group,) = report.settings([bare])
+    assert group.param("model.name") == "" and group.param("dataset.name") == ""
+    assert [c.label for c in report.curves([group], ["test_mse"], {})] == ["? on "]
+    (row,) = report.aggregated_rows([group], [])
+    assert (row["dataset"], row["model"], row["bottleneck"]) == ("", "", "2")
+
+
+def test_report_html_keeps_its_tables_before_the_figures(tmp_path):
+    png = tmp_path / "a.png"
+    png.write_bytes(b"\x89PNG")
+    text = _page(tmp_path, figures=[("one", png), ("two", png)])
+    assert text.index("<h2>Runs</h2>") < text.index("<h2>one</h2>") < text.index("<h2>two</h2>")
+    assert text.count("<table>") == 2 and text.count("<img ") == 2

@@ -82,10 +82,8 @@ def _telling(values: Sequence[dict[str, str]], differing: Sequence[str]) -> list
     kept = []
     for key in differing:
         found = _component(key, differing)
-        if found is not None and key != found[1]:
+        if found is not None and key != found[1]:  # (a kind's class beside its name: the name, first, names it)
             naming = found[1]
-            if naming.endswith("._target_") and f"{found[0]}.name" in differing:
-                continue  # (the name says it)
             within: dict[str | None, set[str | None]] = {}
             for v in values:
                 within.setdefault(v.get(naming), set()).add(v.get(key))
