@@ -250,6 +250,58 @@ def test_the_randomized_pca_of_fewer_images_or_values_than_its_directions(n, sha
     assert torch.equal(baseline.fit_pca(train, 5, exact_max_values=0).components, pca.components)
 
 
+def test_the_pca_baseline_is_cached_by_every_split_and_its_labels(tmp_path, monkeypatch):
+    """Another split's pixels, other labels or none (on either side) is another baseline; a cache file that holds
+    something else than the metric's numbers is computed again."""
+    import torch
+
+    monkeypatch.setenv("AEEXP_CACHE_DIR", str(tmp_path / "cache"))
+    fitted = []
+    fit = baseline.fit_pca
+    monkeypatch.setattr(baseline, "fit_pca", lambda images, n: (fitted.append(n), fit(images, n))[1])
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.integers(0, 256, (120, 1, 4, 4), dtype=np.uint8))
+    labels = rng.integers(0, 3, 120)
+    shipped = {"knn": SHIPPED.metrics["knn"]}
+
+    def fits(train, train_labels, test, test_labels) -> int:
+        before = len(fitted)
+        baseline.pca_metrics(train, train_labels, test, test_labels, 3, shipped, guard.Skips())
+        return len(fitted) - before
+
+    other_test = images[80:].clone()
+    other_test[0, 0, 0, 0] ^= 1
+    splits = (images[:80], labels[:80], images[80:], labels[80:])
+    assert fits(*splits) == 1 and fits(*splits) == 0
+    assert fits(images[:80], labels[:80][::-1].copy(), images[80:], labels[80:]) == 1
+    assert fits(images[:80], labels[:80], images[80:], labels[80:][::-1].copy()) == 1
+    assert fits(images[:80], labels[:80], images[80:], torch.from_numpy(labels[80:])) == 0  # the same labels
+    assert fits(images[:80], None, images[80:], None) == 1 and fits(images[:80], None, images[80:], None) == 0
+    assert fits(images[:80], None, other_test, None) == 1  # (after a split without labels, the rest still counts)
+    for content in ("[1, 2]", '{"pca_test_mse": "x"}', "7"):
+        for stored in (tmp_path / "cache" / "pca").rglob("*.json"):
+            stored.write_text(content)
+        assert fits(*splits) == 1
+
+
+def test_a_metrics_cache_key_is_its_function_settings_and_inputs():
+    import functools
+
+    def key(compute, needs=("codes",)):
+        return baseline.metric_key(lists.Component("m", compute, tuple(needs)))
+
+    base = key(functools.partial(metrics.knn_accuracy, k=5))
+    assert base is not None and len(base) == 32
+    assert key(functools.partial(metrics.knn_accuracy, k=5)) == base
+    assert key(functools.partial(metrics.knn_accuracy, k=6)) != base
+    assert key(functools.partial(metrics.knn_accuracy, k=5), needs=("codes", "labels")) != base
+    assert key(functools.partial(metrics.trustworthiness, k=5)) != base
+    assert key(functools.partial(metrics.knn_accuracy, k={1, 2})) is not None  # a setting JSON cannot hold: its repr
+    assert key(functools.partial(metrics.knn_accuracy, a=1, b=2)) == key(functools.partial(metrics.knn_accuracy, b=2,
+                                                                                            a=1))
+    assert key(metrics.knn_accuracy) is None and key(functools.partial(len)) is None  # not a partial; no source
+
+
 def test_pca_baseline_is_computed_once_per_data_size_and_metric(tmp_path, monkeypatch):
     import torch
 
