@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -53,6 +54,33 @@ def test_cv_knn_accuracy_is_scikit_learns_5_fold_cross_validation(blobs):
     expected = cross_val_score(KNeighborsClassifier(n_neighbors=5), noisy, few,
                                cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=4)).mean()
     assert metrics.cv_knn_accuracy(noisy, few, seed=4) == pytest.approx(expected, abs=1e-12)
+
+
+def test_cv_knn_accuracy_of_a_class_of_two_or_one_and_its_default_seed(blobs):
+    """A class of 2 members: 2 folds; of 1: 2 folds all the same (scikit-learn warns that the class cannot be in
+    both); the seed, when not given, is 0; a fold too small for k neighbours is an error, not a NaN."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x, y = blobs
+    noisy = x + np.random.default_rng(1).normal(scale=12.0, size=x.shape).astype(np.float32)
+
+    def reference(labels, folds, seed):
+        return cross_val_score(KNeighborsClassifier(n_neighbors=5), noisy, labels,
+                               cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)).mean()
+
+    assert metrics.cv_knn_accuracy(noisy, y) == pytest.approx(reference(y, 5, 0), abs=1e-12)
+    assert abs(reference(y, 5, 0) - reference(y, 5, 1)) > 1e-3  # (the seed matters on these points)
+    for members in (2, 1):
+        few = y.copy()
+        few[np.flatnonzero(y == 0)[members:]] = 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # scikit-learn's: the class of 1 is in one fold only
+            expected = reference(few, 2, 4)
+            assert abs(expected - reference(few, 3, 4)) > 1e-3
+            assert metrics.cv_knn_accuracy(noisy, few, seed=4) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError):
+        metrics.cv_knn_accuracy(noisy[:6], np.array([0, 0, 0, 1, 1, 1]), k=5)  # 3 points to fit per fold
 
 
 def test_trustworthiness_of_identity_and_noise(blobs):
