@@ -55,6 +55,22 @@ def test_linear_probe_is_scikit_learns_logistic_regression(digits_split):
     assert weak < ours
 
 
+def test_linear_probe_of_two_classes_at_any_feature_scale_is_scikit_learns(digits_split):
+    """Two classes (5s against 9s, labelled 8 and 12) in features scaled by 1e-3 and 1e3: standardised, so
+    scikit-learn's accuracy at every scale, and a penalty that weighs (C=1e-3) as it weighs there."""
+    train_x, train_y, test_x, test_y = digits_split
+    keep, keep_test = np.isin(train_y, (8, 12)), np.isin(test_y, (8, 12))
+    x, y, tx, ty = train_x[keep], train_y[keep], test_x[keep_test], test_y[keep_test]
+    scaler = StandardScaler().fit(x)
+    for c in (1.0, 1e-3):
+        reference = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(scaler.transform(x), y)
+        expected = reference.score(scaler.transform(tx), ty)
+        assert expected < 1.0
+        for scale in (1e-3, 1.0, 1e3):
+            ours = metrics.linear_probe_accuracy(x * scale, y, tx * scale, ty, c=c, max_iter=500)
+            assert ours == pytest.approx(expected, abs=1 / len(ty) + 1e-12), (c, scale)
+
+
 def test_probe_of_constant_features_and_one_class():
     x = np.zeros((20, 3), dtype=np.float32)
     y = np.array([0, 1] * 10)

@@ -79,7 +79,7 @@ def nearest_neighbours(queries: np.ndarray, points: np.ndarray, k: int) -> torch
         candidate_scores = torch.bmm(weighted[candidates], block[:, :, None]).squeeze(2)
         nearest = candidate_scores.topk(k, 1, largest=False, sorted=True).indices
         found.append(candidates.gather(1, nearest))
-    return torch.cat(found) if found else torch.empty(0, k, dtype=torch.long)
+    return torch.cat(found)  # (no queries: NumPy refuses to reshape them above)
 
 
 def knn_accuracies(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
