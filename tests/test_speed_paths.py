@@ -343,6 +343,24 @@ def test_written_out_backward_gives_autograds_loss_and_gradients(loss, shape):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-10)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_written_out_backward_of_equal_widths_keeps_each_layers_buffers_apart(bf16):
+    """Every hidden layer 256 wide (784-256-256-256 and back): each layer's outputs, products and gradients have
+    the same shapes, so only their workspace keys keep them apart; twice, reusing the workspace."""
+    model = _dense((1, 28, 28), (256, 256), 256)
+    twin = copy.deepcopy(model)
+    tolerance = {"rtol": 2e-2, "atol": 1e-4} if bf16 else {"rtol": 1e-4, "atol": 1e-7}
+    for seed in (0, 1):
+        x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+        model.zero_grad()
+        expected, _ = model.training_loss(x, x)
+        expected.backward()
+        got = fastpath.loss_and_grads(twin, x, x, bf16=bf16)
+        assert float(got) == pytest.approx(float(expected.detach()), rel=tolerance["rtol"] / 10)
+        for (name, a), b in zip(twin.named_parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad, **tolerance, msg=name)
+
+
 @pytest.mark.parametrize("batch", [40, 1])
 @pytest.mark.parametrize("bf16", [False, True])
 def test_written_out_backward_of_a_batch_normalised_code_gives_autograds(batch, bf16):
