@@ -278,15 +278,22 @@ def test_the_randomized_pca_of_fewer_images_or_values_than_its_directions(n, sha
     assert torch.equal(baseline.fit_pca(train, 5, exact_max_values=0).components, pca.components)
 
 
-def test_the_pca_baseline_is_cached_by_every_split_and_its_labels(tmp_path, monkeypatch):
+@pytest.fixture
+def fitted(tmp_path, monkeypatch) -> list[int]:
+    """The sizes of the PCAs the baseline fits from here on (a list that grows with each fit), with its cache in the
+    test's temp dir."""
+    monkeypatch.setenv("AEEXP_CACHE_DIR", str(tmp_path / "cache"))
+    sizes: list[int] = []
+    fit = baseline.fit_pca
+    monkeypatch.setattr(baseline, "fit_pca", lambda images, n: (sizes.append(n), fit(images, n))[1])
+    return sizes
+
+
+def test_the_pca_baseline_is_cached_by_every_split_and_its_labels(tmp_path, fitted):
     """Another split's pixels, other labels or none (on either side) is another baseline; a cache file that holds
     something else than the metric's numbers is computed again."""
     import torch
 
-    monkeypatch.setenv("AEEXP_CACHE_DIR", str(tmp_path / "cache"))
-    fitted = []
-    fit = baseline.fit_pca
-    monkeypatch.setattr(baseline, "fit_pca", lambda images, n: (fitted.append(n), fit(images, n))[1])
     rng = np.random.default_rng(1)
     images = torch.from_numpy(rng.integers(0, 256, (120, 1, 4, 4), dtype=np.uint8))
     labels = rng.integers(0, 3, 120)
@@ -330,13 +337,9 @@ def test_a_metrics_cache_key_is_its_function_settings_and_inputs():
     assert key(metrics.knn_accuracy) is None and key(functools.partial(len)) is None  # not a partial; no source
 
 
-def test_pca_baseline_is_computed_once_per_data_size_and_metric(tmp_path, monkeypatch):
+def test_pca_baseline_is_computed_once_per_data_size_and_metric(tmp_path, monkeypatch, fitted):
     import torch
 
-    monkeypatch.setenv("AEEXP_CACHE_DIR", str(tmp_path / "cache"))
-    fitted = []
-    fit = baseline.fit_pca
-    monkeypatch.setattr(baseline, "fit_pca", lambda images, n: (fitted.append(n), fit(images, n))[1])
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (300, 1, 8, 8), dtype=np.uint8))
     labels = rng.integers(0, 3, 300)

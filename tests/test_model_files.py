@@ -35,6 +35,13 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path / "model"
 
 
+def _refusal(folder: Path) -> str:
+    """The one line :func:`model_files.load` refuses the model folder with."""
+    with pytest.raises(model_files.ModelFilesError) as err:
+        model_files.load(folder, "run r")
+    return str(err.value)
+
+
 @pytest.fixture(autouse=True)
 def _torch_unpickles_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.load's default turns weights_only off under this variable: only an explicit weights_only=True holds."""
@@ -74,16 +81,14 @@ def test_a_config_without_a_dataset_name_gives_no_dataset(folder):
 def test_a_missing_file_is_named(folder, name):
     (folder / name).unlink()
     assert not model_files.present(folder)
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value) == f"run r: {folder} lacks {name}"
+    message = _refusal(folder)
+    assert message == f"run r: {folder} lacks {name}"
 
 
 def test_every_missing_file_is_named_at_once(tmp_path):
     (tmp_path / "config.yaml").write_text(CONFIG)
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(tmp_path, "run r")
-    assert str(err.value) == f"run r: {tmp_path} lacks weights.pt, model.json"
+    message = _refusal(tmp_path)
+    assert message == f"run r: {tmp_path} lacks weights.pt, model.json"
     (tmp_path / "weights.pt").mkdir()  # not a file
     assert not model_files.present(tmp_path)
 
@@ -96,18 +101,16 @@ def test_every_missing_file_is_named_at_once(tmp_path):
 ])
 def test_an_unreadable_model_json_is_named(folder, text, reason):
     (folder / "model.json").write_text(text)
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value).startswith(f"run r: {folder / 'model.json'} is unreadable ({reason}: ")
-    assert "\n" not in str(err.value)
+    message = _refusal(folder)
+    assert message.startswith(f"run r: {folder / 'model.json'} is unreadable ({reason}: ")
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize("shape", [[8, 8], [1, 8, 8, 1], [0, 8, 8], [1, 8, 0], [1, -8, 8]])
 def test_an_image_shape_that_is_not_c_h_w_is_refused(folder, shape):
     (folder / "model.json").write_text(json.dumps({"format_version": 1, "image_shape": shape}))
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value) == (f"run r: {folder / 'model.json'} gives the image shape {shape}; expected [C, H, W]")
+    message = _refusal(folder)
+    assert message == (f"run r: {folder / 'model.json'} gives the image shape {shape}; expected [C, H, W]")
 
 
 def test_the_smallest_image_shape_is_taken(folder):
@@ -118,36 +121,33 @@ def test_the_smallest_image_shape_is_taken(folder):
         model_files.load(folder, "run r")  # the class is asked to make it, and says why it cannot
 
 
-@pytest.mark.parametrize(("text", "message"), [
+@pytest.mark.parametrize(("text", "expected"), [
     ("model: [unclosed\n", "run r's extra_files/config.yaml is unreadable (ParserError: while parsing a flow "
                            "sequence)"),
     ("- a list\n", "run r's extra_files/config.yaml is not a config (a YAML mapping); it was not written by aeexp"),
     ("seed: 0\n", "run r: {config} has no model section; it is not an aeexp run's config"),
     ("model: ae32\n", "run r: {config} has no model section; it is not an aeexp run's config"),
 ])
-def test_a_config_that_is_not_an_aeexp_runs_is_refused(folder, text, message):
+def test_a_config_that_is_not_an_aeexp_runs_is_refused(folder, text, expected):
     (folder / "config.yaml").write_text(text)
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value).startswith(message.format(config=folder / "config.yaml"))
-    assert "\n" not in str(err.value)
+    message = _refusal(folder)
+    assert message.startswith(expected.format(config=folder / "config.yaml"))
+    assert "\n" not in message
 
 
 def test_an_undecodable_config_is_named(folder):
     (folder / "config.yaml").write_bytes(b"model: \xff\xfe\n")
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value).startswith(f"run r: {folder / 'config.yaml'} is unreadable (UnicodeDecodeError: ")
+    message = _refusal(folder)
+    assert message.startswith(f"run r: {folder / 'config.yaml'} is unreadable (UnicodeDecodeError: ")
 
 
 def test_a_config_naming_another_class_builds_nothing(folder, tmp_path):
     marker = tmp_path / "ran"
     (folder / "config.yaml").write_text(CONFIG.replace("aeexp.models.DenseAutoencoder", "os.system")
                                         + f"command: touch {marker}\n")
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value).startswith("run r's extra_files/config.yaml has model._target_=os.system: from a stored "
-                                     "config aeexp builds only its own classes")
+    message = _refusal(folder)
+    assert message.startswith("run r's extra_files/config.yaml has model._target_=os.system: from a stored "
+                              "config aeexp builds only its own classes")
     assert not marker.exists()
     with stored_config.allowing(["evil_model.EvilAE"]):  # allowed: then built like aeexp's own
         (folder / "config.yaml").write_text(CONFIG.replace("aeexp.models.DenseAutoencoder", "evil_model.EvilAE"))
@@ -164,18 +164,16 @@ def test_only_the_model_section_is_built_from(folder):
 def test_an_interpolation_in_the_config_is_refused_not_resolved(folder, monkeypatch):
     monkeypatch.setenv("AEEXP_SECRET", "16")
     (folder / "config.yaml").write_text(CONFIG.replace("- 16", "- ${oc.env:AEEXP_SECRET}"))
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value) == ("run r's extra_files/config.yaml holds the interpolation model.widths.0: "
-                              "'${oc.env:AEEXP_SECRET}', which aeexp never writes (it stores configs resolved) and "
-                              "never resolves in a stored config: refused, nothing was read or run")
+    message = _refusal(folder)
+    assert message == ("run r's extra_files/config.yaml holds the interpolation model.widths.0: "
+                       "'${oc.env:AEEXP_SECRET}', which aeexp never writes (it stores configs resolved) and "
+                       "never resolves in a stored config: refused, nothing was read or run")
 
 
 def test_a_config_the_model_class_refuses_is_one_line(folder):
     (folder / "config.yaml").write_text(CONFIG.replace("bottleneck: 4", "bottleneck: 0"))
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value).startswith("run r cannot be made here from its config: ") and "\n" not in str(err.value)
+    message = _refusal(folder)
+    assert message.startswith("run r cannot be made here from its config: ") and "\n" not in message
 
 
 def test_weights_with_a_pickle_payload_run_nothing(folder, tmp_path):
@@ -183,11 +181,10 @@ def test_weights_with_a_pickle_payload_run_nothing(folder, tmp_path):
     state = torch.load(folder / "weights.pt", weights_only=True)
     state["note"] = Payload(str(marker))
     torch.save(state, folder / "weights.pt")
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value).startswith(f"run r: {folder / 'weights.pt'} is not a plain state_dict of tensors "
-                                     "(UnpicklingError: ")
-    assert "\n" not in str(err.value) and not marker.exists()
+    message = _refusal(folder)
+    assert message.startswith(f"run r: {folder / 'weights.pt'} is not a plain state_dict of tensors "
+                              "(UnpicklingError: ")
+    assert "\n" not in message and not marker.exists()
 
 
 @pytest.mark.parametrize(("content", "reason"), [
@@ -197,24 +194,20 @@ def test_weights_with_a_pickle_payload_run_nothing(folder, tmp_path):
 ])
 def test_damaged_weights_are_named(folder, content, reason):
     (folder / "weights.pt").write_bytes(content)
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value).startswith(f"run r: {folder / 'weights.pt'} is not a plain state_dict of tensors "
-                                     f"({reason}")
+    message = _refusal(folder)
+    assert message.startswith(f"run r: {folder / 'weights.pt'} is not a plain state_dict of tensors "
+                              f"({reason}")
 
 
 def test_weights_that_are_not_a_state_dict_are_named(folder):
     torch.save([torch.zeros(2)], folder / "weights.pt")
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value) == f"run r: {folder / 'weights.pt'} holds a list, not a state_dict"
+    message = _refusal(folder)
+    assert message == f"run r: {folder / 'weights.pt'} holds a list, not a state_dict"
 
 
 def test_weights_of_another_model_do_not_fit(folder):
     torch.save(_model(bottleneck=3).state_dict(), folder / "weights.pt")
-    with pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    text = str(err.value)
+    text = _refusal(folder)
     assert text.startswith(f"run r: the weights in {folder / 'weights.pt'} do not fit the model its config "
                            "describes (Error(s) in loading state_dict for DenseAutoencoder:")
     assert "\n" not in text
@@ -340,11 +333,10 @@ class SilentFailure(models.DenseAutoencoder):
 def test_weights_refused_without_a_message_are_named_by_the_error(folder):
     (folder / "config.yaml").write_text(CONFIG.replace("aeexp.models.DenseAutoencoder",
                                                        "test_model_files.SilentFailure"))
-    with stored_config.allowing(["test_model_files.SilentFailure"]), \
-            pytest.raises(model_files.ModelFilesError) as err:
-        model_files.load(folder, "run r")
-    assert str(err.value) == (f"run r: the weights in {folder / 'weights.pt'} do not fit the model its config "
-                              "describes (RuntimeError)")
+    with stored_config.allowing(["test_model_files.SilentFailure"]):
+        message = _refusal(folder)
+    assert message == (f"run r: the weights in {folder / 'weights.pt'} do not fit the model its config "
+                       "describes (RuntimeError)")
 
 
 def test_a_model_folder_is_made_where_it_does_not_exist_and_written_again_over_itself(tmp_path):
