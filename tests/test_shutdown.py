@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -60,3 +62,58 @@ def test_exit_status_is_what_sys_exit_gives():
     assert exit_status(None) == 0
     assert exit_status(0) == 0
     assert exit_status(2) == 2
+
+
+POOL_SCRIPT = textwrap.dedent("""
+    import json, multiprocessing, os, pathlib, sys, time
+    from joblib import Parallel, delayed
+    from aeexp.shutdown import stop_idle_pool_workers
+
+    def pid(_):
+        time.sleep(0.3)  # long enough for both workers to take jobs
+        return os.getpid()
+
+    if __name__ == "__main__":
+        out = pathlib.Path(sys.argv[1])
+        workers = sorted(set(Parallel(n_jobs=2)(delayed(pid)(i) for i in range(4))))
+        other = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(1.0,))
+        other.start()  # a child process this one waits for: not a pool's worker
+        stop_idle_pool_workers()
+        loky = [p for p in multiprocessing.active_children() if p.pid in workers]
+        for p in loky:
+            p.join(10)
+        other_alive = other.is_alive()
+        other.join(10)
+        out.write_text(json.dumps({"workers": workers, "exitcodes": [p.exitcode for p in loky],
+                                   "other_alive": other_alive, "other_exitcode": other.exitcode}))
+""")
+
+
+def test_the_idle_workers_of_a_joblib_pool_are_killed_and_other_children_left_alone(tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    result = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(script), str(result)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(result.read_text())
+    assert len(found["workers"]) == 2  # both loky workers ran jobs and were still waiting for more
+    assert found["exitcodes"] == [-signal.SIGKILL, -signal.SIGKILL]  # killed, not left to tear down their modules
+    assert found["other_alive"] is True
+    assert found["other_exitcode"] == 0
+
+
+def test_without_joblib_nothing_is_stopped(tmp_path):
+    script = tmp_path / "plain.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, sys, time
+        from aeexp.shutdown import stop_idle_pool_workers
+
+        if __name__ == "__main__":
+            child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0.5,))
+            child.start()
+            stop_idle_pool_workers()
+            child.join(10)
+            sys.exit(0 if child.exitcode == 0 and "joblib" not in sys.modules else 1)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

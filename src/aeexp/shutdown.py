@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -33,6 +35,7 @@ def exit_quickly(status: int) -> None:
     run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_functions is None:
         sys.exit(status)
+    stop_idle_pool_workers()
     # What the interpreter does first at exit: tell executors' manager threads to stop (joblib's loky,
     # concurrent.futures), then wait for every non-daemon thread.
     shutdown_threads = getattr(threading, "_shutdown", None)
@@ -47,6 +50,25 @@ def exit_quickly(status: int) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there
             stream.flush()
     os._exit(status)
+
+
+def stop_idle_pool_workers() -> None:
+    """End at once the worker processes that joblib's loky pool keeps for a next parallel call, which will not come:
+    this process is ending, and every parallel call of it has returned. Left alone, the exit waits while each worker
+    tears down its modules. In a joblib sweep's workers, with torch, MLflow, scikit-learn and matplotlib loaded,
+    that took 1.6-1.7 s; after SIGKILL the wait took 0.04 s. Loky's own pool shutdown kills its workers the same way.
+
+    Other child processes are left to the interpreter's usual exit: a ``multiprocessing.Pool``'s, or a process this
+    one waits for. Nothing happens where joblib was never imported."""
+    loky = sys.modules.get("joblib.externals.loky.backend.process")
+    worker_class = getattr(loky, "LokyProcess", None)
+    if worker_class is None:
+        return
+    kill = getattr(signal, "SIGKILL", signal.SIGTERM)  # (as loky's own: a platform may lack SIGKILL)
+    for child in multiprocessing.active_children():
+        if isinstance(child, worker_class) and child.pid is not None:
+            with contextlib.suppress(OSError):  # already gone
+                os.kill(child.pid, kill)
 
 
 def run_and_exit(main: Callable[[], object]) -> None:
