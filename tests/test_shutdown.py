@@ -70,22 +70,22 @@ POOL_SCRIPT = textwrap.dedent("""
     from aeexp.shutdown import stop_idle_pool_workers
 
     def pid(_):
-        time.sleep(0.3)  # long enough for both workers to take jobs
         return os.getpid()
 
     if __name__ == "__main__":
         out = pathlib.Path(sys.argv[1])
-        workers = sorted(set(Parallel(n_jobs=2)(delayed(pid)(i) for i in range(4))))
+        ran_in = set(Parallel(n_jobs=2)(delayed(pid)(i) for i in range(4)))
+        loky = [p for p in multiprocessing.active_children() if type(p).__name__ == "LokyProcess"]
         other = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(1.0,))
         other.start()  # a child process this one waits for: not a pool's worker
         stop_idle_pool_workers()
-        loky = [p for p in multiprocessing.active_children() if p.pid in workers]
         for p in loky:
             p.join(10)
         other_alive = other.is_alive()
         other.join(10)
-        out.write_text(json.dumps({"workers": workers, "exitcodes": [p.exitcode for p in loky],
-                                   "other_alive": other_alive, "other_exitcode": other.exitcode}))
+        out.write_text(json.dumps({"workers": len(loky), "ran_in_them": ran_in <= {p.pid for p in loky},
+                                   "exitcodes": [p.exitcode for p in loky], "other_alive": other_alive,
+                                   "other_exitcode": other.exitcode}))
 """)
 
 
@@ -96,7 +96,7 @@ def test_the_idle_workers_of_a_joblib_pool_are_killed_and_other_children_left_al
     done = subprocess.run([sys.executable, str(script), str(result)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     found = json.loads(result.read_text())
-    assert len(found["workers"]) == 2  # both loky workers ran jobs and were still waiting for more
+    assert found["workers"] == 2 and found["ran_in_them"]  # the pool's two workers, idle, waiting for more jobs
     assert found["exitcodes"] == [-signal.SIGKILL, -signal.SIGKILL]  # killed, not left to tear down their modules
     assert found["other_alive"] is True
     assert found["other_exitcode"] == 0
